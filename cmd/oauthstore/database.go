@@ -1,0 +1,80 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/oauthstore/oauthstore/internal/pgtemp"
+	"github.com/oauthstore/oauthstore/schema"
+)
+
+// database is a pool on the chosen database and how to let go of it.
+type database struct {
+	pool        *pgxpool.Pool
+	description string
+	close       func()
+}
+
+// openDatabase connects to url, or, when url is empty and throwaway is allowed, to a new
+// throwaway cluster that close removes.
+func openDatabase(ctx context.Context, url string, throwaway bool, progress io.Writer) (*database, error) {
+	if url == "" && !throwaway {
+		return nil, usageError{"no database: set DATABASE_URL or pass --database-url"}
+	}
+	var cluster *pgtemp.Cluster
+	description := "DATABASE_URL"
+	if url == "" {
+		start := time.Now()
+		fmt.Fprintln(progress, "starting a throwaway PostgreSQL (DATABASE_URL is unset)…")
+		c, err := pgtemp.Start(ctx, pgtemp.Options{})
+		if err != nil {
+			return nil, err
+		}
+		cluster, url = c, c.URL("postgres")
+		description = fmt.Sprintf("throwaway cluster in %s, started in %s", c.Dir(), time.Since(start).Round(time.Millisecond))
+	}
+	pool, err := pgxpool.New(ctx, url)
+	if err == nil {
+		err = pool.Ping(ctx)
+	}
+	if err != nil {
+		if pool != nil {
+			pool.Close()
+		}
+		if cluster != nil {
+			_ = cluster.Stop()
+		}
+		return nil, fmt.Errorf("connect: %w", err)
+	}
+	return &database{pool: pool, description: description, close: func() {
+		pool.Close()
+		if cluster != nil {
+			_ = cluster.Stop()
+		}
+	}}, nil
+}
+
+func runMigrate(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("migrate up", stderr)
+	url := databaseURLFlag(fs)
+	if len(args) == 0 || args[0] != "up" {
+		return usageError{"usage: oauthstore migrate up [--database-url URL]"}
+	}
+	if err := parseFlags(fs, args[1:]); err != nil {
+		return err
+	}
+	d, err := openDatabase(ctx, *url, false, stderr)
+	if err != nil {
+		return err
+	}
+	defer d.close()
+	if err := schema.Migrate(ctx, d.pool); err != nil {
+		return err
+	}
+	fmt.Fprintln(stdout, "schema is up to date")
+	return nil
+}

@@ -1,0 +1,67 @@
+package repository
+
+import (
+	"errors"
+	"fmt"
+)
+
+// ErrInvalidGrant is what every refused refresh token or code is, whatever the cause. Send the
+// OAuth client "invalid_grant" (RFC 6749 §5.2) for any error that matches it, and nothing more:
+// the specific causes below are for the service's own logs and metrics (I5).
+var ErrInvalidGrant = errors.New("invalid_grant")
+
+// The causes of an invalid grant. Each matches ErrInvalidGrant with errors.Is, and itself.
+var (
+	// ErrTokenNotFound: the token is unknown, malformed, or was cleaned up long after it expired.
+	ErrTokenNotFound = grantError("refresh token not found")
+	// ErrWrongClient: the token was issued to another client. Nothing was consumed.
+	ErrWrongClient = grantError("refresh token was issued to another client")
+	// ErrTokenExpired: the token's idle lifetime has passed. Nothing was consumed.
+	ErrTokenExpired = grantError("refresh token expired")
+	// ErrTokenConsumed: the token was already used. Returned by reads that change nothing (Peek);
+	// Rotate reports a consumed token as ErrReplayDetected.
+	ErrTokenConsumed = grantError("refresh token already used")
+	// ErrFamilyRevoked: the token's family was revoked earlier.
+	ErrFamilyRevoked = grantError("refresh token family revoked")
+	// ErrReplayDetected: an already consumed token was presented again, which is evidence that it
+	// was stolen; its whole family is revoked (RFC 6819 §5.2.2.3, RFC 9700 §4.14.2).
+	ErrReplayDetected = grantError("refresh token replay detected; family revoked")
+)
+
+// ErrFamilyNotFound is returned by operations addressed to a family id that does not exist.
+var ErrFamilyNotFound = errors.New("oauthstore: family not found")
+
+// ErrInvalidInput is matched by every *InputError: input the package refuses before it reaches
+// the database. Such a call changes nothing.
+var ErrInvalidInput = errors.New("oauthstore: invalid input")
+
+// ErrPepperTooShort is returned by New and ParsePepper for a pepper shorter than MinPepperBytes.
+var ErrPepperTooShort = fmt.Errorf("oauthstore: pepper must be at least %d bytes", MinPepperBytes)
+
+// ErrNoPepper is returned by PepperFromEnv when the variable is unset or empty.
+var ErrNoPepper = errors.New("oauthstore: no pepper configured")
+
+type grantErr struct{ cause string }
+
+func grantError(cause string) error { return &grantErr{cause: cause} }
+
+func (e *grantErr) Error() string { return "invalid_grant: " + e.cause }
+
+// Is makes every cause match ErrInvalidGrant.
+func (e *grantErr) Is(target error) bool { return target == ErrInvalidGrant }
+
+// InputError describes refused input: which field and what is wrong with it. It never carries the
+// value itself, which may be a secret.
+type InputError struct {
+	Field   string
+	Problem string
+}
+
+func (e *InputError) Error() string {
+	return "oauthstore: invalid input: " + e.Field + ": " + e.Problem
+}
+
+// Is makes every InputError match ErrInvalidInput.
+func (e *InputError) Is(target error) bool { return target == ErrInvalidInput }
+
+func inputError(field, problem string) error { return &InputError{Field: field, Problem: problem} }

@@ -1,0 +1,150 @@
+package repository
+
+import (
+	"bytes"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"testing"
+	"time"
+)
+
+func testPepper() []byte { return bytes.Repeat([]byte{7}, MinPepperBytes) }
+
+func TestMint_TokenIs256BitsURLSafeAndDigestIsKeyed(t *testing.T) {
+	d := newDigester(testPepper(), "refresh-token")
+	seen := map[string]bool{}
+	for range 1000 {
+		tok, digest := d.mint()
+		s := tok.Reveal()
+		if len(s) != 43 || strings.ContainsAny(s, "+/=") {
+			t.Fatalf("token %d chars or not URL-safe", len(s))
+		}
+		raw, err := base64.RawURLEncoding.DecodeString(s)
+		if err != nil || len(raw) != 32 {
+			t.Fatalf("token does not decode to 32 bytes: %v", err)
+		}
+		if seen[s] {
+			t.Fatal("the same token was minted twice")
+		}
+		seen[s] = true
+		again, ok := d.digestPresented(s)
+		if !ok || !bytes.Equal(again, digest) || len(digest) != 32 {
+			t.Fatal("presented token does not digest to what was stored")
+		}
+		if bytes.Contains(digest, raw) {
+			t.Fatal("digest contains the raw token")
+		}
+	}
+	tok, digest := d.mint()
+	other := newDigester(append(testPepper(), 1), "refresh-token")
+	if d2, _ := other.digestPresented(tok.Reveal()); bytes.Equal(d2, digest) {
+		t.Fatal("another pepper gives the same digest")
+	}
+	code := newDigester(testPepper(), "authorization-code")
+	if d2, _ := code.digestPresented(tok.Reveal()); bytes.Equal(d2, digest) {
+		t.Fatal("another credential kind gives the same digest under the same pepper")
+	}
+}
+
+func TestDigestPresented_RefusesWhatCannotBeAToken(t *testing.T) {
+	d := newDigester(testPepper(), "refresh-token")
+	tok, _ := d.mint()
+	s := tok.Reveal()
+	// The last of 43 characters carries 4 bits of the 256 and 2 zero bits; setting one of those
+	// gives a string that decodes to the same bytes but is not the token that was minted.
+	const alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+	nonCanonical := s[:42] + string(alphabet[strings.IndexByte(alphabet, s[42])+1])
+	for name, in := range map[string]string{
+		"empty":         "",
+		"short":         s[:42],
+		"long":          s + "A",
+		"padding":       s[:42] + "=",
+		"std alphabet":  s[:42] + "+",
+		"NUL":           s[:42] + "\x00",
+		"non-UTF-8":     s[:42] + "\xff",
+		"huge":          strings.Repeat("A", 1<<20),
+		"non-canonical": nonCanonical,
+	} {
+		if _, ok := d.digestPresented(in); ok {
+			t.Errorf("%s: accepted", name)
+		}
+	}
+}
+
+func TestSecret_RedactsEverywhere(t *testing.T) {
+	s := Secret{value: "very-secret-value"}
+	var buf bytes.Buffer
+	log := slog.New(slog.NewJSONHandler(&buf, nil))
+	log.Info("issued", "token", s, "struct", RefreshToken{Token: s})
+	js, err := json.Marshal(RefreshToken{Token: s})
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := buf.String() + string(js) + fmt.Sprintf("%v %+v %#v %s %q %x %d", s, s, s, s, s, s, s) +
+		fmt.Sprint(RefreshToken{Token: s}) + fmt.Sprintf("%#v", RefreshToken{Token: s})
+	if strings.Contains(out, "very-secret-value") {
+		t.Fatalf("secret printed: %s", out)
+	}
+	if !strings.Contains(out, redacted) {
+		t.Fatal("no redaction marker")
+	}
+	if s.Reveal() != "very-secret-value" {
+		t.Fatal("Reveal lost the value")
+	}
+}
+
+func TestParsePepper(t *testing.T) {
+	p := bytes.Repeat([]byte{0xfb}, 32)
+	for _, enc := range []*base64.Encoding{base64.StdEncoding, base64.RawStdEncoding, base64.URLEncoding, base64.RawURLEncoding} {
+		got, err := ParsePepper(" " + enc.EncodeToString(p) + "\n")
+		if err != nil || !bytes.Equal(got, p) {
+			t.Fatalf("%v: %v", enc, err)
+		}
+	}
+	short := base64.StdEncoding.EncodeToString(p[:31])
+	if _, err := ParsePepper(short); !errors.Is(err, ErrPepperTooShort) {
+		t.Fatalf("31 bytes: %v", err)
+	}
+	secretish := "not base64 at all! but long enough to be a pepper"
+	_, err := ParsePepper(secretish)
+	if !errors.Is(err, ErrInvalidInput) || strings.Contains(err.Error(), secretish) {
+		t.Fatalf("non-base64: %v", err)
+	}
+	t.Setenv(PepperEnv, "")
+	if _, err := PepperFromEnv(); !errors.Is(err, ErrNoPepper) {
+		t.Fatalf("unset: %v", err)
+	}
+	t.Setenv(PepperEnv, short)
+	if _, err := PepperFromEnv(); !errors.Is(err, ErrPepperTooShort) || strings.Contains(err.Error(), short) {
+		t.Fatalf("short env pepper: %v", err)
+	}
+	t.Setenv(PepperEnv, base64.StdEncoding.EncodeToString(p))
+	if got, err := PepperFromEnv(); err != nil || !bytes.Equal(got, p) {
+		t.Fatalf("env pepper: %v", err)
+	}
+}
+
+func TestNew_RefusesShortPepperAndBadTTL(t *testing.T) {
+	// Construction runs no statement; the DBTX is never called.
+	var db DBTX = unusedDB{}
+	if _, err := New(db, Config{Pepper: make([]byte, 31)}); !errors.Is(err, ErrPepperTooShort) {
+		t.Fatalf("31-byte pepper: %v", err)
+	}
+	if _, err := New(nil, Config{Pepper: testPepper()}); !errors.Is(err, ErrInvalidInput) {
+		t.Fatalf("nil db: %v", err)
+	}
+	for _, ttl := range []int64{-1, 1, int64(MaxTTL) + 1} {
+		if _, err := New(db, Config{Pepper: testPepper(), RefreshTokenTTL: time.Duration(ttl)}); !errors.Is(err, ErrInvalidInput) {
+			t.Fatalf("ttl %d: %v", ttl, err)
+		}
+	}
+	if _, err := New(db, Config{Pepper: testPepper()}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+type unusedDB struct{ DBTX }

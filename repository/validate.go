@@ -1,0 +1,91 @@
+package repository
+
+import (
+	"time"
+	"unicode"
+	"unicode/utf8"
+)
+
+// Limits on identifiers and scopes; the schema holds the same bounds.
+const (
+	MaxIDBytes       = 255
+	MaxReasonBytes   = 256
+	MaxScopeTokens   = 256
+	MaxScopeTokenLen = 256
+)
+
+// validateID accepts a client or user identifier: 1–255 bytes of valid UTF-8 without control
+// characters (PostgreSQL's text cannot hold NUL in any case).
+func validateID(field, v string) error {
+	switch {
+	case v == "":
+		return inputError(field, "empty")
+	case len(v) > MaxIDBytes:
+		return inputError(field, "longer than 255 bytes")
+	}
+	return validateText(field, v)
+}
+
+func validateReason(v string) error {
+	switch {
+	case v == "":
+		return inputError("reason", "empty")
+	case len(v) > MaxReasonBytes:
+		return inputError("reason", "longer than 256 bytes")
+	}
+	return validateText("reason", v)
+}
+
+func validateText(field, v string) error {
+	if !utf8.ValidString(v) {
+		return inputError(field, "not valid UTF-8")
+	}
+	for _, r := range v {
+		if unicode.IsControl(r) {
+			return inputError(field, "contains a control character")
+		}
+	}
+	return nil
+}
+
+// normalizeScope checks each scope token against RFC 6749 §3.3 (scope-token = 1*NQCHAR, printable
+// ASCII except space, '"' and '\') and drops repeats, keeping the first order.
+func normalizeScope(scope []string) ([]string, error) {
+	if len(scope) > MaxScopeTokens {
+		return nil, inputError("scope", "more than 256 scope tokens")
+	}
+	out := make([]string, 0, len(scope))
+	seen := make(map[string]struct{}, len(scope))
+	for _, tok := range scope {
+		if tok == "" {
+			return nil, inputError("scope", "empty scope token")
+		}
+		if len(tok) > MaxScopeTokenLen {
+			return nil, inputError("scope", "scope token longer than 256 bytes")
+		}
+		for i := 0; i < len(tok); i++ {
+			c := tok[i]
+			if c < 0x21 || c > 0x7e || c == '"' || c == '\\' {
+				return nil, inputError("scope", "scope token has a character outside RFC 6749 §3.3")
+			}
+		}
+		if _, dup := seen[tok]; dup {
+			continue
+		}
+		seen[tok] = struct{}{}
+		out = append(out, tok)
+	}
+	return out, nil
+}
+
+func validateTTL(field string, d time.Duration) error {
+	switch {
+	case d <= 0:
+		return inputError(field, "not positive")
+	case d < time.Second:
+		return inputError(field, "shorter than one second")
+	case d > MaxTTL:
+		return inputError(field, "longer than ten years")
+	}
+	return nil
+}

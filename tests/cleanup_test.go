@@ -1,0 +1,87 @@
+package tests
+
+import (
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/oauthstore/oauthstore/repository"
+)
+
+func TestCleanup_RemovesOnlyDeadFamiliesInBatches(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	// 25 families left idle until their tokens expire, each with a tombstone and a live token.
+	var dead []string
+	for range 25 {
+		tok := b.issue(t)
+		if _, err := b.rotate(tok.Token, "client-a"); err != nil {
+			t.Fatal(err)
+		}
+		dead = append(dead, tok.FamilyID)
+	}
+	b.clock.Advance(2 * time.Hour)
+	// A revoked family whose tokens are still unexpired keeps its evidence.
+	revoked := b.issue(t)
+	if err := b.store.RevokeFamily(b.ctx, revoked.FamilyID, "test"); err != nil {
+		t.Fatal(err)
+	}
+	// A live family with a tombstone: the replay must stay detectable after cleanup.
+	live := b.issue(t)
+	liveNext, err := b.rotate(live.Token, "client-a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.clock.Advance(23 * time.Hour) // the 25 families' tokens are now 1 h past expiry
+
+	if _, err := b.store.Cleanup(b.ctx, repository.CleanupOptions{BatchSize: -1}); !errors.Is(err, repository.ErrInvalidInput) {
+		t.Fatalf("negative batch size: %v", err)
+	}
+	// Retain keeps them while their expiry is younger than the retention.
+	res, err := b.store.Cleanup(b.ctx, repository.CleanupOptions{BatchSize: 10, Retain: 2 * time.Hour})
+	if err != nil || res.Families != 0 {
+		t.Fatalf("cleanup within retention deleted %+v (%v)", res, err)
+	}
+	// Limit caps a run; batches are bounded.
+	res, err = b.store.Cleanup(b.ctx, repository.CleanupOptions{BatchSize: 10, Limit: 15})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Families != 15 || res.RefreshTokens != 30 || res.Batches != 2 {
+		t.Fatalf("limited cleanup: %+v, want 15 families, 30 tokens in 2 batches", res)
+	}
+	res, err = b.store.Cleanup(b.ctx, repository.CleanupOptions{BatchSize: 4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Families != 10 || res.RefreshTokens != 20 || res.Batches != 3 {
+		t.Fatalf("second cleanup: %+v, want 10 families, 20 tokens in 3 batches", res)
+	}
+	for _, id := range dead {
+		if _, err := b.store.Family(b.ctx, id); !errors.Is(err, repository.ErrFamilyNotFound) {
+			t.Fatalf("dead family %s survived cleanup: %v", id, err)
+		}
+	}
+	if n := b.count(t, "SELECT count(*) FROM oauth_refresh_token WHERE family_id = ANY($1::uuid[])", dead); n != 0 {
+		t.Fatalf("%d tokens of deleted families remain", n)
+	}
+	// What must stay, stayed.
+	if f := b.family(t, revoked.FamilyID); f.RevokedAt == nil {
+		t.Fatal("revoked family lost its mark")
+	}
+	if _, err := b.rotate(live.Token, "client-a"); !errors.Is(err, repository.ErrReplayDetected) {
+		t.Fatalf("replay after cleanup: got %v, want ErrReplayDetected", err)
+	}
+	if _, err := b.rotate(liveNext.Token, "client-a"); !errors.Is(err, repository.ErrFamilyRevoked) {
+		t.Fatalf("successor after replay: %v", err)
+	}
+	// Once every token of the revoked and live families has expired, they go too.
+	b.clock.Advance(48 * time.Hour)
+	res, err = b.store.Cleanup(b.ctx, repository.CleanupOptions{})
+	if err != nil || res.Families != 2 || res.RefreshTokens != 3 {
+		t.Fatalf("final cleanup: %+v (%v), want 2 families and 3 tokens", res, err)
+	}
+	if n := b.count(t, "SELECT count(*) FROM oauth_family"); n != 0 {
+		t.Fatalf("%d families left", n)
+	}
+}
