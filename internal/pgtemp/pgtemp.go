@@ -255,7 +255,8 @@ func serverCredential() (*syscall.Credential, error) {
 	}
 	u, err := user.Lookup(serverUserName)
 	if err != nil {
-		if _, ok := errors.AsType[user.UnknownUserError](err); ok {
+		var unknown user.UnknownUserError
+		if errors.As(err, &unknown) {
 			return nil, ErrNoServerUser
 		}
 		return nil, fmt.Errorf("pgtemp: looking up OS user %q: %w", serverUserName, err)

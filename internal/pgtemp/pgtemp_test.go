@@ -227,8 +227,8 @@ func TestStartFailureReportsLog(t *testing.T) {
 	t.Parallel()
 
 	_, err := Start(t.Context(), Options{Settings: map[string]string{"shared_buffers": "lots"}})
-	cerr, ok := errors.AsType[*CommandError](err)
-	if !ok {
+	var cerr *CommandError
+	if !errors.As(err, &cerr) {
 		t.Fatalf("Start with a bad setting: got %v, want a *CommandError", err)
 	}
 	if filepath.Base(cerr.Path) != "postgres" || !strings.Contains(cerr.Output, "shared_buffers") {
