@@ -14,54 +14,71 @@ import (
 
 const familyCreate = `-- name: FamilyCreate :one
 WITH family AS (
-    INSERT INTO oauth_family (client_id, user_id, scope, created_at, idle_expires_at)
+    INSERT INTO oauth_family (client_id, user_id, scope, created_at, expires_at, sender_thumbprint,
+        idle_expires_at)
     VALUES (
         $1::text,
         $2::text,
         $3::text[],
-        coalesce($4::timestamptz, now()),
-        coalesce($4::timestamptz, now()) + $5::interval
+        coalesce($4::timestamptz, statement_timestamp()),
+        coalesce($4::timestamptz, statement_timestamp()) + $5::interval,
+        $6::text,
+        least(coalesce($4::timestamptz, statement_timestamp()) + $7::interval,
+            coalesce($4::timestamptz, statement_timestamp()) + $5::interval)
     )
-    RETURNING id, created_at, idle_expires_at, scope
+    RETURNING id, created_at, idle_expires_at, expires_at, scope
 ),
 token AS (
-    INSERT INTO oauth_refresh_token (digest, family_id, scope, created_at, expires_at)
-    SELECT $6::bytea, f.id, f.scope, f.created_at, f.idle_expires_at
+    INSERT INTO oauth_refresh_token (digest, pepper_id, family_id, scope, created_at, expires_at)
+    SELECT $8::bytea, $9::text, f.id, f.scope, f.created_at, f.idle_expires_at
     FROM family f
     RETURNING expires_at
 )
-SELECT f.id, f.created_at, t.expires_at
+SELECT f.id, f.created_at, f.expires_at AS family_expires_at, t.expires_at
 FROM family f
 CROSS JOIN token t
 `
 
 type FamilyCreateParams struct {
-	ClientID string
-	UserID   string
-	Scope    []string
-	Now      *time.Time
-	TTL      pgtype.Interval
-	Digest   []byte
+	ClientID         string
+	UserID           string
+	Scope            []string
+	Now              *time.Time
+	Lifetime         pgtype.Interval
+	SenderThumbprint *string
+	TTL              pgtype.Interval
+	Digest           []byte
+	PepperID         string
 }
 
 type FamilyCreateRow struct {
-	ID        pgtype.UUID
-	CreatedAt time.Time
-	ExpiresAt time.Time
+	ID              pgtype.UUID
+	CreatedAt       time.Time
+	FamilyExpiresAt *time.Time
+	ExpiresAt       time.Time
 }
 
-// FamilyCreate starts a grant: a new family and its first refresh token, in one statement.
+// FamilyCreate starts a grant: a new family and its first refresh token, in one statement. The
+// token's idle lifetime never reaches past the family's absolute lifetime.
 func (q *Queries) FamilyCreate(ctx context.Context, db DBTX, arg FamilyCreateParams) (FamilyCreateRow, error) {
 	row := db.QueryRow(ctx, familyCreate,
 		arg.ClientID,
 		arg.UserID,
 		arg.Scope,
 		arg.Now,
+		arg.Lifetime,
+		arg.SenderThumbprint,
 		arg.TTL,
 		arg.Digest,
+		arg.PepperID,
 	)
 	var i FamilyCreateRow
-	err := row.Scan(&i.ID, &i.CreatedAt, &i.ExpiresAt)
+	err := row.Scan(
+		&i.ID,
+		&i.CreatedAt,
+		&i.FamilyExpiresAt,
+		&i.ExpiresAt,
+	)
 	return i, err
 }
 
@@ -84,7 +101,7 @@ const familyDeleteExpired = `-- name: FamilyDeleteExpired :one
 WITH doomed AS MATERIALIZED (
     SELECT f.id
     FROM oauth_family f
-    WHERE f.idle_expires_at < coalesce($1::timestamptz, now()) - $2::interval
+    WHERE f.idle_expires_at < coalesce($1::timestamptz, statement_timestamp()) - $2::interval
     ORDER BY f.idle_expires_at
     LIMIT $3::integer
     FOR UPDATE SKIP LOCKED
@@ -129,47 +146,139 @@ func (q *Queries) FamilyDeleteExpired(ctx context.Context, db DBTX, arg FamilyDe
 }
 
 const familyGet = `-- name: FamilyGet :one
-SELECT id, client_id, user_id, scope, created_at, last_rotated_at, rotation_count,
-    idle_expires_at, revoked_at, revoked_reason
-FROM oauth_family
-WHERE id = $1::uuid
+SELECT f.id, f.client_id, f.user_id, f.scope, f.created_at, f.expires_at, f.sender_thumbprint, f.last_rotated_at, f.rotation_count, f.idle_expires_at, f.revoked_at, f.revoked_reason
+FROM oauth_family f
+WHERE f.id = $1::uuid
 `
 
-func (q *Queries) FamilyGet(ctx context.Context, db DBTX, id pgtype.UUID) (OauthFamily, error) {
+type FamilyGetRow struct {
+	OauthFamily OauthFamily
+}
+
+func (q *Queries) FamilyGet(ctx context.Context, db DBTX, id pgtype.UUID) (FamilyGetRow, error) {
 	row := db.QueryRow(ctx, familyGet, id)
-	var i OauthFamily
+	var i FamilyGetRow
 	err := row.Scan(
-		&i.ID,
-		&i.ClientID,
-		&i.UserID,
-		&i.Scope,
-		&i.CreatedAt,
-		&i.LastRotatedAt,
-		&i.RotationCount,
-		&i.IdleExpiresAt,
-		&i.RevokedAt,
-		&i.RevokedReason,
+		&i.OauthFamily.ID,
+		&i.OauthFamily.ClientID,
+		&i.OauthFamily.UserID,
+		&i.OauthFamily.Scope,
+		&i.OauthFamily.CreatedAt,
+		&i.OauthFamily.ExpiresAt,
+		&i.OauthFamily.SenderThumbprint,
+		&i.OauthFamily.LastRotatedAt,
+		&i.OauthFamily.RotationCount,
+		&i.OauthFamily.IdleExpiresAt,
+		&i.OauthFamily.RevokedAt,
+		&i.OauthFamily.RevokedReason,
 	)
+	return i, err
+}
+
+const familyListActiveByUser = `-- name: FamilyListActiveByUser :many
+SELECT f.id, f.client_id, f.user_id, f.scope, f.created_at, f.expires_at, f.sender_thumbprint, f.last_rotated_at, f.rotation_count, f.idle_expires_at, f.revoked_at, f.revoked_reason
+FROM oauth_family f
+WHERE f.user_id = $1::text
+  AND f.revoked_at IS NULL
+  AND f.idle_expires_at > coalesce($2::timestamptz, statement_timestamp())
+ORDER BY f.created_at DESC, f.id
+LIMIT $3::integer
+`
+
+type FamilyListActiveByUserParams struct {
+	UserID  string
+	Now     *time.Time
+	MaxRows int32
+}
+
+type FamilyListActiveByUserRow struct {
+	OauthFamily OauthFamily
+}
+
+// FamilyListActiveByUser lists the families of a user that can still be used, newest first: the
+// rows of a "your sessions" page.
+func (q *Queries) FamilyListActiveByUser(ctx context.Context, db DBTX, arg FamilyListActiveByUserParams) ([]FamilyListActiveByUserRow, error) {
+	rows, err := db.Query(ctx, familyListActiveByUser, arg.UserID, arg.Now, arg.MaxRows)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var items []FamilyListActiveByUserRow
+	for rows.Next() {
+		var i FamilyListActiveByUserRow
+		if err := rows.Scan(
+			&i.OauthFamily.ID,
+			&i.OauthFamily.ClientID,
+			&i.OauthFamily.UserID,
+			&i.OauthFamily.Scope,
+			&i.OauthFamily.CreatedAt,
+			&i.OauthFamily.ExpiresAt,
+			&i.OauthFamily.SenderThumbprint,
+			&i.OauthFamily.LastRotatedAt,
+			&i.OauthFamily.RotationCount,
+			&i.OauthFamily.IdleExpiresAt,
+			&i.OauthFamily.RevokedAt,
+			&i.OauthFamily.RevokedReason,
+		); err != nil {
+			return nil, err
+		}
+		items = append(items, i)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
+}
+
+const familyLockByToken = `-- name: FamilyLockByToken :one
+SELECT f.id, coalesce($1::timestamptz, statement_timestamp())::timestamptz AS now
+FROM oauth_family f
+WHERE f.id = (
+    SELECT t.family_id
+    FROM oauth_refresh_token t
+    WHERE t.digest = ANY($2::bytea[])
+    LIMIT 1
+)
+FOR NO KEY UPDATE
+`
+
+type FamilyLockByTokenParams struct {
+	Now     *time.Time
+	Digests [][]byte
+}
+
+type FamilyLockByTokenRow struct {
+	ID  pgtype.UUID
+	Now time.Time
+}
+
+// FamilyLockByToken locks the family of a presented token and returns the statement's clock. The
+// statements that follow it in the same transaction see every change committed before the lock
+// was granted, and no rotation or revocation of the family can interleave with them.
+func (q *Queries) FamilyLockByToken(ctx context.Context, db DBTX, arg FamilyLockByTokenParams) (FamilyLockByTokenRow, error) {
+	row := db.QueryRow(ctx, familyLockByToken, arg.Now, arg.Digests)
+	var i FamilyLockByTokenRow
+	err := row.Scan(&i.ID, &i.Now)
 	return i, err
 }
 
 const familyRevoke = `-- name: FamilyRevoke :one
 WITH family AS MATERIALIZED (
-    SELECT f.id, f.revoked_at
+    SELECT f.id, f.client_id, f.user_id, f.revoked_at
     FROM oauth_family f
     WHERE f.id = $1::uuid
     FOR NO KEY UPDATE
 ),
 revoked AS (
     UPDATE oauth_family f
-    SET revoked_at = coalesce($2::timestamptz, now()),
+    SET revoked_at = coalesce($2::timestamptz, statement_timestamp()),
         revoked_reason = $3::text
     FROM family locked
     WHERE f.id = locked.id
       AND locked.revoked_at IS NULL
     RETURNING f.id
 )
-SELECT f.id, EXISTS (SELECT 1 FROM revoked) AS revoked_now
+SELECT f.id, f.client_id, f.user_id, EXISTS (SELECT 1 FROM revoked) AS revoked_now
 FROM family f
 `
 
@@ -181,6 +290,8 @@ type FamilyRevokeParams struct {
 
 type FamilyRevokeRow struct {
 	ID         pgtype.UUID
+	ClientID   string
+	UserID     string
 	RevokedNow bool
 }
 
@@ -190,6 +301,128 @@ type FamilyRevokeRow struct {
 func (q *Queries) FamilyRevoke(ctx context.Context, db DBTX, arg FamilyRevokeParams) (FamilyRevokeRow, error) {
 	row := db.QueryRow(ctx, familyRevoke, arg.ID, arg.Now, arg.Reason)
 	var i FamilyRevokeRow
-	err := row.Scan(&i.ID, &i.RevokedNow)
+	err := row.Scan(
+		&i.ID,
+		&i.ClientID,
+		&i.UserID,
+		&i.RevokedNow,
+	)
 	return i, err
+}
+
+const familyRevokeByClient = `-- name: FamilyRevokeByClient :many
+WITH batch AS MATERIALIZED (
+    SELECT f.id
+    FROM oauth_family f
+    WHERE f.client_id = $3::text
+      AND f.revoked_at IS NULL
+    LIMIT $4::integer
+    FOR NO KEY UPDATE
+)
+UPDATE oauth_family f
+SET revoked_at = coalesce($1::timestamptz, statement_timestamp()),
+    revoked_reason = $2::text
+FROM batch b
+WHERE f.id = b.id
+RETURNING f.id, f.client_id, f.user_id
+`
+
+type FamilyRevokeByClientParams struct {
+	Now       *time.Time
+	Reason    string
+	ClientID  string
+	BatchSize int32
+}
+
+type FamilyRevokeByClientRow struct {
+	ID       pgtype.UUID
+	ClientID string
+	UserID   string
+}
+
+// FamilyRevokeByClient revokes one batch of a client's live families and returns them; callers
+// repeat it until a batch comes back short, so that no statement holds many row locks for long.
+func (q *Queries) FamilyRevokeByClient(ctx context.Context, db DBTX, arg FamilyRevokeByClientParams) ([]FamilyRevokeByClientRow, error) {
+	rows, err := db.Query(ctx, familyRevokeByClient,
+		arg.Now,
+		arg.Reason,
+		arg.ClientID,
+		arg.BatchSize,
+	)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var items []FamilyRevokeByClientRow
+	for rows.Next() {
+		var i FamilyRevokeByClientRow
+		if err := rows.Scan(&i.ID, &i.ClientID, &i.UserID); err != nil {
+			return nil, err
+		}
+		items = append(items, i)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
+}
+
+const familyRevokeByUser = `-- name: FamilyRevokeByUser :many
+WITH batch AS MATERIALIZED (
+    SELECT f.id
+    FROM oauth_family f
+    WHERE f.user_id = $3::text
+      AND f.client_id = coalesce($4::text, f.client_id)
+      AND f.revoked_at IS NULL
+    LIMIT $5::integer
+    FOR NO KEY UPDATE
+)
+UPDATE oauth_family f
+SET revoked_at = coalesce($1::timestamptz, statement_timestamp()),
+    revoked_reason = $2::text
+FROM batch b
+WHERE f.id = b.id
+RETURNING f.id, f.client_id, f.user_id
+`
+
+type FamilyRevokeByUserParams struct {
+	Now       *time.Time
+	Reason    string
+	UserID    string
+	ClientID  *string
+	BatchSize int32
+}
+
+type FamilyRevokeByUserRow struct {
+	ID       pgtype.UUID
+	ClientID string
+	UserID   string
+}
+
+// FamilyRevokeByUser revokes one batch of a user's live families, at every client or at one, and
+// returns them; callers repeat it until a batch comes back short.
+func (q *Queries) FamilyRevokeByUser(ctx context.Context, db DBTX, arg FamilyRevokeByUserParams) ([]FamilyRevokeByUserRow, error) {
+	rows, err := db.Query(ctx, familyRevokeByUser,
+		arg.Now,
+		arg.Reason,
+		arg.UserID,
+		arg.ClientID,
+		arg.BatchSize,
+	)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var items []FamilyRevokeByUserRow
+	for rows.Next() {
+		var i FamilyRevokeByUserRow
+		if err := rows.Scan(&i.ID, &i.ClientID, &i.UserID); err != nil {
+			return nil, err
+		}
+		items = append(items, i)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
 }

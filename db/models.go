@@ -11,24 +11,28 @@ import (
 )
 
 type OauthFamily struct {
-	ID            pgtype.UUID
-	ClientID      string
-	UserID        string
-	Scope         []string
-	CreatedAt     time.Time
-	LastRotatedAt *time.Time
-	RotationCount int32
-	IdleExpiresAt time.Time
-	RevokedAt     *time.Time
-	RevokedReason *string
+	ID               pgtype.UUID
+	ClientID         string
+	UserID           string
+	Scope            []string
+	CreatedAt        time.Time
+	ExpiresAt        *time.Time
+	SenderThumbprint *string
+	LastRotatedAt    *time.Time
+	RotationCount    int32
+	IdleExpiresAt    time.Time
+	RevokedAt        *time.Time
+	RevokedReason    *string
 }
 
 type OauthRefreshToken struct {
 	Digest       []byte
+	PepperID     string
 	FamilyID     pgtype.UUID
 	ParentDigest []byte
 	Scope        []string
 	CreatedAt    time.Time
 	ExpiresAt    time.Time
 	ConsumedAt   *time.Time
+	GraceUses    int32
 }

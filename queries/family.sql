@@ -1,23 +1,28 @@
--- FamilyCreate starts a grant: a new family and its first refresh token, in one statement.
+-- FamilyCreate starts a grant: a new family and its first refresh token, in one statement. The
+-- token's idle lifetime never reaches past the family's absolute lifetime.
 -- name: FamilyCreate :one
 WITH family AS (
-    INSERT INTO oauth_family (client_id, user_id, scope, created_at, idle_expires_at)
+    INSERT INTO oauth_family (client_id, user_id, scope, created_at, expires_at, sender_thumbprint,
+        idle_expires_at)
     VALUES (
         @client_id::text,
         @user_id::text,
         @scope::text[],
-        coalesce(sqlc.narg('now')::timestamptz, now()),
-        coalesce(sqlc.narg('now')::timestamptz, now()) + @ttl::interval
+        coalesce(sqlc.narg('now')::timestamptz, statement_timestamp()),
+        coalesce(sqlc.narg('now')::timestamptz, statement_timestamp()) + sqlc.narg('lifetime')::interval,
+        sqlc.narg('sender_thumbprint')::text,
+        least(coalesce(sqlc.narg('now')::timestamptz, statement_timestamp()) + @ttl::interval,
+            coalesce(sqlc.narg('now')::timestamptz, statement_timestamp()) + sqlc.narg('lifetime')::interval)
     )
-    RETURNING id, created_at, idle_expires_at, scope
+    RETURNING id, created_at, idle_expires_at, expires_at, scope
 ),
 token AS (
-    INSERT INTO oauth_refresh_token (digest, family_id, scope, created_at, expires_at)
-    SELECT @digest::bytea, f.id, f.scope, f.created_at, f.idle_expires_at
+    INSERT INTO oauth_refresh_token (digest, pepper_id, family_id, scope, created_at, expires_at)
+    SELECT @digest::bytea, @pepper_id::text, f.id, f.scope, f.created_at, f.idle_expires_at
     FROM family f
     RETURNING expires_at
 )
-SELECT f.id, f.created_at, t.expires_at
+SELECT f.id, f.created_at, f.expires_at AS family_expires_at, t.expires_at
 FROM family f
 CROSS JOIN token t;
 
@@ -35,7 +40,7 @@ WHERE id = @id::uuid;
 WITH doomed AS MATERIALIZED (
     SELECT f.id
     FROM oauth_family f
-    WHERE f.idle_expires_at < coalesce(sqlc.narg('now')::timestamptz, now()) - @retain::interval
+    WHERE f.idle_expires_at < coalesce(sqlc.narg('now')::timestamptz, statement_timestamp()) - @retain::interval
     ORDER BY f.idle_expires_at
     LIMIT @batch_size::integer
     FOR UPDATE SKIP LOCKED
@@ -57,29 +62,90 @@ SELECT
     (SELECT count(*) FROM tokens)::bigint AS tokens_deleted;
 
 -- name: FamilyGet :one
-SELECT id, client_id, user_id, scope, created_at, last_rotated_at, rotation_count,
-    idle_expires_at, revoked_at, revoked_reason
-FROM oauth_family
-WHERE id = @id::uuid;
+SELECT sqlc.embed(f)
+FROM oauth_family f
+WHERE f.id = @id::uuid;
+
+-- FamilyListActiveByUser lists the families of a user that can still be used, newest first: the
+-- rows of a "your sessions" page.
+-- name: FamilyListActiveByUser :many
+SELECT sqlc.embed(f)
+FROM oauth_family f
+WHERE f.user_id = @user_id::text
+  AND f.revoked_at IS NULL
+  AND f.idle_expires_at > coalesce(sqlc.narg('now')::timestamptz, statement_timestamp())
+ORDER BY f.created_at DESC, f.id
+LIMIT @max_rows::integer;
+
+-- FamilyLockByToken locks the family of a presented token and returns the statement's clock. The
+-- statements that follow it in the same transaction see every change committed before the lock
+-- was granted, and no rotation or revocation of the family can interleave with them.
+-- name: FamilyLockByToken :one
+SELECT f.id, coalesce(sqlc.narg('now')::timestamptz, statement_timestamp())::timestamptz AS now
+FROM oauth_family f
+WHERE f.id = (
+    SELECT t.family_id
+    FROM oauth_refresh_token t
+    WHERE t.digest = ANY(@digests::bytea[])
+    LIMIT 1
+)
+FOR NO KEY UPDATE;
 
 -- FamilyRevoke marks a family revoked. The row lock orders it against rotations of the same family
 -- (I3); a family that is already revoked keeps its first reason. Returns no row when there is no
 -- such family.
 -- name: FamilyRevoke :one
 WITH family AS MATERIALIZED (
-    SELECT f.id, f.revoked_at
+    SELECT f.id, f.client_id, f.user_id, f.revoked_at
     FROM oauth_family f
     WHERE f.id = @id::uuid
     FOR NO KEY UPDATE
 ),
 revoked AS (
     UPDATE oauth_family f
-    SET revoked_at = coalesce(sqlc.narg('now')::timestamptz, now()),
+    SET revoked_at = coalesce(sqlc.narg('now')::timestamptz, statement_timestamp()),
         revoked_reason = @reason::text
     FROM family locked
     WHERE f.id = locked.id
       AND locked.revoked_at IS NULL
     RETURNING f.id
 )
-SELECT f.id, EXISTS (SELECT 1 FROM revoked) AS revoked_now
+SELECT f.id, f.client_id, f.user_id, EXISTS (SELECT 1 FROM revoked) AS revoked_now
 FROM family f;
+
+-- FamilyRevokeByClient revokes one batch of a client's live families and returns them; callers
+-- repeat it until a batch comes back short, so that no statement holds many row locks for long.
+-- name: FamilyRevokeByClient :many
+WITH batch AS MATERIALIZED (
+    SELECT f.id
+    FROM oauth_family f
+    WHERE f.client_id = @client_id::text
+      AND f.revoked_at IS NULL
+    LIMIT @batch_size::integer
+    FOR NO KEY UPDATE
+)
+UPDATE oauth_family f
+SET revoked_at = coalesce(sqlc.narg('now')::timestamptz, statement_timestamp()),
+    revoked_reason = @reason::text
+FROM batch b
+WHERE f.id = b.id
+RETURNING f.id, f.client_id, f.user_id;
+
+-- FamilyRevokeByUser revokes one batch of a user's live families, at every client or at one, and
+-- returns them; callers repeat it until a batch comes back short.
+-- name: FamilyRevokeByUser :many
+WITH batch AS MATERIALIZED (
+    SELECT f.id
+    FROM oauth_family f
+    WHERE f.user_id = @user_id::text
+      AND f.client_id = coalesce(sqlc.narg('client_id')::text, f.client_id)
+      AND f.revoked_at IS NULL
+    LIMIT @batch_size::integer
+    FOR NO KEY UPDATE
+)
+UPDATE oauth_family f
+SET revoked_at = coalesce(sqlc.narg('now')::timestamptz, statement_timestamp()),
+    revoked_reason = @reason::text
+FROM batch b
+WHERE f.id = b.id
+RETURNING f.id, f.client_id, f.user_id;

@@ -1,68 +1,89 @@
--- RefreshTokenDetectReplay explains why a rotation did not happen and, when the presented token was
--- already consumed, revokes its family (RFC 6819 §5.2.2.3, RFC 9700 §4.14.2). The family row is
--- locked before the token is read, in the same order as RefreshTokenRotate, and the token row is
--- read under a lock so that the decision sees the latest committed state, not the statement's
--- snapshot. A wrong client changes nothing (I5). Returns no row for an unknown token.
--- name: RefreshTokenDetectReplay :one
-WITH presented AS (
-    SELECT t.family_id
-    FROM oauth_refresh_token t
-    WHERE t.digest = @digest::bytea
-),
-family AS MATERIALIZED (
-    SELECT f.id, f.client_id, f.user_id, f.revoked_at, f.revoked_reason
-    FROM oauth_family f
-    JOIN presented p ON p.family_id = f.id
-    FOR NO KEY UPDATE OF f
-),
-token AS MATERIALIZED (
-    SELECT t.family_id, t.consumed_at, t.expires_at
-    FROM oauth_refresh_token t
-    JOIN family f ON f.id = t.family_id
-    WHERE t.digest = @digest::bytea
-    FOR KEY SHARE OF t
-),
-revoked AS (
-    UPDATE oauth_family f
-    SET revoked_at = coalesce(sqlc.narg('now')::timestamptz, now()),
-        revoked_reason = 'replay_detected'
-    FROM family locked
-    JOIN token t ON t.family_id = locked.id
-    WHERE f.id = locked.id
-      AND locked.revoked_at IS NULL
-      AND locked.client_id = @client_id::text
-      AND t.consumed_at IS NOT NULL
-    RETURNING f.id
-)
-SELECT f.id AS family_id, f.client_id, f.user_id, f.revoked_at, f.revoked_reason,
-    t.consumed_at, t.expires_at,
-    t.expires_at <= coalesce(sqlc.narg('now')::timestamptz, now()) AS expired,
-    EXISTS (SELECT 1 FROM revoked) AS revoked_now
-FROM family f
-JOIN token t ON t.family_id = f.id;
-
--- RefreshTokenGet reads a token with its family, without changing anything.
+-- RefreshTokenGet reads a token with its family, without changing anything. The token may be
+-- presented under any pepper of the ring, hence a digest per pepper.
 -- name: RefreshTokenGet :one
-SELECT t.family_id, t.scope, t.created_at, t.expires_at, t.consumed_at,
-    f.client_id, f.user_id, f.scope AS granted_scope, f.created_at AS family_created_at,
-    f.revoked_at, f.revoked_reason,
-    t.expires_at <= coalesce(sqlc.narg('now')::timestamptz, now()) AS expired
+SELECT t.digest, t.family_id, t.parent_digest, t.scope, t.created_at, t.expires_at, t.consumed_at,
+    t.grace_uses,
+    f.client_id, f.user_id, f.scope AS granted_scope, f.expires_at AS family_expires_at,
+    f.sender_thumbprint, f.revoked_at, f.revoked_reason,
+    t.expires_at <= coalesce(sqlc.narg('now')::timestamptz, statement_timestamp()) AS expired
 FROM oauth_refresh_token t
 JOIN oauth_family f ON f.id = t.family_id
-WHERE t.digest = @digest::bytea;
+WHERE t.digest = ANY(@digests::bytea[]);
+
+-- RefreshTokenGetLive returns the family's one live token, if any.
+-- name: RefreshTokenGetLive :one
+SELECT digest, parent_digest, expires_at
+FROM oauth_refresh_token
+WHERE family_id = @family_id::uuid
+  AND consumed_at IS NULL;
+
+-- RefreshTokenReplace serves a grace reuse: the parent of the family's live token was presented
+-- again shortly after its rotation, because the response carrying the live token was lost. The
+-- unused live token is consumed and a new one takes its place under the same parent, so the family
+-- never holds two live tokens (I1). Run it only while holding the family lock (FamilyLockByToken),
+-- after checking that the live token is unused and the parent is within its grace allowance.
+-- name: RefreshTokenReplace :one
+WITH superseded AS (
+    UPDATE oauth_refresh_token t
+    SET consumed_at = coalesce(sqlc.narg('now')::timestamptz, statement_timestamp())
+    WHERE t.digest = @live_digest::bytea
+      AND t.consumed_at IS NULL
+    RETURNING t.family_id
+),
+parent AS (
+    UPDATE oauth_refresh_token t
+    SET grace_uses = t.grace_uses + 1
+    FROM superseded s
+    WHERE t.digest = @parent_digest::bytea
+      AND t.family_id = s.family_id
+    RETURNING t.digest, t.family_id
+),
+rotated AS (
+    UPDATE oauth_family f
+    SET last_rotated_at = coalesce(sqlc.narg('now')::timestamptz, statement_timestamp()),
+        rotation_count = f.rotation_count + 1,
+        idle_expires_at = greatest(f.idle_expires_at,
+            least(coalesce(sqlc.narg('now')::timestamptz, statement_timestamp()) + @ttl::interval, f.expires_at))
+    FROM parent p
+    WHERE f.id = p.family_id
+    RETURNING f.id, f.client_id, f.user_id, f.scope AS granted_scope, f.expires_at AS family_expires_at,
+        p.digest AS parent_digest
+),
+successor AS (
+    INSERT INTO oauth_refresh_token (digest, pepper_id, family_id, parent_digest, scope, created_at,
+        expires_at)
+    SELECT @successor_digest::bytea, @pepper_id::text, r.id, r.parent_digest,
+        coalesce(sqlc.narg('scope')::text[], r.granted_scope),
+        coalesce(sqlc.narg('now')::timestamptz, statement_timestamp()),
+        least(coalesce(sqlc.narg('now')::timestamptz, statement_timestamp()) + @ttl::interval, r.family_expires_at)
+    FROM rotated r
+    RETURNING family_id, scope, expires_at
+)
+SELECT r.id AS family_id, r.client_id, r.user_id, r.family_expires_at, s.scope, s.expires_at
+FROM rotated r
+JOIN successor s ON s.family_id = r.id;
 
 -- RefreshTokenRotate consumes the presented token and inserts its successor in one statement, so
 -- both commit together or not at all (I2). The family row is locked first: a concurrent rotation of
 -- the same token waits here and then finds the token consumed, and a revocation that commits first
 -- leaves nothing to rotate (I3). The successor's insert follows the consume, so the partial unique
--- index never sees two live tokens in the family (I1). Returns no row when the token is unknown,
--- expired, already consumed, of another client, or its family is revoked; the caller then asks
--- RefreshTokenDetectReplay why.
+-- index never sees two live tokens in the family (I1). Nothing changes unless the client, the sender
+-- key, the lifetimes and the scope all allow the rotation (I5). The successor carries the requested
+-- scope, or else the granted one (RFC 6749 §6), and never outlives the family.
+--
+-- Returns no row when the token is unknown, expired, already consumed, of another client or sender,
+-- asks for scope beyond the grant, or its family is revoked; the caller then
+-- finds out which under the family lock. A token never outlives its family, so a family past its
+-- absolute lifetime has no unexpired token left to rotate.
 -- name: RefreshTokenRotate :one
 WITH presented AS (
+    -- A token already consumed or expired locks nothing: the refusal that follows does not keep
+    -- the family locked in a caller's transaction.
     SELECT t.family_id
     FROM oauth_refresh_token t
-    WHERE t.digest = @digest::bytea
+    WHERE t.digest = ANY(@digests::bytea[])
+      AND t.consumed_at IS NULL
+      AND t.expires_at > coalesce(sqlc.narg('now')::timestamptz, statement_timestamp())
 ),
 family AS MATERIALIZED (
     SELECT f.id
@@ -70,38 +91,42 @@ family AS MATERIALIZED (
     JOIN presented p ON p.family_id = f.id
     WHERE f.revoked_at IS NULL
       AND f.client_id = @client_id::text
+      AND (f.sender_thumbprint IS NULL
+          OR f.sender_thumbprint = sqlc.narg('sender_thumbprint')::text)
+      AND (sqlc.narg('scope')::text[] IS NULL OR sqlc.narg('scope')::text[] <@ f.scope)
     FOR NO KEY UPDATE OF f
 ),
 consumed AS (
     UPDATE oauth_refresh_token t
-    SET consumed_at = coalesce(sqlc.narg('now')::timestamptz, now())
+    SET consumed_at = coalesce(sqlc.narg('now')::timestamptz, statement_timestamp())
     FROM family f
-    WHERE t.digest = @digest::bytea
+    WHERE t.digest = ANY(@digests::bytea[])
       AND t.family_id = f.id
       AND t.consumed_at IS NULL
-      AND t.expires_at > coalesce(sqlc.narg('now')::timestamptz, now())
-    RETURNING t.family_id, t.digest, t.scope
+      AND t.expires_at > coalesce(sqlc.narg('now')::timestamptz, statement_timestamp())
+    RETURNING t.family_id, t.digest
 ),
 rotated AS (
     UPDATE oauth_family f
-    SET last_rotated_at = coalesce(sqlc.narg('now')::timestamptz, now()),
+    SET last_rotated_at = coalesce(sqlc.narg('now')::timestamptz, statement_timestamp()),
         rotation_count = f.rotation_count + 1,
         idle_expires_at = greatest(f.idle_expires_at,
-            coalesce(sqlc.narg('now')::timestamptz, now()) + @ttl::interval)
+            least(coalesce(sqlc.narg('now')::timestamptz, statement_timestamp()) + @ttl::interval, f.expires_at))
     FROM consumed c
     WHERE f.id = c.family_id
-    RETURNING f.id, f.client_id, f.user_id, f.scope, f.created_at, f.rotation_count,
-        c.digest AS parent_digest, c.scope AS token_scope
+    RETURNING f.id, f.client_id, f.user_id, f.scope AS granted_scope, f.expires_at AS family_expires_at,
+        c.digest AS parent_digest
 ),
 successor AS (
-    INSERT INTO oauth_refresh_token (digest, family_id, parent_digest, scope, created_at, expires_at)
-    SELECT @successor_digest::bytea, r.id, r.parent_digest, r.token_scope,
-        coalesce(sqlc.narg('now')::timestamptz, now()),
-        coalesce(sqlc.narg('now')::timestamptz, now()) + @ttl::interval
+    INSERT INTO oauth_refresh_token (digest, pepper_id, family_id, parent_digest, scope, created_at,
+        expires_at)
+    SELECT @successor_digest::bytea, @pepper_id::text, r.id, r.parent_digest,
+        coalesce(sqlc.narg('scope')::text[], r.granted_scope),
+        coalesce(sqlc.narg('now')::timestamptz, statement_timestamp()),
+        least(coalesce(sqlc.narg('now')::timestamptz, statement_timestamp()) + @ttl::interval, r.family_expires_at)
     FROM rotated r
     RETURNING family_id, scope, expires_at
 )
-SELECT r.id AS family_id, r.client_id, r.user_id, r.scope AS granted_scope, r.created_at,
-    r.rotation_count, s.scope, s.expires_at
+SELECT r.id AS family_id, r.client_id, r.user_id, r.family_expires_at, s.scope, s.expires_at
 FROM rotated r
 JOIN successor s ON s.family_id = r.id;

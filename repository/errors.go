@@ -16,17 +16,25 @@ var (
 	ErrTokenNotFound = grantError("refresh token not found")
 	// ErrWrongClient: the token was issued to another client. Nothing was consumed.
 	ErrWrongClient = grantError("refresh token was issued to another client")
-	// ErrTokenExpired: the token's idle lifetime has passed. Nothing was consumed.
+	// ErrTokenExpired: the token's idle lifetime, or its family's absolute lifetime, has passed.
+	// Nothing was consumed.
 	ErrTokenExpired = grantError("refresh token expired")
 	// ErrTokenConsumed: the token was already used. Returned by reads that change nothing (Peek);
 	// Rotate reports a consumed token as ErrReplayDetected.
 	ErrTokenConsumed = grantError("refresh token already used")
+	// ErrSenderMismatch: the family is bound to a key (RFC 9449 DPoP, RFC 8705 mTLS) and the
+	// request did not prove possession of it. Nothing was consumed.
+	ErrSenderMismatch = grantError("refresh token is bound to another key")
 	// ErrFamilyRevoked: the token's family was revoked earlier.
 	ErrFamilyRevoked = grantError("refresh token family revoked")
 	// ErrReplayDetected: an already consumed token was presented again, which is evidence that it
 	// was stolen; its whole family is revoked (RFC 6819 §5.2.2.3, RFC 9700 §4.14.2).
 	ErrReplayDetected = grantError("refresh token replay detected; family revoked")
 )
+
+// ErrInvalidScope is returned when a rotation asks for scope beyond what was granted (RFC 6749
+// §6); send the client "invalid_scope". Nothing was consumed. It is not an invalid grant.
+var ErrInvalidScope = errors.New("invalid_scope: requested scope exceeds the granted scope")
 
 // ErrFamilyNotFound is returned by operations addressed to a family id that does not exist.
 var ErrFamilyNotFound = errors.New("oauthstore: family not found")
@@ -65,3 +73,21 @@ func (e *InputError) Error() string {
 func (e *InputError) Is(target error) bool { return target == ErrInvalidInput }
 
 func inputError(field, problem string) error { return &InputError{Field: field, Problem: problem} }
+
+// ErrorCode returns the OAuth 2 error code (RFC 6749 §5.2) to send a client for an error of this
+// package: "invalid_grant" for every refused token whatever the cause, "invalid_scope",
+// "invalid_request" for refused input, and "server_error" for anything else. Send the code, not
+// err.Error(): the message names the cause, which is for the service's own logs.
+func ErrorCode(err error) string {
+	switch {
+	case err == nil:
+		return ""
+	case errors.Is(err, ErrInvalidGrant):
+		return "invalid_grant"
+	case errors.Is(err, ErrInvalidScope):
+		return "invalid_scope"
+	case errors.Is(err, ErrInvalidInput):
+		return "invalid_request"
+	}
+	return "server_error"
+}

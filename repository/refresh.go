@@ -1,12 +1,16 @@
 package repository
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"log/slog"
 	"time"
 
+	"github.com/jackc/pgerrcode"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgtype"
 
 	"github.com/oauthstore/oauthstore/db"
 )
@@ -16,7 +20,7 @@ type Grant struct {
 	FamilyID string
 	ClientID string
 	UserID   string
-	// Scope is the scope of this token.
+	// Scope is the scope of this token: the granted scope, or a narrower one a rotation asked for.
 	Scope []string
 }
 
@@ -25,6 +29,8 @@ type Grant struct {
 type RefreshToken struct {
 	Token     Secret
 	ExpiresAt time.Time
+	// FamilyExpiresAt is the family's absolute end, if it has one.
+	FamilyExpiresAt *time.Time
 	Grant
 }
 
@@ -35,6 +41,11 @@ type IssueRequest struct {
 	Scope    []string
 	// TTL is the token's idle lifetime; zero means Config.RefreshTokenTTL.
 	TTL time.Duration
+	// Lifetime is the family's absolute lifetime; zero means Config.FamilyLifetime.
+	Lifetime time.Duration
+	// SenderThumbprint binds the family to a key: the RFC 9449 DPoP "jkt" or the RFC 8705
+	// "x5t#S256" of the client's key. Every rotation must then present the same one.
+	SenderThumbprint string
 }
 
 // Issue starts a family with its first refresh token, in one statement.
@@ -53,21 +64,34 @@ func (s *Store) Issue(ctx context.Context, req IssueRequest) (*RefreshToken, err
 	if err != nil {
 		return nil, err
 	}
-	token, digest := s.refresh.mint()
+	lifetime := req.Lifetime
+	if lifetime == 0 {
+		lifetime = s.familyLifetime
+	} else if err := validateTTL("lifetime", lifetime); err != nil {
+		return nil, err
+	}
+	if err := validateThumbprint(req.SenderThumbprint); err != nil {
+		return nil, err
+	}
+	token, digest, pepperID := s.refresh.mint()
 	row, err := s.q.FamilyCreate(ctx, s.db, db.FamilyCreateParams{
-		ClientID: req.ClientID,
-		UserID:   req.UserID,
-		Scope:    scope,
-		Now:      s.now(),
-		TTL:      interval(ttl),
-		Digest:   digest,
+		ClientID:         req.ClientID,
+		UserID:           req.UserID,
+		Scope:            scope,
+		Now:              s.now(),
+		Lifetime:         optionalInterval(lifetime),
+		SenderThumbprint: optionalText(req.SenderThumbprint),
+		TTL:              interval(ttl),
+		Digest:           digest,
+		PepperID:         pepperID,
 	})
 	if err != nil {
 		return nil, dbError("issue", err)
 	}
 	return &RefreshToken{
-		Token:     token,
-		ExpiresAt: utc(row.ExpiresAt),
+		Token:           token,
+		ExpiresAt:       utc(row.ExpiresAt),
+		FamilyExpiresAt: utcPtr(row.FamilyExpiresAt),
 		Grant: Grant{
 			FamilyID: familyIDString(row.ID),
 			ClientID: req.ClientID,
@@ -82,14 +106,24 @@ type RotateRequest struct {
 	Token string
 	// ClientID is the authenticated client presenting the token.
 	ClientID string
-	// TTL is the successor's idle lifetime; zero means Config.RefreshTokenTTL.
+	// Scope, when not empty, narrows the successor's scope; it must be within the granted scope.
+	// Empty means the granted scope (RFC 6749 §6).
+	Scope []string
+	// SenderThumbprint is the thumbprint of the key the request proved possession of (DPoP proof
+	// or client certificate), if any. It must match when the family is sender-constrained.
+	SenderThumbprint string
+	// TTL is the successor's idle lifetime; zero means Config.RefreshTokenTTL. It never reaches past
+	// the family's absolute lifetime.
 	TTL time.Duration
 }
 
 // Rotate consumes the presented token and returns its successor in the same family. Consume and
-// successor commit together in one statement and one round trip (I2). A token that was already
-// consumed is a replay: its family is revoked and ErrReplayDetected returned. A wrong client or
-// an expired token gets an invalid grant and consumes nothing (I5).
+// successor commit together in one statement and one round trip (I2).
+//
+// A token that was already consumed is a replay: its family is revoked and ErrReplayDetected
+// returned — unless Config.GraceWindow allows a lost-response retry, in which case the family's
+// unused current token is replaced by the returned one. A wrong client, a wrong sender key, an
+// expired token or a scope beyond the grant consumes nothing (I5).
 func (s *Store) Rotate(ctx context.Context, req RotateRequest) (*RefreshToken, error) {
 	if err := validateID("client_id", req.ClientID); err != nil {
 		return nil, err
@@ -98,244 +132,238 @@ func (s *Store) Rotate(ctx context.Context, req RotateRequest) (*RefreshToken, e
 	if err != nil {
 		return nil, err
 	}
-	digest, ok := s.refresh.digestPresented(req.Token)
+	scope, err := normalizeScope(req.Scope)
+	if err != nil {
+		return nil, err
+	}
+	if len(scope) == 0 {
+		scope = nil // the granted scope
+	}
+	if err := validateThumbprint(req.SenderThumbprint); err != nil {
+		return nil, err
+	}
+	digests, ok := s.refresh.digestPresented(req.Token)
 	if !ok {
 		return nil, ErrTokenNotFound
 	}
-	token, successor := s.refresh.mint()
-	row, err := s.q.RefreshTokenRotate(ctx, s.db, db.RefreshTokenRotateParams{
-		Digest:          digest,
-		ClientID:        req.ClientID,
-		Now:             s.now(),
-		TTL:             interval(ttl),
-		SuccessorDigest: successor,
-	})
+	token, successor, pepperID := s.refresh.mint()
+	params := db.RefreshTokenRotateParams{
+		Digests:          digests,
+		ClientID:         req.ClientID,
+		SenderThumbprint: optionalText(req.SenderThumbprint),
+		Now:              s.now(),
+		Scope:            scope,
+		TTL:              interval(ttl),
+		SuccessorDigest:  successor,
+		PepperID:         pepperID,
+	}
+	row, err := s.q.RefreshTokenRotate(ctx, s.db, params)
 	if errors.Is(err, pgx.ErrNoRows) {
-		return nil, s.refusedRotation(ctx, digest, req.ClientID)
+		return s.rotateRefused(ctx, params, token)
 	}
 	if err != nil {
 		return nil, dbError("rotate", err)
 	}
+	return rotated(token, row.FamilyID, row.ClientID, row.UserID, row.Scope, row.ExpiresAt, row.FamilyExpiresAt), nil
+}
+
+func rotated(token Secret, familyID pgtype.UUID, clientID, userID string, scope []string, expires time.Time, familyExpires *time.Time) *RefreshToken {
 	return &RefreshToken{
-		Token:     token,
-		ExpiresAt: utc(row.ExpiresAt),
+		Token:           token,
+		ExpiresAt:       utc(expires),
+		FamilyExpiresAt: utcPtr(familyExpires),
 		Grant: Grant{
-			FamilyID: familyIDString(row.FamilyID),
-			ClientID: row.ClientID,
-			UserID:   row.UserID,
-			Scope:    row.Scope,
+			FamilyID: familyIDString(familyID),
+			ClientID: clientID,
+			UserID:   userID,
+			Scope:    scope,
 		},
-	}, nil
+	}
 }
 
-// refusedRotation finds out why a rotation did not happen, revoking the family on replay.
-func (s *Store) refusedRotation(ctx context.Context, digest []byte, clientID string) error {
-	row, err := s.q.RefreshTokenDetectReplay(ctx, s.db, db.RefreshTokenDetectReplayParams{
-		Digest:   digest,
-		Now:      s.now(),
-		ClientID: clientID,
+// refusedRotation is what a refused rotation comes to: a successor after all (grace reuse, or a
+// rotation that rolled back under the first attempt), or a refusal; whether the transaction
+// commits; the event to report; and a family whose revocation for replay must outlive the
+// caller's transaction.
+type refusedRotation struct {
+	successor     *RefreshToken
+	refusal       error
+	event         *Event
+	commit        bool
+	revokeOutside pgtype.UUID
+}
+
+// rotateRefused runs when the rotating statement changed nothing, and finds out why. A token that
+// is unknown, of another client or bound to another key is refused on a plain read: those never
+// change. Anything else is decided holding the family lock, so that what it reads is the latest
+// committed state and cannot change underneath, and acted on: a grace reuse, a replay's
+// revocation, or a refusal that changes nothing.
+func (s *Store) rotateRefused(ctx context.Context, p db.RefreshTokenRotateParams, token Secret) (*RefreshToken, error) {
+	t, err := s.q.RefreshTokenGet(ctx, s.db, db.RefreshTokenGetParams{Now: p.Now, Digests: p.Digests})
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, ErrTokenNotFound
+	}
+	if err != nil {
+		return nil, dbError("rotate: read token", err)
+	}
+	if refusal := refuseForeign(t, p); refusal != nil {
+		return nil, refusal
+	}
+	var out refusedRotation
+	err = s.inTx(ctx, "rotate", func(tx pgx.Tx) (bool, error) {
+		var err error
+		out, err = s.settleRefused(ctx, tx, p, token)
+		return out.commit, err
 	})
-	if errors.Is(err, pgx.ErrNoRows) {
-		return ErrTokenNotFound
-	}
 	if err != nil {
-		return dbError("detect replay", err)
-	}
-	switch {
-	case row.ClientID != clientID:
-		return ErrWrongClient
-	case row.ConsumedAt != nil:
-		s.log.LogAttrs(ctx, slog.LevelWarn, "oauthstore: refresh token replay detected",
-			slog.String("family_id", familyIDString(row.FamilyID)),
-			slog.String("client_id", row.ClientID),
-			slog.String("user_id", row.UserID),
-			slog.Bool("family_revoked_now", row.RevokedNow),
-		)
-		return ErrReplayDetected
-	case row.RevokedAt != nil:
-		return ErrFamilyRevoked
-	case row.Expired:
-		return ErrTokenExpired
-	}
-	// The token is live, unexpired and the client's, yet the rotation found nothing to consume:
-	// only a rotation rolled back between the two statements could do that.
-	return dbError("rotate", errors.New("token changed state during rotation; retry"))
-}
-
-// TokenInfo describes a stored refresh token and its family.
-type TokenInfo struct {
-	Grant
-	GrantedScope  []string
-	CreatedAt     time.Time
-	ExpiresAt     time.Time
-	ConsumedAt    *time.Time
-	FamilyRevoked *time.Time
-	RevokedReason string
-	// Expired reports whether ExpiresAt has passed by the database clock (or Config.Clock).
-	Expired bool
-}
-
-// Lookup returns what is stored about a token, whatever its state, without changing anything:
-// its family and client, for example to check that a revocation request comes from the client
-// the token was issued to (RFC 7009 §2.1).
-func (s *Store) Lookup(ctx context.Context, token string) (*TokenInfo, error) {
-	digest, ok := s.refresh.digestPresented(token)
-	if !ok {
-		return nil, ErrTokenNotFound
-	}
-	row, err := s.q.RefreshTokenGet(ctx, s.db, db.RefreshTokenGetParams{Digest: digest, Now: s.now()})
-	if errors.Is(err, pgx.ErrNoRows) {
-		return nil, ErrTokenNotFound
-	}
-	if err != nil {
-		return nil, dbError("lookup", err)
-	}
-	info := &TokenInfo{
-		Grant: Grant{
-			FamilyID: familyIDString(row.FamilyID),
-			ClientID: row.ClientID,
-			UserID:   row.UserID,
-			Scope:    row.Scope,
-		},
-		GrantedScope:  row.GrantedScope,
-		CreatedAt:     utc(row.CreatedAt),
-		ExpiresAt:     utc(row.ExpiresAt),
-		ConsumedAt:    utcPtr(row.ConsumedAt),
-		FamilyRevoked: utcPtr(row.RevokedAt),
-		Expired:       row.Expired,
-	}
-	if row.RevokedReason != nil {
-		info.RevokedReason = *row.RevokedReason
-	}
-	return info, nil
-}
-
-// Peek validates a token without consuming it: it returns the token's information when the token
-// could be rotated now, and otherwise the invalid-grant cause (ErrTokenConsumed for a used token;
-// a peek never revokes). The caller checks TokenInfo.ClientID against the client it serves.
-func (s *Store) Peek(ctx context.Context, token string) (*TokenInfo, error) {
-	info, err := s.Lookup(ctx, token)
-	switch {
-	case err != nil:
 		return nil, err
-	case info.FamilyRevoked != nil:
-		return nil, ErrFamilyRevoked
-	case info.ConsumedAt != nil:
-		return nil, ErrTokenConsumed
-	case info.Expired:
-		return nil, ErrTokenExpired
 	}
-	return info, nil
+	if out.revokeOutside.Valid {
+		if err := s.revokeForReplayOutside(ctx, out.revokeOutside, out.event); err != nil {
+			return nil, err
+		}
+	}
+	if out.event != nil {
+		s.emit(ctx, *out.event)
+	}
+	if out.refusal != nil {
+		return nil, out.refusal
+	}
+	return out.successor, nil
 }
 
-// Revocation reasons the package itself records.
-const (
-	ReasonReplayDetected = "replay_detected"
-	ReasonTokenRevoked   = "token_revoked"
-)
-
-// RevokeToken revokes the family of a refresh token presented by clientID, as RFC 7009 §2.1
-// suggests for refresh tokens. A token of another client is refused with ErrWrongClient and
-// revokes nothing; revoking an already revoked family succeeds.
-func (s *Store) RevokeToken(ctx context.Context, token, clientID string) error {
-	if err := validateID("client_id", clientID); err != nil {
-		return err
-	}
-	info, err := s.Lookup(ctx, token)
-	if err != nil {
-		return err
-	}
-	if info.ClientID != clientID {
+// refuseForeign refuses a token presented by a client it was not issued to, or without the key
+// its family is bound to (I5). Neither fact ever changes, so no lock is needed to decide.
+func refuseForeign(t db.RefreshTokenGetRow, p db.RefreshTokenRotateParams) error {
+	switch {
+	case t.ClientID != p.ClientID:
 		return ErrWrongClient
-	}
-	return s.RevokeFamily(ctx, info.FamilyID, ReasonTokenRevoked)
-}
-
-// RevokeFamily revokes a family: its live token stops working at once, and a rotation that has
-// not committed yet never produces a successor (I3). The family keeps its rows as evidence until
-// cleanup. Revoking an already revoked family succeeds and keeps the first reason.
-func (s *Store) RevokeFamily(ctx context.Context, familyID, reason string) error {
-	id, err := parseFamilyID(familyID)
-	if err != nil {
-		return err
-	}
-	if err := validateReason(reason); err != nil {
-		return err
-	}
-	row, err := s.q.FamilyRevoke(ctx, s.db, db.FamilyRevokeParams{ID: id, Now: s.now(), Reason: reason})
-	if errors.Is(err, pgx.ErrNoRows) {
-		return ErrFamilyNotFound
-	}
-	if err != nil {
-		return dbError("revoke family", err)
-	}
-	if row.RevokedNow {
-		s.log.LogAttrs(ctx, slog.LevelInfo, "oauthstore: family revoked",
-			slog.String("family_id", familyID),
-			slog.String("reason", reason),
-		)
+	case t.SenderThumbprint != nil && *t.SenderThumbprint != deref(p.SenderThumbprint):
+		return ErrSenderMismatch
 	}
 	return nil
 }
 
-// Family is one grant's family of refresh tokens.
-type Family struct {
-	ID            string
-	ClientID      string
-	UserID        string
-	Scope         []string
-	CreatedAt     time.Time
-	LastRotatedAt *time.Time
-	RotationCount int
-	// IdleExpiresAt is when the newest token expires: unless rotated by then, the family dies.
-	IdleExpiresAt time.Time
-	RevokedAt     *time.Time
-	RevokedReason string
-}
-
-// Family returns a family by id.
-func (s *Store) Family(ctx context.Context, familyID string) (*Family, error) {
-	id, err := parseFamilyID(familyID)
-	if err != nil {
-		return nil, err
-	}
-	row, err := s.q.FamilyGet(ctx, s.db, id)
+func (s *Store) settleRefused(ctx context.Context, tx pgx.Tx, p db.RefreshTokenRotateParams, token Secret) (refusedRotation, error) {
+	lock, err := s.q.FamilyLockByToken(ctx, tx, db.FamilyLockByTokenParams{Now: p.Now, Digests: p.Digests})
 	if errors.Is(err, pgx.ErrNoRows) {
-		return nil, ErrFamilyNotFound
+		return refusedRotation{refusal: ErrTokenNotFound}, nil // deleted meanwhile
 	}
 	if err != nil {
-		return nil, dbError("get family", err)
+		return refusedRotation{}, dbError("rotate: lock family", err)
 	}
-	f := &Family{
-		ID:            familyIDString(row.ID),
-		ClientID:      row.ClientID,
-		UserID:        row.UserID,
-		Scope:         row.Scope,
-		CreatedAt:     utc(row.CreatedAt),
-		LastRotatedAt: utcPtr(row.LastRotatedAt),
-		RotationCount: int(row.RotationCount),
-		IdleExpiresAt: utc(row.IdleExpiresAt),
-		RevokedAt:     utcPtr(row.RevokedAt),
+	now := lock.Now
+	p.Now = &now
+	t, err := s.q.RefreshTokenGet(ctx, tx, db.RefreshTokenGetParams{Now: &now, Digests: p.Digests})
+	if err != nil {
+		return refusedRotation{}, dbError("rotate: read token", err)
 	}
-	if row.RevokedReason != nil {
-		f.RevokedReason = *row.RevokedReason
+	switch {
+	case t.ConsumedAt != nil:
+		return s.settleConsumed(ctx, tx, p, t, token)
+	case t.RevokedAt != nil:
+		return refusedRotation{refusal: ErrFamilyRevoked}, nil
+	case t.Expired:
+		return refusedRotation{refusal: ErrTokenExpired}, nil
+	case p.Scope != nil && !isSubset(p.Scope, t.GrantedScope):
+		return refusedRotation{refusal: ErrInvalidScope}, nil
 	}
-	return f, nil
+	// Nothing stands in the way any more: the first attempt met a rotation that rolled back.
+	row, err := s.q.RefreshTokenRotate(ctx, tx, p)
+	if err != nil {
+		return refusedRotation{}, dbError("rotate", err)
+	}
+	return refusedRotation{
+		successor: rotated(token, row.FamilyID, row.ClientID, row.UserID, row.Scope, row.ExpiresAt, row.FamilyExpiresAt),
+		commit:    true,
+	}, nil
 }
 
-// DeleteFamily erases a family and all of its tokens, for example when the user's account is
-// deleted. Unlike RevokeFamily it keeps no evidence: its tokens become unknown.
-func (s *Store) DeleteFamily(ctx context.Context, familyID string) error {
-	id, err := parseFamilyID(familyID)
+// settleConsumed handles a consumed token presented by its own client: a grace reuse when the
+// window allows it, and otherwise a replay that revokes the family (RFC 6819 §5.2.2.3).
+func (s *Store) settleConsumed(ctx context.Context, tx pgx.Tx, p db.RefreshTokenRotateParams, t db.RefreshTokenGetRow, token Secret) (refusedRotation, error) {
+	now := *p.Now
+	e := Event{FamilyID: familyIDString(t.FamilyID), ClientID: t.ClientID, UserID: t.UserID}
+	if t.RevokedAt == nil && s.graceWindow > 0 && int(t.GraceUses) < s.graceReuses && now.Before(t.ConsumedAt.Add(s.graceWindow)) {
+		live, err := s.q.RefreshTokenGetLive(ctx, tx, t.FamilyID)
+		switch {
+		case errors.Is(err, pgx.ErrNoRows):
+		case err != nil:
+			return refusedRotation{}, dbError("rotate: read live token", err)
+		case bytes.Equal(live.ParentDigest, t.Digest) && now.Before(live.ExpiresAt):
+			// The presented token is the parent of the unused current token: a lost response.
+			if p.Scope != nil && !isSubset(p.Scope, t.GrantedScope) {
+				return refusedRotation{refusal: ErrInvalidScope}, nil
+			}
+			row, err := s.q.RefreshTokenReplace(ctx, tx, db.RefreshTokenReplaceParams{
+				Now:             p.Now,
+				LiveDigest:      live.Digest,
+				ParentDigest:    t.Digest,
+				TTL:             p.TTL,
+				SuccessorDigest: p.SuccessorDigest,
+				PepperID:        p.PepperID,
+				Scope:           p.Scope,
+			})
+			if err != nil {
+				return refusedRotation{}, dbError("rotate: grace reuse", err)
+			}
+			e.Kind = EventGraceReuse
+			return refusedRotation{
+				successor: rotated(token, row.FamilyID, row.ClientID, row.UserID, row.Scope, row.ExpiresAt, row.FamilyExpiresAt),
+				event:     &e,
+				commit:    true,
+			}, nil
+		}
+	}
+	e.Kind = EventReplayDetected
+	if t.RevokedAt != nil {
+		// Revoked before: still a replay, recognised and reported, with nothing left to change.
+		e.Reason = deref(t.RevokedReason)
+		return refusedRotation{refusal: ErrReplayDetected, event: &e}, nil
+	}
+	e.Reason = ReasonReplayDetected
+	if s.callerTx {
+		// The caller may roll its transaction back on this error, and the revocation must not go
+		// with it: it is made on a connection of its own once this savepoint has let go.
+		return refusedRotation{refusal: ErrReplayDetected, event: &e, revokeOutside: t.FamilyID}, nil
+	}
+	row, err := s.q.FamilyRevoke(ctx, tx, db.FamilyRevokeParams{ID: t.FamilyID, Now: p.Now, Reason: ReasonReplayDetected})
 	if err != nil {
+		return refusedRotation{}, dbError("rotate: revoke family on replay", err)
+	}
+	e.FamilyRevoked = row.RevokedNow
+	return refusedRotation{refusal: ErrReplayDetected, event: &e, commit: true}, nil
+}
+
+// replayRevokeLockTimeout bounds the wait of a replay's revocation made outside the caller's
+// transaction. It waits only when that very transaction holds the family's lock, for example after
+// rotating a token of the same family; the revocation then joins the caller's transaction.
+const replayRevokeLockTimeout = "2s"
+
+// revokeForReplayOutside revokes a replayed family on the store's own database handle, committed
+// independently of the caller's transaction.
+func (s *Store) revokeForReplayOutside(ctx context.Context, id pgtype.UUID, e *Event) error {
+	var revokedNow bool
+	err := pgx.BeginFunc(ctx, s.root, func(tx pgx.Tx) error {
+		if err := s.q.SessionSetLockTimeout(ctx, tx, replayRevokeLockTimeout); err != nil {
+			return err
+		}
+		row, err := s.q.FamilyRevoke(ctx, tx, db.FamilyRevokeParams{ID: id, Now: s.now(), Reason: ReasonReplayDetected})
+		revokedNow = row.RevokedNow
 		return err
+	})
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) && pgErr.Code == pgerrcode.LockNotAvailable {
+		s.log.LogAttrs(ctx, slog.LevelWarn, "oauthstore: the caller's transaction holds the replayed family's lock; "+
+			"the revocation is part of that transaction and is lost if it rolls back",
+			slog.String("family_id", e.FamilyID))
+		var row db.FamilyRevokeRow
+		row, err = s.q.FamilyRevoke(ctx, s.db, db.FamilyRevokeParams{ID: id, Now: s.now(), Reason: ReasonReplayDetected})
+		revokedNow = row.RevokedNow
 	}
-	n, err := s.q.FamilyDelete(ctx, s.db, id)
-	if err != nil {
-		return dbError("delete family", err)
+	if err != nil && !errors.Is(err, pgx.ErrNoRows) {
+		return dbError("rotate: revoke family on replay", err)
 	}
-	if n == 0 {
-		return ErrFamilyNotFound
-	}
+	e.FamilyRevoked = revokedNow
 	return nil
 }

@@ -28,22 +28,106 @@ var tokenLen = base64.RawURLEncoding.EncodedLen(tokenBytes)
 
 var tokenEncoding = base64.RawURLEncoding.Strict()
 
-// PepperFromEnv reads the pepper from OAUTH_AT_REST_PEPPER, as base64 (standard or URL alphabet,
-// padded or not) of at least MinPepperBytes random bytes, for example the output of
-// `openssl rand -base64 32`.
-func PepperFromEnv() ([]byte, error) {
+// Pepper is one key of the pepper ring. Its ID is recorded next to each digest made with it, so
+// that an operator can see when no live token depends on a retired pepper.
+type Pepper struct {
+	ID     string
+	Secret []byte
+}
+
+// DefaultPepperID names the pepper of a one-key ring given as a bare base64 value.
+const DefaultPepperID = "default"
+
+// PepperFromEnv reads the pepper ring from OAUTH_AT_REST_PEPPER; see ParsePepperRing.
+func PepperFromEnv() ([]Pepper, error) {
 	v := os.Getenv(PepperEnv)
 	if strings.TrimSpace(v) == "" {
 		return nil, fmt.Errorf("%w: set %s to the base64 of %d or more random bytes", ErrNoPepper, PepperEnv, MinPepperBytes)
 	}
-	p, err := ParsePepper(v)
+	ring, err := ParsePepperRing(v)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", PepperEnv, err)
 	}
-	return p, nil
+	return ring, nil
 }
 
-// ParsePepper decodes a base64 pepper (standard or URL alphabet, padded or not) and checks its
+// ParsePepperRing parses a pepper ring: either one base64 value (standard or URL alphabet, padded
+// or not) of at least MinPepperBytes random bytes, which is a ring of one pepper with ID "default",
+// or comma-separated ID:base64 pairs, the first of which is current:
+//
+//	OAUTH_AT_REST_PEPPER=2027-01:Zm9v…,default:YmFy…
+//
+// IDs are 1–32 characters of [A-Za-z0-9._-]. Errors never contain a secret.
+func ParsePepperRing(s string) ([]Pepper, error) {
+	s = strings.TrimSpace(s)
+	if !strings.Contains(s, ":") {
+		p, err := ParsePepper(s)
+		if err != nil {
+			return nil, err
+		}
+		return []Pepper{{ID: DefaultPepperID, Secret: p}}, nil
+	}
+	var ring []Pepper
+	for i, item := range strings.Split(s, ",") {
+		id, value, ok := strings.Cut(strings.TrimSpace(item), ":")
+		if !ok {
+			return nil, inputError("pepper ring", fmt.Sprintf("entry %d is not ID:base64", i+1))
+		}
+		p, err := ParsePepper(value)
+		if err != nil {
+			return nil, fmt.Errorf("pepper ring entry %d (%s): %w", i+1, safeID(id), err)
+		}
+		ring = append(ring, Pepper{ID: id, Secret: p})
+	}
+	if err := validateRing(ring); err != nil {
+		return nil, err
+	}
+	return ring, nil
+}
+
+// safeID returns id for an error message when it is a well-formed pepper ID, and a placeholder
+// otherwise: a malformed entry might be a secret pasted into the wrong place.
+func safeID(id string) string {
+	if validPepperID(id) {
+		return id
+	}
+	return "malformed ID"
+}
+
+func validPepperID(id string) bool {
+	if id == "" || len(id) > 32 {
+		return false
+	}
+	for i := 0; i < len(id); i++ {
+		c := id[i]
+		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '.' || c == '_' || c == '-') {
+			return false
+		}
+	}
+	return true
+}
+
+func validateRing(ring []Pepper) error {
+	if len(ring) == 0 {
+		return ErrNoPepper
+	}
+	seen := map[string]bool{}
+	for i, p := range ring {
+		if !validPepperID(p.ID) {
+			return inputError("pepper ring", fmt.Sprintf("entry %d: ID must be 1-32 characters of [A-Za-z0-9._-]", i+1))
+		}
+		if seen[p.ID] {
+			return inputError("pepper ring", "duplicate ID "+p.ID)
+		}
+		seen[p.ID] = true
+		if len(p.Secret) < MinPepperBytes {
+			return fmt.Errorf("pepper %s: %w", p.ID, ErrPepperTooShort)
+		}
+	}
+	return nil
+}
+
+// ParsePepper decodes one base64 pepper (standard or URL alphabet, padded or not) and checks its
 // length. The error never contains the value.
 func ParsePepper(s string) ([]byte, error) {
 	s = strings.TrimSpace(s)
@@ -77,37 +161,49 @@ func (Secret) LogValue() slog.Value         { return slog.StringValue(redacted) 
 func (Secret) MarshalText() ([]byte, error) { return []byte(redacted), nil }
 func (Secret) MarshalJSON() ([]byte, error) { return []byte(`"` + redacted + `"`), nil }
 
-// digester computes keyed digests of one kind of credential. Each kind has its own key, derived
-// from the pepper, so that a digest of one kind can never be confused with another's.
-type digester struct{ pool sync.Pool }
+// digester computes keyed digests of one kind of credential under every pepper of the ring. Each
+// kind has its own key per pepper, derived from it, so that a digest of one kind can never be
+// confused with another's.
+type digester struct{ keys []digestKey }
 
-func newDigester(pepper []byte, label string) *digester {
-	mac := hmac.New(sha256.New, pepper)
-	mac.Write([]byte("oauthstore/v1/" + label))
-	key := mac.Sum(nil)
-	return &digester{pool: sync.Pool{New: func() any { return hmac.New(sha256.New, key) }}}
+type digestKey struct {
+	pepperID string
+	pool     sync.Pool
 }
 
-// sum returns the 32-byte HMAC-SHA-256 of raw.
-func (d *digester) sum(raw []byte) []byte {
-	h := d.pool.Get().(hash.Hash)
+func newDigester(ring []Pepper, label string) *digester {
+	d := &digester{keys: make([]digestKey, len(ring))}
+	for i, p := range ring {
+		mac := hmac.New(sha256.New, p.Secret)
+		mac.Write([]byte("oauthstore/v1/" + label))
+		key := mac.Sum(nil)
+		d.keys[i].pepperID = p.ID
+		d.keys[i].pool.New = func() any { return hmac.New(sha256.New, key) }
+	}
+	return d
+}
+
+// sum returns the 32-byte HMAC-SHA-256 of raw under key k.
+func (k *digestKey) sum(raw []byte) []byte {
+	h := k.pool.Get().(hash.Hash)
 	h.Reset()
 	h.Write(raw)
 	out := h.Sum(make([]byte, 0, sha256.Size))
-	d.pool.Put(h)
+	k.pool.Put(h)
 	return out
 }
 
-// mint returns a new random credential and its digest.
-func (d *digester) mint() (Secret, []byte) {
+// mint returns a new random credential, its digest under the current pepper, and that pepper's ID.
+func (d *digester) mint() (Secret, []byte, string) {
 	var raw [tokenBytes]byte
 	_, _ = rand.Read(raw[:]) // never returns an error (crypto/rand, Go 1.24+)
-	return Secret{value: tokenEncoding.EncodeToString(raw[:])}, d.sum(raw[:])
+	k := &d.keys[0]
+	return Secret{value: tokenEncoding.EncodeToString(raw[:])}, k.sum(raw[:]), k.pepperID
 }
 
-// digestPresented returns the digest of a credential a client presented, or false when it cannot
-// be one this package minted.
-func (d *digester) digestPresented(token string) ([]byte, bool) {
+// digestPresented returns the digests of a credential a client presented, one per pepper of the
+// ring, or false when it cannot be one this package minted.
+func (d *digester) digestPresented(token string) ([][]byte, bool) {
 	if len(token) != tokenLen {
 		return nil, false
 	}
@@ -116,5 +212,9 @@ func (d *digester) digestPresented(token string) ([]byte, bool) {
 	if err != nil || n != tokenBytes {
 		return nil, false
 	}
-	return d.sum(raw[:]), true
+	out := make([][]byte, len(d.keys))
+	for i := range d.keys {
+		out[i] = d.keys[i].sum(raw[:])
+	}
+	return out, true
 }

@@ -14,11 +14,13 @@ import (
 
 func testPepper() []byte { return bytes.Repeat([]byte{7}, MinPepperBytes) }
 
+func ring(secret []byte) []Pepper { return []Pepper{{ID: DefaultPepperID, Secret: secret}} }
+
 func TestMint_TokenIs256BitsURLSafeAndDigestIsKeyed(t *testing.T) {
-	d := newDigester(testPepper(), "refresh-token")
+	d := newDigester(ring(testPepper()), "refresh-token")
 	seen := map[string]bool{}
 	for range 1000 {
-		tok, digest := d.mint()
+		tok, digest, _ := d.mint()
 		s := tok.Reveal()
 		if len(s) != 43 || strings.ContainsAny(s, "+/=") {
 			t.Fatalf("token %d chars or not URL-safe", len(s))
@@ -32,27 +34,27 @@ func TestMint_TokenIs256BitsURLSafeAndDigestIsKeyed(t *testing.T) {
 		}
 		seen[s] = true
 		again, ok := d.digestPresented(s)
-		if !ok || !bytes.Equal(again, digest) || len(digest) != 32 {
+		if !ok || len(again) != 1 || !bytes.Equal(again[0], digest) || len(digest) != 32 {
 			t.Fatal("presented token does not digest to what was stored")
 		}
 		if bytes.Contains(digest, raw) {
 			t.Fatal("digest contains the raw token")
 		}
 	}
-	tok, digest := d.mint()
-	other := newDigester(append(testPepper(), 1), "refresh-token")
-	if d2, _ := other.digestPresented(tok.Reveal()); bytes.Equal(d2, digest) {
+	tok, digest, _ := d.mint()
+	other := newDigester(ring(append(testPepper(), 1)), "refresh-token")
+	if d2, _ := other.digestPresented(tok.Reveal()); bytes.Equal(d2[0], digest) {
 		t.Fatal("another pepper gives the same digest")
 	}
-	code := newDigester(testPepper(), "authorization-code")
-	if d2, _ := code.digestPresented(tok.Reveal()); bytes.Equal(d2, digest) {
+	code := newDigester(ring(testPepper()), "authorization-code")
+	if d2, _ := code.digestPresented(tok.Reveal()); bytes.Equal(d2[0], digest) {
 		t.Fatal("another credential kind gives the same digest under the same pepper")
 	}
 }
 
 func TestDigestPresented_RefusesWhatCannotBeAToken(t *testing.T) {
-	d := newDigester(testPepper(), "refresh-token")
-	tok, _ := d.mint()
+	d := newDigester(ring(testPepper()), "refresh-token")
+	tok, _, _ := d.mint()
 	s := tok.Reveal()
 	// The last of 43 characters carries 4 bits of the 256 and 2 zero bits; setting one of those
 	// gives a string that decodes to the same bytes but is not the token that was minted.
@@ -123,8 +125,39 @@ func TestParsePepper(t *testing.T) {
 		t.Fatalf("short env pepper: %v", err)
 	}
 	t.Setenv(PepperEnv, base64.StdEncoding.EncodeToString(p))
-	if got, err := PepperFromEnv(); err != nil || !bytes.Equal(got, p) {
+	if got, err := PepperFromEnv(); err != nil || len(got) != 1 || got[0].ID != DefaultPepperID || !bytes.Equal(got[0].Secret, p) {
 		t.Fatalf("env pepper: %v", err)
+	}
+}
+
+func TestParsePepperRing(t *testing.T) {
+	a, b := bytes.Repeat([]byte{1}, 32), bytes.Repeat([]byte{2}, 48)
+	enc := base64.StdEncoding.EncodeToString
+	got, err := ParsePepperRing(" k2:" + enc(b) + " , default:" + base64.RawURLEncoding.EncodeToString(a) + "\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 2 || got[0].ID != "k2" || !bytes.Equal(got[0].Secret, b) || got[1].ID != "default" || !bytes.Equal(got[1].Secret, a) {
+		t.Fatalf("ring: %+v", got)
+	}
+	secret := enc(a)
+	for name, in := range map[string]string{
+		"duplicate id":  "k:" + secret + ",k:" + enc(b),
+		"bad id":        "k 1:" + secret,
+		"long id":       strings.Repeat("k", 33) + ":" + secret,
+		"empty id":      ":" + secret,
+		"short pepper":  "k:" + enc(a[:16]),
+		"not base64":    "k:" + secret[:10] + "!" + secret[11:],
+		"missing colon": "k:" + secret + "," + secret,
+	} {
+		_, err := ParsePepperRing(in)
+		if err == nil {
+			t.Errorf("%s: accepted", name)
+			continue
+		}
+		if strings.Contains(err.Error(), secret) || strings.Contains(err.Error(), secret[:10]) {
+			t.Errorf("%s: error shows the secret: %v", name, err)
+		}
 	}
 }
 

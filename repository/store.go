@@ -18,12 +18,14 @@ import (
 )
 
 // DBTX is what a Store runs its statements on: a *pgxpool.Pool, a *pgx.Conn, or a pgx.Tx that
-// the caller commits. Every operation is a single statement or a short series of independent
-// ones, so it composes with the caller's transaction.
+// the caller commits. The happy paths are single statements; the rare paths that need several
+// (a refused rotation, a grace reuse) run them in a transaction of their own, which inside the
+// caller's transaction is a savepoint.
 type DBTX interface {
 	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
 	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
 	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+	Begin(ctx context.Context) (pgx.Tx, error)
 }
 
 // Defaults and bounds of the configuration.
@@ -31,18 +33,44 @@ const (
 	DefaultRefreshTokenTTL = 30 * 24 * time.Hour
 	// MaxTTL bounds every lifetime the package accepts.
 	MaxTTL = 10 * 365 * 24 * time.Hour
+	// MaxGraceWindow bounds Config.GraceWindow: the window weakens replay detection for its length.
+	MaxGraceWindow = 10 * time.Minute
+	// MaxGraceReuses bounds Config.GraceMaxReuses.
+	MaxGraceReuses = 100
 )
 
 // Config configures a Store.
 type Config struct {
-	// Pepper keys the digests of every stored credential. At least MinPepperBytes of random data,
-	// kept outside the database (PepperFromEnv reads it from OAUTH_AT_REST_PEPPER).
+	// Pepper keys the digests of every stored credential: at least MinPepperBytes of random data,
+	// kept outside the database. It is a one-key ring with ID "default"; set Peppers instead to
+	// rotate peppers. Exactly one of Pepper and Peppers must be set.
 	Pepper []byte
+	// Peppers is the pepper ring, the current pepper first. New digests use the current pepper;
+	// presented credentials are looked up under every pepper of the ring, and a rotation moves the
+	// family to the current one. A credential made with a pepper no longer in the ring is unknown.
+	// PepperFromEnv reads a ring from OAUTH_AT_REST_PEPPER.
+	Peppers []Pepper
 	// RefreshTokenTTL is the idle lifetime of each refresh token: a family whose current token is
 	// not rotated within it dies. Zero means DefaultRefreshTokenTTL.
 	RefreshTokenTTL time.Duration
-	// Logger receives replay detections and revocations. Nil means slog.Default().
+	// FamilyLifetime is the default absolute lifetime of a family, from its issue; no token of the
+	// family outlives it, and rotation never extends it. Zero means none (IssueRequest.Lifetime
+	// can still set one).
+	FamilyLifetime time.Duration
+	// GraceWindow lets a client whose rotation response was lost present the parent of its
+	// family's current token again, within this long after it was consumed. The unused current
+	// token is replaced, never joined, by a new one. Zero (the default) is strict rotation: every
+	// consumed token presented again is a replay.
+	GraceWindow time.Duration
+	// GraceMaxReuses is how many times one consumed token may be presented within the window.
+	// Zero means 1 when GraceWindow is set.
+	GraceMaxReuses int
+	// Logger receives replay detections, revocations and grace reuses. Nil means slog.Default().
 	Logger *slog.Logger
+	// OnEvent, when set, is called with every replay detection, revocation and grace reuse, after
+	// the change is committed (inside a caller's transaction: after its savepoint is released).
+	// It runs on the caller's goroutine: keep it fast.
+	OnEvent func(context.Context, Event)
 	// Clock, when set, replaces the database clock in every statement. For tests; production
 	// leaves it nil so that PostgreSQL's now() rules.
 	Clock func() time.Time
@@ -50,12 +78,18 @@ type Config struct {
 
 // Store is the refresh-token repository. It is safe for concurrent use.
 type Store struct {
-	db      DBTX
-	q       *db.Queries
-	refresh *digester
-	ttl     time.Duration
-	log     *slog.Logger
-	clock   func() time.Time
+	db             DBTX
+	root           DBTX // what New was given; WithDB changes db only
+	callerTx       bool // db is a caller's transaction (WithDB)
+	q              *db.Queries
+	refresh        *digester
+	ttl            time.Duration
+	familyLifetime time.Duration
+	graceWindow    time.Duration
+	graceReuses    int
+	log            *slog.Logger
+	onEvent        func(context.Context, Event)
+	clock          func() time.Time
 }
 
 // New returns a Store that runs its statements on dbtx.
@@ -63,8 +97,18 @@ func New(dbtx DBTX, cfg Config) (*Store, error) {
 	if dbtx == nil {
 		return nil, inputError("dbtx", "nil")
 	}
-	if len(cfg.Pepper) < MinPepperBytes {
-		return nil, ErrPepperTooShort
+	ring := cfg.Peppers
+	switch {
+	case cfg.Pepper != nil && ring != nil:
+		return nil, inputError("pepper", "set Pepper or Peppers, not both")
+	case cfg.Pepper != nil:
+		if len(cfg.Pepper) < MinPepperBytes {
+			return nil, ErrPepperTooShort
+		}
+		ring = []Pepper{{ID: DefaultPepperID, Secret: cfg.Pepper}}
+	}
+	if err := validateRing(ring); err != nil {
+		return nil, err
 	}
 	ttl := cfg.RefreshTokenTTL
 	if ttl == 0 {
@@ -73,25 +117,53 @@ func New(dbtx DBTX, cfg Config) (*Store, error) {
 	if err := validateTTL("RefreshTokenTTL", ttl); err != nil {
 		return nil, err
 	}
+	if cfg.FamilyLifetime != 0 {
+		if err := validateTTL("FamilyLifetime", cfg.FamilyLifetime); err != nil {
+			return nil, err
+		}
+	}
+	reuses := cfg.GraceMaxReuses
+	switch {
+	case cfg.GraceWindow < 0 || cfg.GraceWindow > MaxGraceWindow:
+		return nil, inputError("GraceWindow", "outside 0..10 minutes")
+	case reuses < 0 || reuses > MaxGraceReuses:
+		return nil, inputError("GraceMaxReuses", "outside 0..100")
+	case reuses == 0 && cfg.GraceWindow > 0:
+		reuses = 1
+	}
 	log := cfg.Logger
 	if log == nil {
 		log = slog.Default()
 	}
 	return &Store{
-		db:      dbtx,
-		q:       db.New(),
-		refresh: newDigester(cfg.Pepper, "refresh-token"),
-		ttl:     ttl,
-		log:     log,
-		clock:   cfg.Clock,
+		db:             dbtx,
+		root:           dbtx,
+		q:              db.New(),
+		refresh:        newDigester(ring, "refresh-token"),
+		ttl:            ttl,
+		familyLifetime: cfg.FamilyLifetime,
+		graceWindow:    cfg.GraceWindow,
+		graceReuses:    reuses,
+		log:            log,
+		onEvent:        cfg.OnEvent,
+		clock:          cfg.Clock,
 	}, nil
 }
 
 // WithDB returns a Store that shares s's keys and configuration but runs its statements on dbtx,
-// typically the caller's transaction.
+// the caller's transaction, so that they commit or roll back with the caller's own writes.
+//
+// One change never rolls back with it: the revocation of a family whose consumed token was
+// replayed. It is committed on the handle given to New (normally the pool), so that a caller that
+// rolls back on ErrReplayDetected does not undo it.
+//
+// The transaction must be READ COMMITTED, PostgreSQL's default: the rotation's guarantees rest on
+// each statement seeing what committed before it, and under REPEATABLE READ or SERIALIZABLE a
+// rotation that loses a race fails with a serialization error instead.
 func (s *Store) WithDB(dbtx DBTX) *Store {
 	c := *s
 	c.db = dbtx
+	c.callerTx = true
 	return &c
 }
 
@@ -113,6 +185,48 @@ func (s *Store) ttlOr(field string, d time.Duration) (time.Duration, error) {
 
 func interval(d time.Duration) pgtype.Interval {
 	return pgtype.Interval{Microseconds: d.Microseconds(), Valid: true}
+}
+
+// optionalInterval is NULL for zero.
+func optionalInterval(d time.Duration) pgtype.Interval {
+	if d == 0 {
+		return pgtype.Interval{}
+	}
+	return interval(d)
+}
+
+func optionalText(s string) *string {
+	if s == "" {
+		return nil
+	}
+	return &s
+}
+
+func deref(s *string) string {
+	if s == nil {
+		return ""
+	}
+	return *s
+}
+
+// inTx runs fn in a transaction of its own (a savepoint inside the caller's) and commits it when fn
+// asks to, whatever else fn returns: a replay's revocation must commit although the call fails.
+func (s *Store) inTx(ctx context.Context, op string, fn func(tx pgx.Tx) (commit bool, err error)) error {
+	tx, err := s.db.Begin(ctx)
+	if err != nil {
+		return dbError(op, err)
+	}
+	commit, err := fn(tx)
+	if !commit {
+		if rbErr := tx.Rollback(ctx); rbErr != nil && err == nil {
+			return dbError(op, rbErr)
+		}
+		return err
+	}
+	if cErr := tx.Commit(ctx); cErr != nil {
+		return dbError(op, cErr)
+	}
+	return err
 }
 
 func familyIDString(id pgtype.UUID) string { return id.String() }

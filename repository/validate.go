@@ -1,6 +1,7 @@
 package repository
 
 import (
+	"slices"
 	"time"
 	"unicode"
 	"unicode/utf8"
@@ -88,4 +89,32 @@ func validateTTL(field string, d time.Duration) error {
 		return inputError(field, "longer than ten years")
 	}
 	return nil
+}
+
+// validateThumbprint accepts a key thumbprint as RFC 9449 (jkt) and RFC 8705 (x5t#S256) send it:
+// base64url without padding; empty means none.
+func validateThumbprint(v string) error {
+	if v == "" {
+		return nil
+	}
+	if len(v) > 128 {
+		return inputError("sender_thumbprint", "longer than 128 characters")
+	}
+	for i := 0; i < len(v); i++ {
+		c := v[i]
+		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '-' || c == '_') {
+			return inputError("sender_thumbprint", "not base64url")
+		}
+	}
+	return nil
+}
+
+// isSubset reports whether every scope token of sub is in of.
+func isSubset(sub, of []string) bool {
+	for _, s := range sub {
+		if !slices.Contains(of, s) {
+			return false
+		}
+	}
+	return true
 }

@@ -32,7 +32,8 @@ type bundle struct {
 }
 
 type setupOptions struct {
-	realClock bool // let the database clock rule instead of the test clock
+	realClock bool                     // let the database clock rule instead of the test clock
+	configure func(*repository.Config) // adjusts the store's configuration
 }
 
 func setup(t *testing.T, opts ...setupOptions) *bundle {
@@ -54,6 +55,9 @@ func setup(t *testing.T, opts ...setupOptions) *bundle {
 	}
 	if !o.realClock {
 		cfg.Clock = b.clock.Now
+	}
+	if o.configure != nil {
+		o.configure(&cfg)
 	}
 	store, err := repository.New(d.Pool, cfg)
 	if err != nil {

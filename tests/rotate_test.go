@@ -89,7 +89,7 @@ func TestRotate_ReplayAfterRotationRevokesFamily(t *testing.T) {
 	}
 	// The event names the family and never the token.
 	logs := b.logs.String()
-	if !strings.Contains(logs, "replay detected") || !strings.Contains(logs, first.FamilyID) {
+	if !strings.Contains(logs, `"event":"replay_detected"`) || !strings.Contains(logs, first.FamilyID) {
 		t.Fatalf("no replay event with the family id in the log:\n%s", logs)
 	}
 	for _, secret := range []string{first.Token.Reveal(), second.Token.Reveal()} {
@@ -147,7 +147,7 @@ func TestRotate_ConcurrentRotationsOfOneTokenHaveOneWinner(t *testing.T) {
 	}
 }
 
-func TestRotate_RacingFamilyRevocationNeverLeavesLiveTokenInRevokedFamily(t *testing.T) {
+func TestRotate_RacingFamilyRevocationNeverLeavesARotatableToken(t *testing.T) {
 	t.Parallel()
 	b := setup(t, setupOptions{realClock: true})
 	const trials = 200
@@ -181,7 +181,7 @@ func TestRotate_RacingFamilyRevocationNeverLeavesLiveTokenInRevokedFamily(t *tes
 		case rotErr == nil:
 			rotated++
 			// The rotation committed first; the revocation then killed its successor.
-			if _, err := b.store.Peek(b.ctx, successor.Token.Reveal()); !errors.Is(err, repository.ErrFamilyRevoked) {
+			if _, err := b.store.Peek(b.ctx, successor.Token.Reveal(), successor.ClientID); !errors.Is(err, repository.ErrFamilyRevoked) {
 				t.Fatalf("successor of a rotation that raced revocation: peek = %v, want ErrFamilyRevoked", err)
 			}
 		case errors.Is(rotErr, repository.ErrFamilyRevoked):
@@ -334,8 +334,8 @@ func TestInvariant_DatabaseRefusesSecondLiveToken(t *testing.T) {
 	b := setup(t)
 	tok := b.issue(t)
 	// Even SQL that bypasses the repository cannot give a family two live tokens (I1).
-	_, err := b.pool.Exec(b.ctx, `INSERT INTO oauth_refresh_token (digest, family_id, scope, expires_at)
-		VALUES (decode(repeat('ab', 32), 'hex'), $1, '{}', now() + interval '1 hour')`, tok.FamilyID)
+	_, err := b.pool.Exec(b.ctx, `INSERT INTO oauth_refresh_token (digest, pepper_id, family_id, scope, expires_at)
+		VALUES (decode(repeat('ab', 32), 'hex'), 'default', $1, '{}', now() + interval '1 hour')`, tok.FamilyID)
 	var pgErr *pgconn.PgError
 	if !errors.As(err, &pgErr) || pgErr.Code != "23505" || pgErr.ConstraintName != "oauth_refresh_token_one_live_per_family" {
 		t.Fatalf("second live token: got %v, want a unique violation of oauth_refresh_token_one_live_per_family", err)

@@ -1,6 +1,7 @@
 package tests
 
 import (
+	"context"
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
@@ -77,7 +78,7 @@ func TestPeekAndLookup_ReadWithoutConsuming(t *testing.T) {
 	b := setup(t)
 	tok := b.issue(t)
 	before := b.tableChecksum(t)
-	info, err := b.store.Peek(b.ctx, tok.Token.Reveal())
+	info, err := b.store.Peek(b.ctx, tok.Token.Reveal(), tok.ClientID)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -92,7 +93,7 @@ func TestPeekAndLookup_ReadWithoutConsuming(t *testing.T) {
 		t.Fatal(err)
 	}
 	before = b.tableChecksum(t)
-	if _, err := b.store.Peek(b.ctx, tok.Token.Reveal()); !errors.Is(err, repository.ErrTokenConsumed) {
+	if _, err := b.store.Peek(b.ctx, tok.Token.Reveal(), tok.ClientID); !errors.Is(err, repository.ErrTokenConsumed) {
 		t.Fatalf("peek of a consumed token: got %v, want ErrTokenConsumed", err)
 	}
 	if b.tableChecksum(t) != before {
@@ -103,7 +104,7 @@ func TestPeekAndLookup_ReadWithoutConsuming(t *testing.T) {
 		t.Fatalf("lookup of a consumed token: %+v, %v", info, err)
 	}
 	b.clock.Advance(25 * time.Hour)
-	if _, err := b.store.Peek(b.ctx, next.Token.Reveal()); !errors.Is(err, repository.ErrTokenExpired) {
+	if _, err := b.store.Peek(b.ctx, next.Token.Reveal(), next.ClientID); !errors.Is(err, repository.ErrTokenExpired) {
 		t.Fatalf("peek of an expired token: got %v, want ErrTokenExpired", err)
 	}
 }
@@ -118,23 +119,25 @@ func TestStore_ComposesWithCallerTransaction(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	defer tx.Rollback(context.Background())
 	if _, err := b.store.WithDB(tx).Rotate(b.ctx, repository.RotateRequest{Token: tok.Token.Reveal(), ClientID: "client-a"}); err != nil {
 		t.Fatal(err)
 	}
 	if err := tx.Rollback(b.ctx); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := b.store.Peek(b.ctx, tok.Token.Reveal()); err != nil {
+	if _, err := b.store.Peek(b.ctx, tok.Token.Reveal(), tok.ClientID); err != nil {
 		t.Fatalf("token after a rolled-back rotation: %v", err)
 	}
 
 	// Committed: the rotation and the caller's own write land together; a refused rotation inside
 	// the transaction leaves it usable.
-	tx, err = b.pool.Begin(b.ctx)
+	tx2, err := b.pool.Begin(b.ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := b.store.WithDB(tx)
+	defer tx2.Rollback(context.Background())
+	s := b.store.WithDB(tx2)
 	next, err := s.Rotate(b.ctx, repository.RotateRequest{Token: tok.Token.Reveal(), ClientID: "client-a"})
 	if err != nil {
 		t.Fatal(err)
@@ -142,13 +145,13 @@ func TestStore_ComposesWithCallerTransaction(t *testing.T) {
 	if _, err := s.Rotate(b.ctx, repository.RotateRequest{Token: next.Token.Reveal(), ClientID: "client-b"}); !errors.Is(err, repository.ErrWrongClient) {
 		t.Fatalf("wrong client inside a transaction: %v", err)
 	}
-	if _, err := tx.Exec(b.ctx, "CREATE TABLE audit (note text)"); err != nil {
+	if _, err := tx2.Exec(b.ctx, "CREATE TABLE audit (note text)"); err != nil {
 		t.Fatalf("the caller's transaction is no longer usable: %v", err)
 	}
-	if err := tx.Commit(b.ctx); err != nil {
+	if err := tx2.Commit(b.ctx); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := b.store.Peek(b.ctx, next.Token.Reveal()); err != nil {
+	if _, err := b.store.Peek(b.ctx, next.Token.Reveal(), next.ClientID); err != nil {
 		t.Fatalf("successor after commit: %v", err)
 	}
 }

@@ -30,11 +30,11 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		return err
 	}
 
-	pepper, pepperSource := demoPepper()
+	peppers, pepperSource := demoPepper()
 	// Replay events go to stderr as structured log lines; stdout tells the story.
 	store, err := repository.New(d.pool, repository.Config{
-		Pepper: pepper,
-		Logger: slog.New(slog.NewTextHandler(stderr, nil)),
+		Peppers: peppers,
+		Logger:  slog.New(slog.NewTextHandler(stderr, nil)),
 	})
 	if err != nil {
 		return err
@@ -100,11 +100,12 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 }
 
 // demoPepper uses OAUTH_AT_REST_PEPPER when set, and otherwise a random one for this run only.
-func demoPepper() ([]byte, string) {
-	if p, err := repository.PepperFromEnv(); err == nil {
-		return p, repository.PepperEnv
+func demoPepper() ([]repository.Pepper, string) {
+	if ring, err := repository.PepperFromEnv(); err == nil {
+		return ring, repository.PepperEnv
 	}
 	p := make([]byte, repository.MinPepperBytes)
 	_, _ = rand.Read(p)
-	return p, "random for this run (" + repository.PepperEnv + " is unset or invalid)"
+	return []repository.Pepper{{ID: repository.DefaultPepperID, Secret: p}},
+		"random for this run (" + repository.PepperEnv + " is unset or invalid)"
 }

@@ -1,0 +1,57 @@
+package repository
+
+import (
+	"context"
+	"log/slog"
+)
+
+// EventKind says what happened.
+type EventKind string
+
+// The events a Store reports to Config.Logger and Config.OnEvent.
+const (
+	// EventReplayDetected: a consumed token was presented again by its client. Its family is
+	// revoked (FamilyRevoked tells whether by this replay or earlier).
+	EventReplayDetected EventKind = "replay_detected"
+	// EventFamilyRevoked: a family was revoked by RevokeToken, RevokeFamily or RevokeFamilies.
+	EventFamilyRevoked EventKind = "family_revoked"
+	// EventGraceReuse: the parent of a family's current token was presented within the grace
+	// window, and the unused current token was replaced.
+	EventGraceReuse EventKind = "grace_reuse"
+)
+
+// Event describes a replay detection, revocation or grace reuse. It never carries a secret.
+type Event struct {
+	Kind     EventKind
+	FamilyID string
+	ClientID string
+	UserID   string
+	// Reason is the revocation reason, for EventFamilyRevoked and EventReplayDetected.
+	Reason string
+	// FamilyRevoked reports, for EventReplayDetected, whether this replay revoked the family (it
+	// may have been revoked before).
+	FamilyRevoked bool
+}
+
+func (s *Store) emit(ctx context.Context, e Event) {
+	level := slog.LevelInfo
+	if e.Kind == EventReplayDetected {
+		level = slog.LevelWarn
+	}
+	attrs := []slog.Attr{
+		slog.String("event", string(e.Kind)),
+		slog.String("family_id", e.FamilyID),
+		slog.String("client_id", e.ClientID),
+		slog.String("user_id", e.UserID),
+	}
+	if e.Reason != "" {
+		attrs = append(attrs, slog.String("reason", e.Reason))
+	}
+	if e.Kind == EventReplayDetected {
+		attrs = append(attrs, slog.Bool("family_revoked_now", e.FamilyRevoked))
+	}
+	s.log.LogAttrs(ctx, level, "oauthstore: "+string(e.Kind), attrs...)
+	if s.onEvent != nil {
+		s.onEvent(ctx, e)
+	}
+}

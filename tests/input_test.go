@@ -1,0 +1,106 @@
+package tests
+
+import (
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/oauthstore/oauthstore/repository"
+)
+
+// hostileStrings are the values a client or a buggy caller can send.
+var hostileStrings = map[string]string{
+	"empty":              "",
+	"1 MiB":              strings.Repeat("a", 1<<20),
+	"257 bytes":          strings.Repeat("a", 257),
+	"NUL byte":           "client\x00",
+	"invalid UTF-8":      "client\xff\xfe",
+	"control character":  "client\n",
+	"SQL metacharacters": "'; DROP TABLE oauth_family; --\t",
+}
+
+func TestIssue_HostileInputIsATypedErrorAndChangesNothing(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	b.issue(t)
+	before := b.tableChecksum(t)
+	valid := repository.IssueRequest{ClientID: "client-a", UserID: "user-1", Scope: []string{"openid"}}
+	var cases []repository.IssueRequest
+	for _, v := range hostileStrings {
+		r := valid
+		r.ClientID = v
+		cases = append(cases, r)
+		r = valid
+		r.UserID = v
+		cases = append(cases, r)
+		if v != "" {
+			r = valid
+			r.Scope = []string{"openid", v}
+			cases = append(cases, r)
+			r = valid
+			r.SenderThumbprint = v
+			cases = append(cases, r)
+		}
+	}
+	for _, scope := range [][]string{{""}, {"a b"}, {`quo"te`}, {`back\slash`}, {"é"}, make([]string, 257)} {
+		r := valid
+		r.Scope = scope
+		cases = append(cases, r)
+	}
+	for _, d := range []time.Duration{-time.Second, time.Nanosecond, repository.MaxTTL + 1, 1<<63 - 1} {
+		r := valid
+		r.TTL = d
+		cases = append(cases, r)
+		r = valid
+		r.Lifetime = d
+		cases = append(cases, r)
+	}
+	for i, r := range cases {
+		_, err := b.store.Issue(b.ctx, r)
+		var inputErr *repository.InputError
+		if !errors.Is(err, repository.ErrInvalidInput) || !errors.As(err, &inputErr) {
+			t.Errorf("case %d (%.40q %.40q %.40q %.40q %v %v): got %v, want an *InputError", i, r.ClientID, r.UserID, r.Scope, r.SenderThumbprint, r.TTL, r.Lifetime, err)
+		}
+		if err != nil && len(err.Error()) > 200 {
+			t.Errorf("case %d: error echoes its input (%d bytes)", i, len(err.Error()))
+		}
+	}
+	if b.tableChecksum(t) != before {
+		t.Fatal("refused input changed the tables")
+	}
+	t.Logf("%d hostile Issue requests refused", len(cases))
+}
+
+func TestRotate_HostileRequestFieldsAreTypedErrorsAndChangeNothing(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	tok := b.issue(t)
+	before := b.tableChecksum(t)
+	valid := repository.RotateRequest{Token: tok.Token.Reveal(), ClientID: "client-a"}
+	n := 0
+	for name, v := range hostileStrings {
+		for _, r := range []repository.RotateRequest{
+			{Token: valid.Token, ClientID: v},
+			{Token: valid.Token, ClientID: valid.ClientID, Scope: []string{v}},
+			{Token: valid.Token, ClientID: valid.ClientID, SenderThumbprint: v + "!"},
+		} {
+			n++
+			if _, err := b.store.Rotate(b.ctx, r); !errors.Is(err, repository.ErrInvalidInput) {
+				t.Errorf("%s: got %v, want ErrInvalidInput", name, err)
+			}
+		}
+	}
+	for _, d := range []time.Duration{-1, time.Millisecond, repository.MaxTTL + 1} {
+		n++
+		if _, err := b.store.Rotate(b.ctx, repository.RotateRequest{Token: valid.Token, ClientID: valid.ClientID, TTL: d}); !errors.Is(err, repository.ErrInvalidInput) {
+			t.Errorf("ttl %v: got %v", d, err)
+		}
+	}
+	if b.tableChecksum(t) != before {
+		t.Fatal("refused input changed the tables")
+	}
+	if _, err := b.store.Rotate(b.ctx, valid); err != nil {
+		t.Fatalf("the token after %d refused requests: %v", n, err)
+	}
+}

@@ -1,0 +1,478 @@
+package tests
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/oauthstore/oauthstore/repository"
+)
+
+func withGrace(window time.Duration, reuses int) setupOptions {
+	return setupOptions{configure: func(c *repository.Config) {
+		c.GraceWindow, c.GraceMaxReuses = window, reuses
+	}}
+}
+
+func TestGrace_TwoClientsRacingOneTokenLeaveOneLiveTokenAndTheFamilyAlive(t *testing.T) {
+	t.Parallel()
+	b := setup(t, withGrace(time.Minute, 1))
+	const trials = 50
+	for range trials {
+		first := b.issue(t)
+		var (
+			wg    sync.WaitGroup
+			start = make(chan struct{})
+			got   [2]*repository.RefreshToken
+			errs  [2]error
+		)
+		for i := range 2 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				<-start
+				got[i], errs[i] = b.rotate(first.Token, "client-a")
+			}()
+		}
+		close(start)
+		wg.Wait()
+		for i, err := range errs {
+			if err != nil {
+				t.Fatalf("racer %d: %v; with grace on both racers get a token", i, err)
+			}
+		}
+		if f := b.family(t, first.FamilyID); f.RevokedAt != nil {
+			t.Fatalf("family revoked by a race inside the grace window: %+v", f)
+		}
+		if n := b.liveTokens(t, first.FamilyID); n != 1 {
+			t.Fatalf("family holds %d live tokens, want 1", n)
+		}
+		// Exactly one of the two tokens handed out is the live one.
+		live := 0
+		for _, tok := range got {
+			if _, err := b.store.Peek(b.ctx, tok.Token.Reveal(), tok.ClientID); err == nil {
+				live++
+			}
+		}
+		if live != 1 {
+			t.Fatalf("%d of the racers' tokens are live, want 1", live)
+		}
+	}
+}
+
+func TestGrace_LostResponseRetrySucceedsWithinTheWindow(t *testing.T) {
+	t.Parallel()
+	events := &eventLog{}
+	b := setup(t, setupOptions{configure: func(c *repository.Config) {
+		c.GraceWindow, c.OnEvent = time.Minute, events.add
+	}})
+	t1 := b.issue(t)
+	lost, err := b.rotate(t1.Token, "client-a") // the response never reaches the client
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.clock.Advance(30 * time.Second)
+	t3, err := b.rotate(t1.Token, "client-a")
+	if err != nil {
+		t.Fatalf("retry within the window: %v", err)
+	}
+	if n := b.liveTokens(t, t1.FamilyID); n != 1 {
+		t.Fatalf("%d live tokens after the grace reuse, want 1", n)
+	}
+	if _, err := b.store.Peek(b.ctx, lost.Token.Reveal(), lost.ClientID); !errors.Is(err, repository.ErrTokenConsumed) {
+		t.Fatalf("the lost token after the grace reuse: %v, want it consumed", err)
+	}
+	if !events.has(repository.EventGraceReuse, t1.FamilyID) {
+		t.Fatalf("no grace event: %+v", events.all())
+	}
+	// The family goes on from the retried token.
+	if _, err := b.rotate(t3.Token, "client-a"); err != nil {
+		t.Fatalf("rotating the grace successor: %v", err)
+	}
+	if f := b.family(t, t1.FamilyID); f.RevokedAt != nil || f.RotationCount != 3 {
+		t.Fatalf("family: %+v", f)
+	}
+}
+
+func TestGrace_RetryAfterTheWindowRevokesTheFamily(t *testing.T) {
+	t.Parallel()
+	b := setup(t, withGrace(time.Minute, 1))
+	t1 := b.issue(t)
+	t2, err := b.rotate(t1.Token, "client-a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.clock.Advance(time.Minute) // the window is [consumed, consumed + 1 min)
+	if _, err := b.rotate(t1.Token, "client-a"); !errors.Is(err, repository.ErrReplayDetected) {
+		t.Fatalf("retry at the end of the window: %v, want ErrReplayDetected", err)
+	}
+	if _, err := b.rotate(t2.Token, "client-a"); !errors.Is(err, repository.ErrFamilyRevoked) {
+		t.Fatalf("current token after the replay: %v, want ErrFamilyRevoked", err)
+	}
+}
+
+func TestGrace_RetryPastTheCountRevokesTheFamily(t *testing.T) {
+	t.Parallel()
+	b := setup(t, withGrace(time.Minute, 2))
+	t1 := b.issue(t)
+	if _, err := b.rotate(t1.Token, "client-a"); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 2 {
+		if _, err := b.rotate(t1.Token, "client-a"); err != nil {
+			t.Fatalf("grace reuse %d of 2: %v", i+1, err)
+		}
+	}
+	if _, err := b.rotate(t1.Token, "client-a"); !errors.Is(err, repository.ErrReplayDetected) {
+		t.Fatalf("third reuse with an allowance of 2: %v, want ErrReplayDetected", err)
+	}
+	if f := b.family(t, t1.FamilyID); f.RevokedAt == nil {
+		t.Fatal("family not revoked")
+	}
+	if n := b.count(t, "SELECT count(*) FROM oauth_refresh_token WHERE family_id = $1", t1.FamilyID); n != 4 {
+		t.Fatalf("%d token rows, want 4 (t1, its first successor and two replacements)", n)
+	}
+}
+
+func TestGrace_GrandparentInsideTheWindowIsAReplay(t *testing.T) {
+	t.Parallel()
+	b := setup(t, withGrace(time.Minute, 5))
+	t1 := b.issue(t)
+	t2, err := b.rotate(t1.Token, "client-a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.rotate(t2.Token, "client-a"); err != nil {
+		t.Fatal(err)
+	}
+	b.clock.Advance(time.Second)
+	if _, err := b.rotate(t1.Token, "client-a"); !errors.Is(err, repository.ErrReplayDetected) {
+		t.Fatalf("grandparent inside the window: %v, want ErrReplayDetected", err)
+	}
+	// The parent of a token that was itself used is no longer eligible either.
+	b2 := setup(t, withGrace(time.Minute, 5))
+	u1 := b2.issue(t)
+	u2, err := b2.rotate(u1.Token, "client-a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b2.rotate(u2.Token, "client-a"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b2.rotate(u2.Token, "client-a"); err != nil {
+		t.Fatalf("parent of the unused current token: %v", err)
+	}
+	if _, err := b2.rotate(u1.Token, "client-a"); !errors.Is(err, repository.ErrReplayDetected) {
+		t.Fatalf("grandparent after a grace reuse of its child: %v, want ErrReplayDetected", err)
+	}
+}
+
+func TestLifetime_AbsoluteLifetimeCapsEverySuccessor(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	start := b.clock.Now()
+	first, err := b.store.Issue(b.ctx, repository.IssueRequest{ClientID: "client-a", UserID: "user-1", Lifetime: 2 * time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	end := start.Add(2 * time.Hour)
+	if !first.ExpiresAt.Equal(end) || first.FamilyExpiresAt == nil || !first.FamilyExpiresAt.Equal(end) {
+		t.Fatalf("first token expires %v (family %v), want both at %v: the 24 h idle TTL is capped", first.ExpiresAt, first.FamilyExpiresAt, end)
+	}
+	tok := first
+	for range 3 {
+		b.clock.Advance(30 * time.Minute)
+		tok, err = b.rotate(tok.Token, "client-a")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !tok.ExpiresAt.Equal(end) {
+			t.Fatalf("successor expires %v, after the family's end %v", tok.ExpiresAt, end)
+		}
+	}
+	if f := b.family(t, first.FamilyID); f.ExpiresAt == nil || !f.ExpiresAt.Equal(end) {
+		t.Fatalf("rotation moved the family's end: %+v", f)
+	}
+	b.clock.Set(end)
+	if _, err := b.rotate(tok.Token, "client-a"); !errors.Is(err, repository.ErrTokenExpired) {
+		t.Fatalf("rotation at the family's end: %v, want ErrTokenExpired", err)
+	}
+	// The configured default applies when the request names none.
+	b2 := setup(t, setupOptions{configure: func(c *repository.Config) { c.FamilyLifetime = time.Hour }})
+	tok2 := b2.issue(t)
+	if want := b2.clock.Now().Add(time.Hour); tok2.FamilyExpiresAt == nil || !tok2.FamilyExpiresAt.Equal(want) {
+		t.Fatalf("default lifetime: family ends %v, want %v", tok2.FamilyExpiresAt, want)
+	}
+}
+
+func TestSender_WrongThumbprintConsumesNothing(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	const jktA, jktB = "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I", "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs"
+	first, err := b.store.Issue(b.ctx, repository.IssueRequest{ClientID: "client-a", UserID: "user-1", SenderThumbprint: jktA})
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := b.tableChecksum(t)
+	for _, presented := range []string{jktB, ""} {
+		_, err := b.store.Rotate(b.ctx, repository.RotateRequest{Token: first.Token.Reveal(), ClientID: "client-a", SenderThumbprint: presented})
+		if !errors.Is(err, repository.ErrSenderMismatch) || !errors.Is(err, repository.ErrInvalidGrant) {
+			t.Fatalf("thumbprint %q: %v, want ErrSenderMismatch", presented, err)
+		}
+	}
+	if b.tableChecksum(t) != before {
+		t.Fatal("a wrong key changed the tables")
+	}
+	next, err := b.store.Rotate(b.ctx, repository.RotateRequest{Token: first.Token.Reveal(), ClientID: "client-a", SenderThumbprint: jktA})
+	if err != nil {
+		t.Fatalf("the right key: %v", err)
+	}
+	// The binding is the family's: the successor needs the same key, and a replay of the consumed
+	// token without the key revokes nothing.
+	before = b.tableChecksum(t)
+	if _, err := b.store.Rotate(b.ctx, repository.RotateRequest{Token: first.Token.Reveal(), ClientID: "client-a", SenderThumbprint: jktB}); !errors.Is(err, repository.ErrSenderMismatch) {
+		t.Fatalf("replay with the wrong key: %v, want ErrSenderMismatch", err)
+	}
+	if _, err := b.store.Rotate(b.ctx, repository.RotateRequest{Token: next.Token.Reveal(), ClientID: "client-a", SenderThumbprint: jktB}); !errors.Is(err, repository.ErrSenderMismatch) {
+		t.Fatalf("successor with the wrong key: %v", err)
+	}
+	if b.tableChecksum(t) != before {
+		t.Fatal("a wrong key changed the tables")
+	}
+	if _, err := b.store.Issue(b.ctx, repository.IssueRequest{ClientID: "c", UserID: "u", SenderThumbprint: "not/base64url="}); !errors.Is(err, repository.ErrInvalidInput) {
+		t.Fatalf("malformed thumbprint: %v", err)
+	}
+}
+
+func TestScope_NarrowingCarriesTheSubsetAndWiderScopeConsumesNothing(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	first, err := b.store.Issue(b.ctx, repository.IssueRequest{ClientID: "client-a", UserID: "user-1", Scope: []string{"openid", "email", "offline_access"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := b.tableChecksum(t)
+	_, err = b.store.Rotate(b.ctx, repository.RotateRequest{Token: first.Token.Reveal(), ClientID: "client-a", Scope: []string{"email", "admin"}})
+	if !errors.Is(err, repository.ErrInvalidScope) || errors.Is(err, repository.ErrInvalidGrant) {
+		t.Fatalf("wider scope: %v, want ErrInvalidScope (not an invalid grant)", err)
+	}
+	if b.tableChecksum(t) != before {
+		t.Fatal("a request for wider scope changed the tables")
+	}
+	narrow, err := b.store.Rotate(b.ctx, repository.RotateRequest{Token: first.Token.Reveal(), ClientID: "client-a", Scope: []string{"email"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(narrow.Scope, []string{"email"}) {
+		t.Fatalf("narrowed token carries %v", narrow.Scope)
+	}
+	if info, err := b.store.Peek(b.ctx, narrow.Token.Reveal(), narrow.ClientID); err != nil || !slices.Equal(info.Scope, []string{"email"}) {
+		t.Fatalf("stored scope of the narrowed token: %+v, %v", info, err)
+	}
+	// Omitting scope means the scope originally granted (RFC 6749 §6).
+	full, err := b.rotate(narrow.Token, "client-a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(full.Scope, []string{"openid", "email", "offline_access"}) {
+		t.Fatalf("rotation without scope carries %v, want the granted scope", full.Scope)
+	}
+}
+
+func TestPepper_OldPepperTokenRotatesIntoTheCurrentPepperAndARetiredPepperIsRefused(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	k1 := repository.Pepper{ID: "k1", Secret: bytes.Repeat([]byte{1}, 32)}
+	k2 := repository.Pepper{ID: "k2", Secret: bytes.Repeat([]byte{2}, 32)}
+	store := func(ring ...repository.Pepper) *repository.Store {
+		s, err := repository.New(b.pool, repository.Config{Peppers: ring, Clock: b.clock.Now})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	old := store(k1)
+	a, err := old.Issue(b.ctx, repository.IssueRequest{ClientID: "c", UserID: "u"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	untouched, err := old.Issue(b.ctx, repository.IssueRequest{ClientID: "c", UserID: "u"})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// Step 1 of the procedure: the new pepper goes first, the old one stays in the ring.
+	ring := store(k2, k1)
+	a2, err := ring.Rotate(b.ctx, repository.RotateRequest{Token: a.Token.Reveal(), ClientID: "c"})
+	if err != nil {
+		t.Fatalf("rotating a token made with the old pepper: %v", err)
+	}
+	var pepperID string
+	if err := b.pool.QueryRow(b.ctx, "SELECT pepper_id FROM oauth_refresh_token WHERE family_id = $1 AND consumed_at IS NULL", a.FamilyID).Scan(&pepperID); err != nil || pepperID != "k2" {
+		t.Fatalf("successor made with pepper %q (%v), want k2", pepperID, err)
+	}
+	// Step 2: the old pepper is retired. Its tokens are unknown; the re-hashed family lives on.
+	current := store(k2)
+	if _, err := current.Rotate(b.ctx, repository.RotateRequest{Token: untouched.Token.Reveal(), ClientID: "c"}); !errors.Is(err, repository.ErrTokenNotFound) {
+		t.Fatalf("token of a retired pepper: %v, want ErrTokenNotFound", err)
+	}
+	if _, err := current.Rotate(b.ctx, repository.RotateRequest{Token: a2.Token.Reveal(), ClientID: "c"}); err != nil {
+		t.Fatalf("re-hashed family under the current pepper alone: %v", err)
+	}
+	// A replay of the old-pepper tombstone is still recognised while the old pepper is in the ring.
+	if _, err := ring.Rotate(b.ctx, repository.RotateRequest{Token: a.Token.Reveal(), ClientID: "c"}); !errors.Is(err, repository.ErrReplayDetected) {
+		t.Fatalf("replay of an old-pepper tombstone: %v", err)
+	}
+}
+
+func TestRevokeFamilies_ByUserLeavesOtherUsersAlone(t *testing.T) {
+	t.Parallel()
+	events := &eventLog{}
+	b := setup(t, setupOptions{configure: func(c *repository.Config) { c.OnEvent = events.add }})
+	issue := func(client, user string) *repository.RefreshToken {
+		tok, err := b.store.Issue(b.ctx, repository.IssueRequest{ClientID: client, UserID: user})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return tok
+	}
+	u1a, u1b, u1b2 := issue("app-a", "u1"), issue("app-b", "u1"), issue("app-b", "u1")
+	u2a, u2b := issue("app-a", "u2"), issue("app-b", "u2")
+
+	n, err := b.store.RevokeFamilies(b.ctx, repository.FamilyFilter{UserID: "u1", ClientID: "app-b"}, "signed out of app-b")
+	if err != nil || n != 2 {
+		t.Fatalf("user at one client: %d, %v; want 2", n, err)
+	}
+	if _, err := b.rotate(u1a.Token, "app-a"); err != nil {
+		t.Fatalf("u1's family at another client: %v", err)
+	}
+	n, err = b.store.RevokeFamilies(b.ctx, repository.FamilyFilter{UserID: "u1"}, "logout everywhere")
+	if err != nil || n != 1 {
+		t.Fatalf("user everywhere: %d, %v; want the 1 still live", n, err)
+	}
+	for _, tok := range []*repository.RefreshToken{u1b, u1b2} {
+		if f := b.family(t, tok.FamilyID); f.RevokedReason != "signed out of app-b" {
+			t.Fatalf("first reason lost: %+v", f)
+		}
+	}
+	for _, tok := range []*repository.RefreshToken{u2a, u2b} {
+		if _, err := b.store.Peek(b.ctx, tok.Token.Reveal(), tok.ClientID); err != nil {
+			t.Fatalf("another user's family was touched: %v", err)
+		}
+	}
+	if got := len(events.all()); got != 3 {
+		t.Fatalf("%d revocation events, want 3", got)
+	}
+	if _, err := b.store.RevokeFamilies(b.ctx, repository.FamilyFilter{}, "x"); !errors.Is(err, repository.ErrInvalidInput) {
+		t.Fatalf("empty filter: %v", err)
+	}
+}
+
+func TestRevokeFamilies_ByClientRevokesAllInBatches(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	// More families than one batch revokes.
+	if _, err := b.pool.Exec(b.ctx, `INSERT INTO oauth_family (client_id, user_id, idle_expires_at)
+		SELECT 'doomed', 'user-' || g, now() + interval '1 day' FROM generate_series(1, 1234) g`); err != nil {
+		t.Fatal(err)
+	}
+	keep := b.issue(t)
+	n, err := b.store.RevokeFamilies(b.ctx, repository.FamilyFilter{ClientID: "doomed"}, "client deleted")
+	if err != nil || n != 1234 {
+		t.Fatalf("revoked %d (%v), want 1234", n, err)
+	}
+	if left := b.count(t, "SELECT count(*) FROM oauth_family WHERE client_id = 'doomed' AND revoked_at IS NULL"); left != 0 {
+		t.Fatalf("%d families of the deleted client escaped", left)
+	}
+	if _, err := b.store.Peek(b.ctx, keep.Token.Reveal(), keep.ClientID); err != nil {
+		t.Fatalf("another client's family: %v", err)
+	}
+}
+
+func TestActiveFamilies_ListsOnlyUsableFamiliesNewestFirst(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	older := b.issue(t)
+	b.clock.Advance(time.Minute)
+	newer := b.issue(t)
+	b.clock.Advance(time.Minute)
+	revoked := b.issue(t)
+	if err := b.store.RevokeFamily(b.ctx, revoked.FamilyID, "test"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.store.Issue(b.ctx, repository.IssueRequest{ClientID: "client-a", UserID: "someone-else"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.rotate(newer.Token, "client-a"); err != nil {
+		t.Fatal(err)
+	}
+	got, err := b.store.ActiveFamilies(b.ctx, "user-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 2 || got[0].ID != newer.FamilyID || got[1].ID != older.FamilyID {
+		t.Fatalf("active families: %+v", got)
+	}
+	if got[0].RotationCount != 1 || got[0].LastRotatedAt == nil || got[0].ClientID != "client-a" {
+		t.Fatalf("session row: %+v", got[0])
+	}
+	b.clock.Advance(25 * time.Hour)
+	if got, err := b.store.ActiveFamilies(b.ctx, "user-1"); err != nil || len(got) != 0 {
+		t.Fatalf("after every token expired: %+v, %v", got, err)
+	}
+}
+
+func TestEvents_ReplayReachesTheHookWithoutSecrets(t *testing.T) {
+	t.Parallel()
+	events := &eventLog{}
+	b := setup(t, setupOptions{configure: func(c *repository.Config) { c.OnEvent = events.add }})
+	first := b.issue(t)
+	if _, err := b.rotate(first.Token, "client-a"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.rotate(first.Token, "client-a"); !errors.Is(err, repository.ErrReplayDetected) {
+		t.Fatal(err)
+	}
+	all := events.all()
+	if len(all) != 1 {
+		t.Fatalf("events: %+v", all)
+	}
+	e := all[0]
+	if e.Kind != repository.EventReplayDetected || e.FamilyID != first.FamilyID || e.UserID != "user-1" ||
+		e.ClientID != "client-a" || e.Reason != repository.ReasonReplayDetected || !e.FamilyRevoked {
+		t.Fatalf("replay event: %+v", e)
+	}
+	if strings.Contains(sprintEvent(e), first.Token.Reveal()) {
+		t.Fatal("the event carries the token")
+	}
+}
+
+type eventLog struct {
+	mu     sync.Mutex
+	events []repository.Event
+}
+
+func (l *eventLog) add(_ context.Context, e repository.Event) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.events = append(l.events, e)
+}
+
+func (l *eventLog) all() []repository.Event {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return slices.Clone(l.events)
+}
+
+func (l *eventLog) has(kind repository.EventKind, familyID string) bool {
+	return slices.ContainsFunc(l.all(), func(e repository.Event) bool { return e.Kind == kind && e.FamilyID == familyID })
+}
+
+func sprintEvent(e repository.Event) string {
+	return strings.Join([]string{string(e.Kind), e.FamilyID, e.ClientID, e.UserID, e.Reason}, " ")
+}
