@@ -10,6 +10,25 @@ import (
 	"github.com/jackc/pgx/v5/pgtype"
 )
 
+type OauthAuthorizationCode struct {
+	Digest              []byte
+	PepperID            string
+	ClientID            string
+	UserID              string
+	RedirectURI         string
+	Scope               []string
+	CodeChallenge       *string
+	CodeChallengeMethod *string
+	Nonce               *string
+	Resources           []string
+	DPoPJKT             *string
+	Session             []byte
+	CreatedAt           time.Time
+	ExpiresAt           time.Time
+	ConsumedAt          *time.Time
+	FamilyID            pgtype.UUID
+}
+
 type OauthFamily struct {
 	ID               pgtype.UUID
 	ClientID         string
@@ -35,4 +54,15 @@ type OauthRefreshToken struct {
 	ExpiresAt    time.Time
 	ConsumedAt   *time.Time
 	GraceUses    int32
+}
+
+type OauthState struct {
+	Digest      []byte
+	PepperID    string
+	ClientID    string
+	RedirectURI string
+	ReturnTo    *string
+	Data        []byte
+	CreatedAt   time.Time
+	ExpiresAt   time.Time
 }

@@ -15,27 +15,36 @@ const (
 
 // CleanupOptions bound one cleanup run.
 type CleanupOptions struct {
-	// BatchSize is the number of families deleted per statement (each its own short transaction
-	// on a pool). Zero means DefaultCleanupBatchSize.
+	// BatchSize is the number of rows deleted per statement (each its own short transaction on a
+	// pool). Zero means DefaultCleanupBatchSize.
 	BatchSize int
-	// Limit caps the families deleted by this run; zero means no cap.
+	// Limit caps the rows deleted from each table (families, codes, states) by this run; zero
+	// means no cap.
 	Limit int
-	// Retain keeps dead families this much longer after their last token expired.
+	// Retain keeps what is dead this much longer.
 	Retain time.Duration
 }
 
 // CleanupResult counts what a cleanup run deleted.
 type CleanupResult struct {
-	Families      int64
-	RefreshTokens int64
-	Batches       int
+	Families           int64
+	RefreshTokens      int64
+	AuthorizationCodes int64 // codes that expired unused; exchanged codes go with their family
+	States             int64
+	Batches            int
 }
 
-// Cleanup deletes families whose newest token expired more than Retain ago, with all their tokens,
-// in batches. A family that can still be used keeps every tombstone, and a revoked family keeps its
-// mark until its last token has expired, so replays stay detectable for as long as a token of the
-// family could be presented (I4). Batches lock with SKIP LOCKED, so several cleaners can run at
-// once and none waits on a rotation. On error, the result counts the batches that committed.
+// Cleanup deletes, in batches:
+//
+//   - families whose newest token expired more than Retain ago, with all their tokens and the code
+//     that produced them. A family that can still be used keeps every tombstone, and a revoked one
+//     keeps its mark until its last token has expired, so replays stay detectable for as long as
+//     a token or code of the family could revoke anything (I4);
+//   - authorization codes that expired without being exchanged;
+//   - expired state bindings.
+//
+// Batches lock with SKIP LOCKED, so several cleaners can run at once and none waits on a rotation.
+// On error, the result counts the batches that committed.
 func (s *Store) Cleanup(ctx context.Context, opts CleanupOptions) (CleanupResult, error) {
 	var res CleanupResult
 	batch := opts.BatchSize
@@ -51,28 +60,42 @@ func (s *Store) Cleanup(ctx context.Context, opts CleanupOptions) (CleanupResult
 	if opts.Retain < 0 || opts.Retain > MaxTTL {
 		return res, inputError("retain", "outside 0..ten years")
 	}
-	for {
-		n := batch
-		if opts.Limit > 0 {
-			left := int64(opts.Limit) - res.Families
-			if left <= 0 {
-				return res, nil
+	retain := interval(opts.Retain)
+	run := func(count *int64, deleteBatch func(n int32) (int64, error)) error {
+		for {
+			n := batch
+			if opts.Limit > 0 {
+				left := int64(opts.Limit) - *count
+				if left <= 0 {
+					return nil
+				}
+				n = int(min(int64(n), left))
 			}
-			n = int(min(int64(n), left))
-		}
-		row, err := s.q.FamilyDeleteExpired(ctx, s.db, db.FamilyDeleteExpiredParams{
-			Now:       s.now(),
-			Retain:    interval(opts.Retain),
-			BatchSize: int32(n),
-		})
-		if err != nil {
-			return res, dbError("cleanup", err)
-		}
-		res.Batches++
-		res.Families += row.FamiliesDeleted
-		res.RefreshTokens += row.TokensDeleted
-		if row.FamiliesDeleted < int64(n) {
-			return res, nil
+			deleted, err := deleteBatch(int32(n))
+			if err != nil {
+				return dbError("cleanup", err)
+			}
+			res.Batches++
+			*count += deleted
+			if deleted < int64(n) {
+				return nil
+			}
 		}
 	}
+	err := run(&res.Families, func(n int32) (int64, error) {
+		row, err := s.q.FamilyDeleteExpired(ctx, s.db, db.FamilyDeleteExpiredParams{Now: s.now(), Retain: retain, BatchSize: n})
+		res.RefreshTokens += row.TokensDeleted
+		return row.FamiliesDeleted, err
+	})
+	if err == nil {
+		err = run(&res.AuthorizationCodes, func(n int32) (int64, error) {
+			return s.q.AuthorizationCodeDeleteExpired(ctx, s.db, db.AuthorizationCodeDeleteExpiredParams{Now: s.now(), Retain: retain, BatchSize: n})
+		})
+	}
+	if err == nil {
+		err = run(&res.States, func(n int32) (int64, error) {
+			return s.q.StateDeleteExpired(ctx, s.db, db.StateDeleteExpiredParams{Now: s.now(), Retain: retain, BatchSize: n})
+		})
+	}
+	return res, err
 }

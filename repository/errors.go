@@ -14,8 +14,8 @@ var ErrInvalidGrant = errors.New("invalid_grant")
 var (
 	// ErrTokenNotFound: the token is unknown, malformed, or was cleaned up long after it expired.
 	ErrTokenNotFound = grantError("refresh token not found")
-	// ErrWrongClient: the token was issued to another client. Nothing was consumed.
-	ErrWrongClient = grantError("refresh token was issued to another client")
+	// ErrWrongClient: the token or code was issued to another client. Nothing was consumed.
+	ErrWrongClient = grantError("issued to another client")
 	// ErrTokenExpired: the token's idle lifetime, or its family's absolute lifetime, has passed.
 	// Nothing was consumed.
 	ErrTokenExpired = grantError("refresh token expired")
@@ -24,13 +24,36 @@ var (
 	ErrTokenConsumed = grantError("refresh token already used")
 	// ErrSenderMismatch: the family is bound to a key (RFC 9449 DPoP, RFC 8705 mTLS) and the
 	// request did not prove possession of it. Nothing was consumed.
-	ErrSenderMismatch = grantError("refresh token is bound to another key")
+	ErrSenderMismatch = grantError("bound to another key")
 	// ErrFamilyRevoked: the token's family was revoked earlier.
 	ErrFamilyRevoked = grantError("refresh token family revoked")
 	// ErrReplayDetected: an already consumed token was presented again, which is evidence that it
 	// was stolen; its whole family is revoked (RFC 6819 §5.2.2.3, RFC 9700 §4.14.2).
 	ErrReplayDetected = grantError("refresh token replay detected; family revoked")
 )
+
+// The causes of a refused authorization code (RFC 6749 §4.1.3, RFC 7636 §4.6). Each matches
+// ErrInvalidGrant. A refused exchange consumes nothing; so a client whose request was wrong can
+// retry with the right one, and an interceptor without the verifier can neither use the code nor
+// burn it.
+var (
+	// ErrCodeNotFound: the code is unknown or malformed.
+	ErrCodeNotFound = grantError("authorization code not found")
+	// ErrCodeExpired: the code's lifetime has passed.
+	ErrCodeExpired = grantError("authorization code expired")
+	// ErrRedirectMismatch: the redirect URI differs from the authorization request's.
+	ErrRedirectMismatch = grantError("redirect_uri does not match the authorization request")
+	// ErrPKCEMismatch: the code verifier does not match the code challenge, is malformed, is
+	// missing, or was sent for a code issued without a challenge (RFC 9700 §2.1.1).
+	ErrPKCEMismatch = grantError("PKCE verification failed")
+	// ErrCodeReplayDetected: a code already exchanged was presented again, with everything its
+	// first use proved; the family it produced is revoked (RFC 6749 §4.1.2).
+	ErrCodeReplayDetected = grantError("authorization code replay detected; grant revoked")
+)
+
+// ErrStateNotFound is returned by ConsumeState for a state that is unknown, expired or already
+// consumed; treat the callback as forged.
+var ErrStateNotFound = errors.New("oauthstore: state not found, expired or already used")
 
 // ErrInvalidScope is returned when a rotation asks for scope beyond what was granted (RFC 6749
 // §6); send the client "invalid_scope". Nothing was consumed. It is not an invalid grant.
@@ -86,7 +109,7 @@ func ErrorCode(err error) string {
 		return "invalid_grant"
 	case errors.Is(err, ErrInvalidScope):
 		return "invalid_scope"
-	case errors.Is(err, ErrInvalidInput):
+	case errors.Is(err, ErrInvalidInput), errors.Is(err, ErrStateNotFound):
 		return "invalid_request"
 	}
 	return "server_error"

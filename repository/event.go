@@ -15,6 +15,9 @@ const (
 	EventReplayDetected EventKind = "replay_detected"
 	// EventFamilyRevoked: a family was revoked by RevokeToken, RevokeFamily or RevokeFamilies.
 	EventFamilyRevoked EventKind = "family_revoked"
+	// EventCodeReplayDetected: an authorization code was presented again after its exchange; the
+	// family it produced is revoked.
+	EventCodeReplayDetected EventKind = "code_replay_detected"
 	// EventGraceReuse: the parent of a family's current token was presented within the grace
 	// window, and the unused current token was replaced.
 	EventGraceReuse EventKind = "grace_reuse"
@@ -28,14 +31,15 @@ type Event struct {
 	UserID   string
 	// Reason is the revocation reason, for EventFamilyRevoked and EventReplayDetected.
 	Reason string
-	// FamilyRevoked reports, for EventReplayDetected, whether this replay revoked the family (it
+	// FamilyRevoked reports, for the replay events, whether this replay revoked the family (it
 	// may have been revoked before).
 	FamilyRevoked bool
 }
 
 func (s *Store) emit(ctx context.Context, e Event) {
 	level := slog.LevelInfo
-	if e.Kind == EventReplayDetected {
+	replay := e.Kind == EventReplayDetected || e.Kind == EventCodeReplayDetected
+	if replay {
 		level = slog.LevelWarn
 	}
 	attrs := []slog.Attr{
@@ -47,7 +51,7 @@ func (s *Store) emit(ctx context.Context, e Event) {
 	if e.Reason != "" {
 		attrs = append(attrs, slog.String("reason", e.Reason))
 	}
-	if e.Kind == EventReplayDetected {
+	if replay {
 		attrs = append(attrs, slog.Bool("family_revoked_now", e.FamilyRevoked))
 	}
 	s.log.LogAttrs(ctx, level, "oauthstore: "+string(e.Kind), attrs...)

@@ -86,8 +86,9 @@ func (s *Store) Peek(ctx context.Context, token, clientID string) (*TokenInfo, e
 
 // Revocation reasons the package itself records.
 const (
-	ReasonReplayDetected = "replay_detected"
-	ReasonTokenRevoked   = "token_revoked"
+	ReasonReplayDetected     = "replay_detected"
+	ReasonCodeReplayDetected = "code_replay_detected"
+	ReasonTokenRevoked       = "token_revoked"
 )
 
 // RevokeToken revokes the family of a refresh token presented by clientID, as RFC 7009 §2.1

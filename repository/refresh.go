@@ -219,9 +219,11 @@ func (s *Store) rotateRefused(ctx context.Context, p db.RefreshTokenRotateParams
 		return nil, err
 	}
 	if out.revokeOutside.Valid {
-		if err := s.revokeForReplayOutside(ctx, out.revokeOutside, out.event); err != nil {
+		revokedNow, err := s.revokeOutsideCallerTx(ctx, out.revokeOutside, ReasonReplayDetected)
+		if err != nil {
 			return nil, err
 		}
+		out.event.FamilyRevoked = revokedNow
 	}
 	if out.event != nil {
 		s.emit(ctx, *out.event)
@@ -340,15 +342,15 @@ func (s *Store) settleConsumed(ctx context.Context, tx pgx.Tx, p db.RefreshToken
 // rotating a token of the same family; the revocation then joins the caller's transaction.
 const replayRevokeLockTimeout = "2s"
 
-// revokeForReplayOutside revokes a replayed family on the store's own database handle, committed
-// independently of the caller's transaction.
-func (s *Store) revokeForReplayOutside(ctx context.Context, id pgtype.UUID, e *Event) error {
+// revokeOutsideCallerTx revokes a family on the handle given to New, committed independently of
+// the caller's transaction, and reports whether this call revoked it.
+func (s *Store) revokeOutsideCallerTx(ctx context.Context, id pgtype.UUID, reason string) (bool, error) {
 	var revokedNow bool
 	err := pgx.BeginFunc(ctx, s.root, func(tx pgx.Tx) error {
 		if err := s.q.SessionSetLockTimeout(ctx, tx, replayRevokeLockTimeout); err != nil {
 			return err
 		}
-		row, err := s.q.FamilyRevoke(ctx, tx, db.FamilyRevokeParams{ID: id, Now: s.now(), Reason: ReasonReplayDetected})
+		row, err := s.q.FamilyRevoke(ctx, tx, db.FamilyRevokeParams{ID: id, Now: s.now(), Reason: reason})
 		revokedNow = row.RevokedNow
 		return err
 	})
@@ -356,14 +358,13 @@ func (s *Store) revokeForReplayOutside(ctx context.Context, id pgtype.UUID, e *E
 	if errors.As(err, &pgErr) && pgErr.Code == pgerrcode.LockNotAvailable {
 		s.log.LogAttrs(ctx, slog.LevelWarn, "oauthstore: the caller's transaction holds the replayed family's lock; "+
 			"the revocation is part of that transaction and is lost if it rolls back",
-			slog.String("family_id", e.FamilyID))
+			slog.String("family_id", familyIDString(id)))
 		var row db.FamilyRevokeRow
-		row, err = s.q.FamilyRevoke(ctx, s.db, db.FamilyRevokeParams{ID: id, Now: s.now(), Reason: ReasonReplayDetected})
+		row, err = s.q.FamilyRevoke(ctx, s.db, db.FamilyRevokeParams{ID: id, Now: s.now(), Reason: reason})
 		revokedNow = row.RevokedNow
 	}
 	if err != nil && !errors.Is(err, pgx.ErrNoRows) {
-		return dbError("rotate: revoke family on replay", err)
+		return false, dbError("revoke family on replay", err)
 	}
-	e.FamilyRevoked = revokedNow
-	return nil
+	return revokedNow, nil
 }

@@ -65,6 +65,15 @@ type Config struct {
 	// GraceMaxReuses is how many times one consumed token may be presented within the window.
 	// Zero means 1 when GraceWindow is set.
 	GraceMaxReuses int
+	// CodeTTL is the lifetime of authorization codes; zero means DefaultCodeTTL (60 s). At most
+	// MaxCodeTTL (10 minutes, RFC 6749 §4.1.2).
+	CodeTTL time.Duration
+	// PKCEOptional lets CreateCode accept a request without a PKCE challenge. OAuth 2.1 and the MCP
+	// authorization specification require PKCE; leave it false unless a confidential client cannot.
+	PKCEOptional bool
+	// AllowPlainPKCE accepts the "plain" PKCE method. S256 is always accepted; plain protects only
+	// against an attacker who cannot read the authorization request (RFC 7636 §7.2).
+	AllowPlainPKCE bool
 	// Logger receives replay detections, revocations and grace reuses. Nil means slog.Default().
 	Logger *slog.Logger
 	// OnEvent, when set, is called with every replay detection, revocation and grace reuse, after
@@ -83,6 +92,11 @@ type Store struct {
 	callerTx       bool // db is a caller's transaction (WithDB)
 	q              *db.Queries
 	refresh        *digester
+	code           *digester
+	state          *digester
+	codeTTL        time.Duration
+	pkceOptional   bool
+	allowPlainPKCE bool
 	ttl            time.Duration
 	familyLifetime time.Duration
 	graceWindow    time.Duration
@@ -131,6 +145,13 @@ func New(dbtx DBTX, cfg Config) (*Store, error) {
 	case reuses == 0 && cfg.GraceWindow > 0:
 		reuses = 1
 	}
+	codeTTL := cfg.CodeTTL
+	switch {
+	case codeTTL == 0:
+		codeTTL = DefaultCodeTTL
+	case codeTTL < time.Second || codeTTL > MaxCodeTTL:
+		return nil, inputError("CodeTTL", "outside 1s..10m")
+	}
 	log := cfg.Logger
 	if log == nil {
 		log = slog.Default()
@@ -140,6 +161,11 @@ func New(dbtx DBTX, cfg Config) (*Store, error) {
 		root:           dbtx,
 		q:              db.New(),
 		refresh:        newDigester(ring, "refresh-token"),
+		code:           newDigester(ring, "authorization-code"),
+		state:          newDigester(ring, "state"),
+		codeTTL:        codeTTL,
+		pkceOptional:   cfg.PKCEOptional,
+		allowPlainPKCE: cfg.AllowPlainPKCE,
 		ttl:            ttl,
 		familyLifetime: cfg.FamilyLifetime,
 		graceWindow:    cfg.GraceWindow,

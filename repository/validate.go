@@ -1,7 +1,11 @@
 package repository
 
 import (
+	"bytes"
+	"encoding/json"
+	"net/url"
 	"slices"
+	"strings"
 	"time"
 	"unicode"
 	"unicode/utf8"
@@ -117,4 +121,66 @@ func isSubset(sub, of []string) bool {
 		}
 	}
 	return true
+}
+
+// MaxURIBytes bounds redirect URIs, return targets and resource indicators.
+const MaxURIBytes = 2048
+
+func validateURI(field, v string) error {
+	switch {
+	case v == "":
+		return inputError(field, "empty")
+	case len(v) > MaxURIBytes:
+		return inputError(field, "longer than 2048 bytes")
+	}
+	return validateText(field, v)
+}
+
+// validateRedirectURI: an absolute URI without a fragment (RFC 6749 §3.1.2); custom schemes of
+// native apps (RFC 8252 §7.1) included. It is compared byte for byte, never normalized.
+func validateRedirectURI(v string) error {
+	if err := validateURI("redirect_uri", v); err != nil {
+		return err
+	}
+	u, err := url.Parse(v)
+	if err != nil || !u.IsAbs() || strings.Contains(v, "#") {
+		return inputError("redirect_uri", "not an absolute URI without a fragment")
+	}
+	return nil
+}
+
+// validateResources checks RFC 8707 resource indicators: absolute URIs without a fragment.
+func validateResources(resources []string) ([]string, error) {
+	if len(resources) > 32 {
+		return nil, inputError("resource", "more than 32 resources")
+	}
+	for _, r := range resources {
+		if err := validateURI("resource", r); err != nil {
+			return nil, err
+		}
+		u, err := url.Parse(r)
+		if err != nil || !u.IsAbs() || u.Fragment != "" || strings.Contains(r, "#") {
+			return nil, inputError("resource", "not an absolute URI without a fragment")
+		}
+	}
+	if resources == nil {
+		resources = []string{}
+	}
+	return resources, nil
+}
+
+// MaxJSONBytes bounds the JSON a code or state carries for the service.
+const MaxJSONBytes = 16 << 10
+
+func validateJSON(field string, v json.RawMessage) ([]byte, error) {
+	if len(v) == 0 {
+		return []byte("{}"), nil
+	}
+	if len(v) > MaxJSONBytes {
+		return nil, inputError(field, "larger than 16 KiB")
+	}
+	if !json.Valid(v) || bytes.IndexByte(v, 0) >= 0 || bytes.Contains(v, []byte(`\u0000`)) {
+		return nil, inputError(field, "not valid JSON (or contains NUL)")
+	}
+	return v, nil
 }

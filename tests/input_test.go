@@ -104,3 +104,68 @@ func TestRotate_HostileRequestFieldsAreTypedErrorsAndChangeNothing(t *testing.T)
 		t.Fatalf("the token after %d refused requests: %v", n, err)
 	}
 }
+
+func TestCodeAndState_HostileInputIsATypedErrorAndChangesNothing(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	f := b.createCode(t)
+	before := b.tableChecksum(t)
+	_, challenge := pkce(t)
+	valid := repository.CodeRequest{ClientID: "client-a", UserID: "user-1", RedirectURI: redirectURI, CodeChallenge: challenge, CodeChallengeMethod: "S256"}
+	var codeCases []repository.CodeRequest
+	for _, v := range hostileStrings {
+		for _, set := range []func(*repository.CodeRequest){
+			func(r *repository.CodeRequest) { r.RedirectURI = v },
+			func(r *repository.CodeRequest) { r.ClientID = v },
+			func(r *repository.CodeRequest) { r.CodeChallenge = v },
+			func(r *repository.CodeRequest) { r.Resources = []string{v} },
+		} {
+			r := valid
+			set(&r)
+			codeCases = append(codeCases, r)
+		}
+	}
+	for _, set := range []func(*repository.CodeRequest){
+		func(r *repository.CodeRequest) { r.Nonce = strings.Repeat("n", 513) },
+		func(r *repository.CodeRequest) { r.Nonce = "bad\x00nonce" },
+		func(r *repository.CodeRequest) { r.Resources = []string{"https://api.example/#frag"} },
+		func(r *repository.CodeRequest) { r.Resources = []string{"relative/path"} },
+		func(r *repository.CodeRequest) { r.Session = []byte(`{"unterminated":`) },
+		func(r *repository.CodeRequest) { r.Session = []byte(`{"nul":"\u0000"}`) },
+		func(r *repository.CodeRequest) { r.Session = []byte(`"` + strings.Repeat("s", 17<<10) + `"`) },
+		func(r *repository.CodeRequest) { r.TTL = 11 * time.Minute },
+		func(r *repository.CodeRequest) { r.TTL = -time.Second },
+		func(r *repository.CodeRequest) { r.DPoPJKT = "not base64url!" },
+	} {
+		r := valid
+		set(&r)
+		codeCases = append(codeCases, r)
+	}
+	for i, r := range codeCases {
+		if _, err := b.store.CreateCode(b.ctx, r); !errors.Is(err, repository.ErrInvalidInput) {
+			t.Errorf("code case %d: %v, want ErrInvalidInput", i, err)
+		}
+	}
+	for name, v := range hostileStrings {
+		req := repository.ExchangeRequest{Code: f.code.Code.Reveal(), ClientID: "client-a", RedirectURI: redirectURI, CodeVerifier: v}
+		if _, err := b.store.Exchange(b.ctx, req); !errors.Is(err, repository.ErrPKCEMismatch) {
+			t.Errorf("verifier %s: %v, want ErrPKCEMismatch", name, err)
+		}
+		req = repository.ExchangeRequest{Code: v, ClientID: "client-a", RedirectURI: redirectURI, CodeVerifier: f.verifier}
+		if _, err := b.store.Exchange(b.ctx, req); !errors.Is(err, repository.ErrCodeNotFound) {
+			t.Errorf("code %s: %v, want ErrCodeNotFound", name, err)
+		}
+		if _, err := b.store.ConsumeState(b.ctx, v); !errors.Is(err, repository.ErrStateNotFound) {
+			t.Errorf("state %s: %v, want ErrStateNotFound", name, err)
+		}
+		if _, err := b.store.CreateState(b.ctx, repository.StateRequest{ClientID: "client-a", RedirectURI: v}); !errors.Is(err, repository.ErrInvalidInput) {
+			t.Errorf("state redirect %s: %v", name, err)
+		}
+	}
+	if b.tableChecksum(t) != before {
+		t.Fatal("refused input changed the tables")
+	}
+	if _, err := b.exchange(f); err != nil {
+		t.Fatalf("the code after the refused requests: %v", err)
+	}
+}

@@ -114,7 +114,9 @@ func (b *bundle) tableChecksum(t *testing.T) string {
 	var sum string
 	err := b.pool.QueryRow(b.ctx, `
 		SELECT md5(coalesce((SELECT string_agg(x::text, ',' ORDER BY x::text) FROM oauth_family x), '') || '|' ||
-		           coalesce((SELECT string_agg(x::text, ',' ORDER BY x::text) FROM oauth_refresh_token x), ''))`).Scan(&sum)
+		           coalesce((SELECT string_agg(x::text, ',' ORDER BY x::text) FROM oauth_refresh_token x), '') || '|' ||
+		           coalesce((SELECT string_agg(x::text, ',' ORDER BY x::text) FROM oauth_authorization_code x), '') || '|' ||
+		           coalesce((SELECT string_agg(x::text, ',' ORDER BY x::text) FROM oauth_state x), ''))`).Scan(&sum)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"log/slog"
 	"slices"
 	"strings"
 	"sync"
@@ -290,7 +291,7 @@ func TestPepper_OldPepperTokenRotatesIntoTheCurrentPepperAndARetiredPepperIsRefu
 	k1 := repository.Pepper{ID: "k1", Secret: bytes.Repeat([]byte{1}, 32)}
 	k2 := repository.Pepper{ID: "k2", Secret: bytes.Repeat([]byte{2}, 32)}
 	store := func(ring ...repository.Pepper) *repository.Store {
-		s, err := repository.New(b.pool, repository.Config{Peppers: ring, Clock: b.clock.Now})
+		s, err := repository.New(b.pool, repository.Config{Peppers: ring, Clock: b.clock.Now, Logger: slog.New(slog.DiscardHandler)})
 		if err != nil {
 			t.Fatal(err)
 		}

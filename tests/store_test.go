@@ -156,7 +156,7 @@ func TestStore_ComposesWithCallerTransaction(t *testing.T) {
 	}
 }
 
-func TestSecrets_NoRawTokenInAnyTable(t *testing.T) {
+func TestSecrets_NoRawTokenCodeStateOrPepperInAnyTable(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
 	tok := b.issue(t)
@@ -167,12 +167,25 @@ func TestSecrets_NoRawTokenInAnyTable(t *testing.T) {
 	if _, err := b.rotate(tok.Token, "client-a"); !errors.Is(err, repository.ErrReplayDetected) {
 		t.Fatal(err)
 	}
+	f := b.createCode(t)
+	exchanged, err := b.exchange(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pending := b.createCode(t)
+	st, err := b.store.CreateState(b.ctx, repository.StateRequest{ClientID: "client-a", RedirectURI: redirectURI})
+	if err != nil {
+		t.Fatal(err)
+	}
+	secrets := []string{tok.Token.Reveal(), next.Token.Reveal(), f.code.Code.Reveal(), exchanged.Token.Reveal(),
+		pending.code.Code.Reveal(), st.State.Reveal()}
 	var forms []string
-	for _, secret := range [][]byte{[]byte(tok.Token.Reveal()), []byte(next.Token.Reveal()), b.pepper} {
+	for _, secret := range [][]byte{[]byte(tok.Token.Reveal()), []byte(next.Token.Reveal()), []byte(f.code.Code.Reveal()),
+		[]byte(exchanged.Token.Reveal()), []byte(pending.code.Code.Reveal()), []byte(st.State.Reveal()), b.pepper} {
 		forms = append(forms, hex.EncodeToString(secret), base64.StdEncoding.EncodeToString(secret),
 			base64.RawURLEncoding.EncodeToString(secret), string(secret))
 	}
-	for _, s := range []string{tok.Token.Reveal(), next.Token.Reveal()} {
+	for _, s := range secrets {
 		raw, err := base64.RawURLEncoding.DecodeString(s)
 		if err != nil {
 			t.Fatal(err)
@@ -189,7 +202,7 @@ func TestSecrets_NoRawTokenInAnyTable(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(tables) < 3 {
+	if len(tables) < 5 {
 		t.Fatalf("found only tables %v", tables)
 	}
 	var dump strings.Builder

@@ -1,0 +1,88 @@
+-- name: AuthorizationCodeCreate :one
+INSERT INTO oauth_authorization_code (digest, pepper_id, client_id, user_id, redirect_uri, scope,
+    code_challenge, code_challenge_method, nonce, resources, dpop_jkt, session, created_at, expires_at)
+VALUES (
+    @digest::bytea,
+    @pepper_id::text,
+    @client_id::text,
+    @user_id::text,
+    @redirect_uri::text,
+    @scope::text[],
+    sqlc.narg('code_challenge')::text,
+    sqlc.narg('code_challenge_method')::text,
+    sqlc.narg('nonce')::text,
+    @resources::text[],
+    sqlc.narg('dpop_jkt')::text,
+    @session::jsonb,
+    coalesce(sqlc.narg('now')::timestamptz, statement_timestamp()),
+    coalesce(sqlc.narg('now')::timestamptz, statement_timestamp()) + @ttl::interval
+)
+RETURNING expires_at;
+
+-- AuthorizationCodeDeleteExpired deletes one batch of codes that expired unused (or whose exchange
+-- was refused). A consumed code goes with the family it produced, not here.
+-- name: AuthorizationCodeDeleteExpired :execrows
+DELETE FROM oauth_authorization_code
+WHERE digest IN (
+    SELECT c.digest
+    FROM oauth_authorization_code c
+    WHERE c.family_id IS NULL
+      AND c.expires_at < coalesce(sqlc.narg('now')::timestamptz, statement_timestamp()) - @retain::interval
+    ORDER BY c.expires_at
+    LIMIT @batch_size::integer
+    FOR UPDATE SKIP LOCKED
+);
+
+-- AuthorizationCodeExchange consumes a code and creates the family of its grant with the first
+-- refresh token, recording the family on the code, all in one statement: either all of it
+-- happens or none of it. The code's row lock makes concurrent exchanges of one code wait here and
+-- then find it consumed, so exactly one succeeds. The caller has verified PKCE against the stored
+-- challenge; client, redirect URI and expiry are checked again here, atomically with the consume.
+-- Returns no row when the code is unknown, consumed, expired or not the client's.
+-- name: AuthorizationCodeExchange :one
+WITH new_family AS MATERIALIZED (
+    SELECT gen_random_uuid() AS id
+),
+code AS (
+    UPDATE oauth_authorization_code c
+    SET consumed_at = coalesce(sqlc.narg('now')::timestamptz, statement_timestamp()),
+        family_id = nf.id
+    FROM new_family nf
+    WHERE c.digest = ANY(@digests::bytea[])
+      AND c.consumed_at IS NULL
+      AND c.expires_at > coalesce(sqlc.narg('now')::timestamptz, statement_timestamp())
+      AND c.client_id = @client_id::text
+      AND c.redirect_uri = @redirect_uri::text
+    RETURNING c.family_id, c.client_id, c.user_id, c.scope
+),
+family AS (
+    INSERT INTO oauth_family (id, client_id, user_id, scope, created_at, expires_at, sender_thumbprint,
+        idle_expires_at)
+    SELECT c.family_id, c.client_id, c.user_id, c.scope,
+        coalesce(sqlc.narg('now')::timestamptz, statement_timestamp()),
+        coalesce(sqlc.narg('now')::timestamptz, statement_timestamp()) + sqlc.narg('lifetime')::interval,
+        sqlc.narg('sender_thumbprint')::text,
+        least(coalesce(sqlc.narg('now')::timestamptz, statement_timestamp()) + @ttl::interval,
+            coalesce(sqlc.narg('now')::timestamptz, statement_timestamp()) + sqlc.narg('lifetime')::interval)
+    FROM code c
+    RETURNING id, created_at, idle_expires_at, expires_at, scope
+),
+token AS (
+    INSERT INTO oauth_refresh_token (digest, pepper_id, family_id, scope, created_at, expires_at)
+    SELECT @refresh_digest::bytea, @refresh_pepper_id::text, f.id, f.scope, f.created_at, f.idle_expires_at
+    FROM family f
+    RETURNING expires_at
+)
+SELECT f.id AS family_id, f.expires_at AS family_expires_at, t.expires_at
+FROM family f
+CROSS JOIN token t;
+
+-- AuthorizationCodeGet reads a code, whatever its state, with the state of the family it produced.
+-- name: AuthorizationCodeGet :one
+SELECT c.digest, c.client_id, c.user_id, c.redirect_uri, c.scope, c.code_challenge,
+    c.code_challenge_method, c.nonce, c.resources, c.dpop_jkt, c.session, c.expires_at,
+    c.consumed_at, c.family_id, f.revoked_at AS family_revoked_at,
+    c.expires_at <= coalesce(sqlc.narg('now')::timestamptz, statement_timestamp()) AS expired
+FROM oauth_authorization_code c
+LEFT JOIN oauth_family f ON f.id = c.family_id
+WHERE c.digest = ANY(@digests::bytea[]);

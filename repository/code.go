@@ -1,0 +1,342 @@
+package repository
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/oauthstore/oauthstore/db"
+)
+
+// Authorization code lifetimes (RFC 6749 §4.1.2 recommends at most ten minutes).
+const (
+	DefaultCodeTTL = 60 * time.Second
+	MaxCodeTTL     = 10 * time.Minute
+)
+
+// PKCE methods (RFC 7636 §4.2).
+const (
+	PKCEMethodS256  = "S256"
+	PKCEMethodPlain = "plain"
+)
+
+// CodeRequest is an approved authorization request (RFC 6749 §4.1.1) to be answered with a code.
+type CodeRequest struct {
+	ClientID    string
+	UserID      string
+	RedirectURI string
+	Scope       []string
+	// CodeChallenge and CodeChallengeMethod are the PKCE parameters (RFC 7636 §4.3). Required
+	// unless Config.PKCEOptional; method "plain" only with Config.AllowPlainPKCE.
+	CodeChallenge       string
+	CodeChallengeMethod string
+	// Nonce is the OpenID Connect nonce, returned by Exchange for the ID token.
+	Nonce string
+	// Resources are the RFC 8707 resource indicators: absolute URIs without a fragment.
+	Resources []string
+	// DPoPJKT binds the code to a DPoP key (RFC 9449 §10): the exchange must prove the same key.
+	DPoPJKT string
+	// Session is returned by Exchange as it was given: whatever the token endpoint needs (auth_time,
+	// acr, amr, claims). JSON, at most 16 KiB; nil means {}.
+	Session json.RawMessage
+	// TTL is the code's lifetime; zero means Config.CodeTTL.
+	TTL time.Duration
+}
+
+// AuthorizationCode is a newly minted code: Code goes to the client in the redirect, once.
+type AuthorizationCode struct {
+	Code      Secret
+	ExpiresAt time.Time
+}
+
+// CreateCode stores an authorization code for an approved request and returns it.
+func (s *Store) CreateCode(ctx context.Context, req CodeRequest) (*AuthorizationCode, error) {
+	if err := validateID("client_id", req.ClientID); err != nil {
+		return nil, err
+	}
+	if err := validateID("user_id", req.UserID); err != nil {
+		return nil, err
+	}
+	if err := validateRedirectURI(req.RedirectURI); err != nil {
+		return nil, err
+	}
+	scope, err := normalizeScope(req.Scope)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.validateChallenge(req.CodeChallenge, req.CodeChallengeMethod); err != nil {
+		return nil, err
+	}
+	if len(req.Nonce) > 512 {
+		return nil, inputError("nonce", "longer than 512 bytes")
+	}
+	if err := validateText("nonce", req.Nonce); err != nil {
+		return nil, err
+	}
+	resources, err := validateResources(req.Resources)
+	if err != nil {
+		return nil, err
+	}
+	if err := validateThumbprint(req.DPoPJKT); err != nil {
+		return nil, err
+	}
+	session, err := validateJSON("session", req.Session)
+	if err != nil {
+		return nil, err
+	}
+	ttl := req.TTL
+	if ttl == 0 {
+		ttl = s.codeTTL
+	} else if ttl < time.Second || ttl > MaxCodeTTL {
+		return nil, inputError("ttl", "outside 1s..10m")
+	}
+	code, digest, pepperID := s.code.mint()
+	expires, err := s.q.AuthorizationCodeCreate(ctx, s.db, db.AuthorizationCodeCreateParams{
+		Digest:              digest,
+		PepperID:            pepperID,
+		ClientID:            req.ClientID,
+		UserID:              req.UserID,
+		RedirectURI:         req.RedirectURI,
+		Scope:               scope,
+		CodeChallenge:       optionalText(req.CodeChallenge),
+		CodeChallengeMethod: optionalText(req.CodeChallengeMethod),
+		Nonce:               optionalText(req.Nonce),
+		Resources:           resources,
+		DPoPJKT:             optionalText(req.DPoPJKT),
+		Session:             session,
+		Now:                 s.now(),
+		TTL:                 interval(ttl),
+	})
+	if err != nil {
+		return nil, dbError("create code", err)
+	}
+	return &AuthorizationCode{Code: code, ExpiresAt: utc(expires)}, nil
+}
+
+// ExchangeRequest is a token request with grant_type=authorization_code (RFC 6749 §4.1.3).
+type ExchangeRequest struct {
+	Code string
+	// ClientID is the authenticated client.
+	ClientID     string
+	RedirectURI  string
+	CodeVerifier string
+	// SenderThumbprint is the key the request proved (DPoP proof or client certificate). It must
+	// match a code bound with DPoPJKT, and when set it binds the new family (RFC 9449 §5).
+	SenderThumbprint string
+	// RefreshTokenTTL and Lifetime are the first refresh token's idle lifetime and the family's
+	// absolute lifetime; zero means the Config defaults.
+	RefreshTokenTTL time.Duration
+	Lifetime        time.Duration
+}
+
+// CodeExchange is the grant an exchanged code produced: a new family with its first refresh token,
+// and what the authorization request carried for the token response.
+type CodeExchange struct {
+	*RefreshToken
+	Nonce       string
+	Resources   []string
+	Session     json.RawMessage
+	RedirectURI string
+}
+
+// Exchange redeems an authorization code. It verifies the client, the redirect URI, PKCE (in
+// constant time) and the DPoP binding, then — in one statement — consumes the code, creates the
+// family with its first refresh token, and records the family on the code: all of it or none.
+//
+// A refused exchange changes nothing and does not burn the code. A code that was already
+// exchanged, presented again with everything its use proved (client, redirect URI, verifier, key),
+// is a replay: the family it produced is revoked and ErrCodeReplayDetected returned. Of
+// concurrent exchanges of one code exactly one succeeds and the others are replays.
+func (s *Store) Exchange(ctx context.Context, req ExchangeRequest) (*CodeExchange, error) {
+	if err := validateID("client_id", req.ClientID); err != nil {
+		return nil, err
+	}
+	if err := validateRedirectURI(req.RedirectURI); err != nil {
+		return nil, err
+	}
+	if err := validateThumbprint(req.SenderThumbprint); err != nil {
+		return nil, err
+	}
+	ttl, err := s.ttlOr("refresh_token_ttl", req.RefreshTokenTTL)
+	if err != nil {
+		return nil, err
+	}
+	lifetime := req.Lifetime
+	if lifetime == 0 {
+		lifetime = s.familyLifetime
+	} else if err := validateTTL("lifetime", lifetime); err != nil {
+		return nil, err
+	}
+	digests, ok := s.code.digestPresented(req.Code)
+	if !ok {
+		return nil, ErrCodeNotFound
+	}
+	c, err := s.verifyCode(ctx, digests, req)
+	if err != nil {
+		return nil, err
+	}
+	token, refreshDigest, pepperID := s.refresh.mint()
+	row, err := s.q.AuthorizationCodeExchange(ctx, s.db, db.AuthorizationCodeExchangeParams{
+		Digests:          digests,
+		Now:              s.now(),
+		ClientID:         req.ClientID,
+		RedirectURI:      req.RedirectURI,
+		Lifetime:         optionalInterval(lifetime),
+		SenderThumbprint: optionalText(req.SenderThumbprint),
+		TTL:              interval(ttl),
+		RefreshDigest:    refreshDigest,
+		RefreshPepperID:  pepperID,
+	})
+	if errors.Is(err, pgx.ErrNoRows) {
+		// Another exchange consumed it meanwhile, or it expired: read again and say which.
+		if _, err := s.verifyCode(ctx, digests, req); err != nil {
+			return nil, err
+		}
+		return nil, ErrCodeNotFound
+	}
+	if err != nil {
+		return nil, dbError("exchange code", err)
+	}
+	return &CodeExchange{
+		RefreshToken: &RefreshToken{
+			Token:           token,
+			ExpiresAt:       utc(row.ExpiresAt),
+			FamilyExpiresAt: utcPtr(row.FamilyExpiresAt),
+			Grant: Grant{
+				FamilyID: familyIDString(row.FamilyID),
+				ClientID: c.ClientID,
+				UserID:   c.UserID,
+				Scope:    c.Scope,
+			},
+		},
+		Nonce:       deref(c.Nonce),
+		Resources:   c.Resources,
+		Session:     json.RawMessage(c.Session),
+		RedirectURI: c.RedirectURI,
+	}, nil
+}
+
+// verifyCode reads a code and checks the request against it. It returns the code when it can be
+// exchanged now; a consumed code is handled as a replay.
+func (s *Store) verifyCode(ctx context.Context, digests [][]byte, req ExchangeRequest) (db.AuthorizationCodeGetRow, error) {
+	c, err := s.q.AuthorizationCodeGet(ctx, s.db, db.AuthorizationCodeGetParams{Digests: digests, Now: s.now()})
+	if errors.Is(err, pgx.ErrNoRows) {
+		return c, ErrCodeNotFound
+	}
+	if err != nil {
+		return c, dbError("exchange code: read", err)
+	}
+	switch {
+	case c.ClientID != req.ClientID:
+		return c, ErrWrongClient
+	case c.RedirectURI != req.RedirectURI:
+		return c, ErrRedirectMismatch
+	case !s.verifyPKCE(c.CodeChallenge, c.CodeChallengeMethod, req.CodeVerifier):
+		return c, ErrPKCEMismatch
+	case c.DPoPJKT != nil && *c.DPoPJKT != req.SenderThumbprint:
+		return c, ErrSenderMismatch
+	case c.ConsumedAt != nil:
+		return c, s.codeReplayed(ctx, c)
+	case c.Expired:
+		return c, ErrCodeExpired
+	}
+	return c, nil
+}
+
+// codeReplayed revokes the family a replayed code produced (RFC 6749 §4.1.2, RFC 9700 §4.2.4).
+func (s *Store) codeReplayed(ctx context.Context, c db.AuthorizationCodeGetRow) error {
+	e := Event{Kind: EventCodeReplayDetected, ClientID: c.ClientID, UserID: c.UserID, Reason: ReasonCodeReplayDetected}
+	if c.FamilyID.Valid {
+		e.FamilyID = familyIDString(c.FamilyID)
+		if c.FamilyRevokedAt == nil {
+			var err error
+			if s.callerTx {
+				e.FamilyRevoked, err = s.revokeOutsideCallerTx(ctx, c.FamilyID, ReasonCodeReplayDetected)
+			} else {
+				var row db.FamilyRevokeRow
+				row, err = s.q.FamilyRevoke(ctx, s.db, db.FamilyRevokeParams{ID: c.FamilyID, Now: s.now(), Reason: ReasonCodeReplayDetected})
+				e.FamilyRevoked = row.RevokedNow
+				if errors.Is(err, pgx.ErrNoRows) {
+					err = nil
+				}
+			}
+			if err != nil {
+				return dbError("exchange code: revoke on replay", err)
+			}
+		}
+	}
+	s.emit(ctx, e)
+	return ErrCodeReplayDetected
+}
+
+// verifyPKCE checks a code verifier against the stored challenge in constant time (RFC 7636
+// §4.6). A code issued without a challenge accepts no verifier: a verifier there is a downgrade
+// attempt (RFC 9700 §2.1.1).
+func (s *Store) verifyPKCE(challenge, method *string, verifier string) bool {
+	if challenge == nil {
+		return verifier == ""
+	}
+	if !validVerifier(verifier) {
+		return false
+	}
+	var want string
+	switch *method {
+	case PKCEMethodS256:
+		sum := sha256.Sum256([]byte(verifier))
+		want = base64.RawURLEncoding.EncodeToString(sum[:])
+	case PKCEMethodPlain:
+		if !s.allowPlainPKCE {
+			return false
+		}
+		want = verifier
+	default:
+		return false
+	}
+	return subtle.ConstantTimeCompare([]byte(want), []byte(*challenge)) == 1
+}
+
+// validVerifier: 43 to 128 characters of [A-Za-z0-9-._~] (RFC 7636 §4.1).
+func validVerifier(v string) bool {
+	if len(v) < 43 || len(v) > 128 {
+		return false
+	}
+	for i := 0; i < len(v); i++ {
+		c := v[i]
+		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '-' || c == '.' || c == '_' || c == '~') {
+			return false
+		}
+	}
+	return true
+}
+
+func (s *Store) validateChallenge(challenge, method string) error {
+	switch {
+	case challenge == "" && method == "":
+		if !s.pkceOptional {
+			return inputError("code_challenge", "required (PKCE)")
+		}
+		return nil
+	case challenge == "":
+		return inputError("code_challenge", "missing")
+	case method == PKCEMethodS256:
+		if len(challenge) != 43 || validateThumbprint(challenge) != nil {
+			return inputError("code_challenge", "not a base64url SHA-256 (43 characters)")
+		}
+		return nil
+	case method == PKCEMethodPlain:
+		if !s.allowPlainPKCE {
+			return inputError("code_challenge_method", "plain is not allowed")
+		}
+		if !validVerifier(challenge) {
+			return inputError("code_challenge", "not 43-128 unreserved characters")
+		}
+		return nil
+	}
+	return inputError("code_challenge_method", "must be S256 or plain")
+}

@@ -1,0 +1,112 @@
+package repository
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/oauthstore/oauthstore/db"
+)
+
+// State binding lifetimes.
+const (
+	DefaultStateTTL = 10 * time.Minute
+	MaxStateTTL     = time.Hour
+)
+
+// StateRequest is what the callback of an authorization request will need.
+type StateRequest struct {
+	ClientID    string
+	RedirectURI string
+	// ReturnTo is where to send the user once the callback is done.
+	ReturnTo string
+	// Data is any further JSON the callback needs, at most 16 KiB; nil means {}.
+	Data json.RawMessage
+	// TTL is the binding's lifetime; zero means DefaultStateTTL.
+	TTL time.Duration
+}
+
+// IssuedState is a new state value to send in the authorization request, once.
+type IssuedState struct {
+	State     Secret
+	ExpiresAt time.Time
+}
+
+// StateBinding is what a consumed state was bound to.
+type StateBinding struct {
+	ClientID    string
+	RedirectURI string
+	ReturnTo    string
+	Data        json.RawMessage
+	CreatedAt   time.Time
+	ExpiresAt   time.Time
+}
+
+// CreateState mints a state value for an authorization request (the CSRF defence of RFC 6749
+// §10.12) and stores its digest with what the callback will need.
+func (s *Store) CreateState(ctx context.Context, req StateRequest) (*IssuedState, error) {
+	if err := validateID("client_id", req.ClientID); err != nil {
+		return nil, err
+	}
+	if err := validateRedirectURI(req.RedirectURI); err != nil {
+		return nil, err
+	}
+	if req.ReturnTo != "" {
+		if err := validateURI("return_to", req.ReturnTo); err != nil {
+			return nil, err
+		}
+	}
+	data, err := validateJSON("data", req.Data)
+	if err != nil {
+		return nil, err
+	}
+	ttl := req.TTL
+	if ttl == 0 {
+		ttl = DefaultStateTTL
+	} else if ttl < time.Second || ttl > MaxStateTTL {
+		return nil, inputError("ttl", "outside 1s..1h")
+	}
+	state, digest, pepperID := s.state.mint()
+	expires, err := s.q.StateCreate(ctx, s.db, db.StateCreateParams{
+		Digest:      digest,
+		PepperID:    pepperID,
+		ClientID:    req.ClientID,
+		RedirectURI: req.RedirectURI,
+		ReturnTo:    optionalText(req.ReturnTo),
+		Data:        data,
+		Now:         s.now(),
+		TTL:         interval(ttl),
+	})
+	if err != nil {
+		return nil, dbError("create state", err)
+	}
+	return &IssuedState{State: state, ExpiresAt: utc(expires)}, nil
+}
+
+// ConsumeState returns what a state value was bound to and deletes the binding, atomically: of
+// any number of concurrent or later calls with the same state, exactly one succeeds. An unknown,
+// expired or used state is ErrStateNotFound.
+func (s *Store) ConsumeState(ctx context.Context, state string) (*StateBinding, error) {
+	digests, ok := s.state.digestPresented(state)
+	if !ok {
+		return nil, ErrStateNotFound
+	}
+	row, err := s.q.StateConsume(ctx, s.db, db.StateConsumeParams{Digests: digests, Now: s.now()})
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, ErrStateNotFound
+	}
+	if err != nil {
+		return nil, dbError("consume state", err)
+	}
+	return &StateBinding{
+		ClientID:    row.ClientID,
+		RedirectURI: row.RedirectURI,
+		ReturnTo:    deref(row.ReturnTo),
+		Data:        json.RawMessage(row.Data),
+		CreatedAt:   utc(row.CreatedAt),
+		ExpiresAt:   utc(row.ExpiresAt),
+	}, nil
+}

@@ -1,0 +1,487 @@
+package tests
+
+import (
+	"log/slog"
+
+	"context"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"math/rand/v2"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/oauthstore/oauthstore/repository"
+)
+
+const redirectURI = "https://app.example/callback"
+
+// pkce returns a fresh verifier and its S256 challenge.
+func pkce(t *testing.T) (verifier, challenge string) {
+	t.Helper()
+	verifier = strings.Repeat("v", 20) + base64.RawURLEncoding.EncodeToString([]byte(t.Name() + time.Now().String()))[:30]
+	sum := sha256.Sum256([]byte(verifier))
+	return verifier, base64.RawURLEncoding.EncodeToString(sum[:])
+}
+
+type codeFixture struct {
+	code     *repository.AuthorizationCode
+	verifier string
+}
+
+func (b *bundle) createCode(t *testing.T, mutate ...func(*repository.CodeRequest)) codeFixture {
+	t.Helper()
+	verifier, challenge := pkce(t)
+	req := repository.CodeRequest{
+		ClientID: "client-a", UserID: "user-1", RedirectURI: redirectURI,
+		Scope: []string{"openid", "offline_access"}, CodeChallenge: challenge, CodeChallengeMethod: "S256",
+		Nonce: "n-0S6_WzA2Mj", Resources: []string{"https://mcp.example/api"},
+		Session: json.RawMessage(`{"auth_time":1700000000,"acr":"urn:mace:incommon:iap:silver"}`),
+	}
+	for _, m := range mutate {
+		m(&req)
+	}
+	code, err := b.store.CreateCode(b.ctx, req)
+	if err != nil {
+		t.Fatalf("create code: %v", err)
+	}
+	return codeFixture{code: code, verifier: verifier}
+}
+
+func (b *bundle) exchange(f codeFixture) (*repository.CodeExchange, error) {
+	return b.store.Exchange(b.ctx, repository.ExchangeRequest{
+		Code: f.code.Code.Reveal(), ClientID: "client-a", RedirectURI: redirectURI, CodeVerifier: f.verifier,
+	})
+}
+
+func TestExchange_CreatesTheFamilyAndRecordsItOnTheCode(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	f := b.createCode(t)
+	if want := b.clock.Now().Add(repository.DefaultCodeTTL); !f.code.ExpiresAt.Equal(want) {
+		t.Fatalf("code expires %v, want %v (60 s default)", f.code.ExpiresAt, want)
+	}
+	got, err := b.exchange(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.UserID != "user-1" || got.ClientID != "client-a" || !slices.Equal(got.Scope, []string{"openid", "offline_access"}) ||
+		got.Nonce != "n-0S6_WzA2Mj" || !slices.Equal(got.Resources, []string{"https://mcp.example/api"}) ||
+		!strings.Contains(string(got.Session), `"acr"`) || got.RedirectURI != redirectURI {
+		t.Fatalf("exchange result: %+v", got)
+	}
+	if n := b.count(t, "SELECT count(*) FROM oauth_authorization_code WHERE family_id = $1 AND consumed_at IS NOT NULL", got.FamilyID); n != 1 {
+		t.Fatal("the code does not record the family it produced")
+	}
+	if _, err := b.rotate(got.Token, "client-a"); err != nil {
+		t.Fatalf("the first refresh token does not rotate: %v", err)
+	}
+}
+
+func TestExchange_SixteenConcurrentExchangesOfOneCodeHaveOneWinner(t *testing.T) {
+	t.Parallel()
+	b := setup(t, setupOptions{realClock: true})
+	const trials, racers = 25, 16
+	for range trials {
+		f := b.createCode(t)
+		var (
+			wg    sync.WaitGroup
+			start = make(chan struct{})
+			errs  = make([]error, racers)
+			wins  = make([]*repository.CodeExchange, racers)
+		)
+		for i := range racers {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				<-start
+				wins[i], errs[i] = b.exchange(f)
+			}()
+		}
+		close(start)
+		wg.Wait()
+		winners := 0
+		for i, err := range errs {
+			switch {
+			case err == nil:
+				winners++
+			case !errors.Is(err, repository.ErrInvalidGrant):
+				t.Fatalf("racer %d: %v, want an invalid grant", i, err)
+			}
+			_ = wins[i]
+		}
+		if winners != 1 {
+			t.Fatalf("%d exchanges succeeded, want exactly 1", winners)
+		}
+	}
+	if n := b.count(t, "SELECT count(*) FROM oauth_family"); n != trials {
+		t.Fatalf("%d families for %d codes", n, trials)
+	}
+}
+
+func TestExchange_ConcurrentWrongVerifiersNeverSucceed(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	f := b.createCode(t)
+	before := b.tableChecksum(t)
+	var wg sync.WaitGroup
+	errs := make([]error, 16)
+	for i := range errs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			wrong := f
+			wrong.verifier = strings.Repeat("x", 43+i)
+			_, errs[i] = b.exchange(wrong)
+		}()
+	}
+	wg.Wait()
+	for i, err := range errs {
+		if !errors.Is(err, repository.ErrPKCEMismatch) {
+			t.Fatalf("wrong verifier %d: %v, want ErrPKCEMismatch", i, err)
+		}
+	}
+	if b.tableChecksum(t) != before {
+		t.Fatal("wrong verifiers changed the tables")
+	}
+	// A failed verification does not burn the code.
+	if _, err := b.exchange(f); err != nil {
+		t.Fatalf("the right verifier after 16 wrong ones: %v", err)
+	}
+}
+
+func TestExchange_WrongClientOrRedirectNeverYieldsTokens(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	f := b.createCode(t)
+	before := b.tableChecksum(t)
+	for name, c := range map[string]struct {
+		req  repository.ExchangeRequest
+		want error
+	}{
+		"wrong client":       {repository.ExchangeRequest{ClientID: "client-b", RedirectURI: redirectURI, CodeVerifier: f.verifier}, repository.ErrWrongClient},
+		"wrong redirect":     {repository.ExchangeRequest{ClientID: "client-a", RedirectURI: redirectURI + "/x", CodeVerifier: f.verifier}, repository.ErrRedirectMismatch},
+		"redirect case":      {repository.ExchangeRequest{ClientID: "client-a", RedirectURI: strings.ToUpper(redirectURI), CodeVerifier: f.verifier}, repository.ErrRedirectMismatch},
+		"no verifier":        {repository.ExchangeRequest{ClientID: "client-a", RedirectURI: redirectURI}, repository.ErrPKCEMismatch},
+		"challenge as plain": {repository.ExchangeRequest{ClientID: "client-a", RedirectURI: redirectURI, CodeVerifier: strings.Repeat("A", 43)}, repository.ErrPKCEMismatch},
+		"other code":         {repository.ExchangeRequest{ClientID: "client-a", RedirectURI: redirectURI, CodeVerifier: f.verifier, Code: strings.Repeat("A", 43)}, repository.ErrCodeNotFound},
+	} {
+		req := c.req
+		if req.Code == "" {
+			req.Code = f.code.Code.Reveal()
+		}
+		_, err := b.store.Exchange(b.ctx, req)
+		if !errors.Is(err, c.want) || !errors.Is(err, repository.ErrInvalidGrant) {
+			t.Errorf("%s: %v, want %v", name, err, c.want)
+		}
+	}
+	if b.tableChecksum(t) != before {
+		t.Fatal("refused exchanges changed the tables")
+	}
+	if n := b.count(t, "SELECT count(*) FROM oauth_family"); n != 0 {
+		t.Fatalf("%d families from refused exchanges", n)
+	}
+	if _, err := b.exchange(f); err != nil {
+		t.Fatalf("the right request after refused ones: %v", err)
+	}
+}
+
+func TestExchange_ExpiredCodeRefusedWhileItsRowExists(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	f := b.createCode(t)
+	b.clock.Advance(repository.DefaultCodeTTL)
+	before := b.tableChecksum(t)
+	if _, err := b.exchange(f); !errors.Is(err, repository.ErrCodeExpired) {
+		t.Fatalf("expired code: %v, want ErrCodeExpired", err)
+	}
+	if b.count(t, "SELECT count(*) FROM oauth_authorization_code") != 1 || b.tableChecksum(t) != before {
+		t.Fatal("the expired code's row is gone or the tables changed")
+	}
+}
+
+func TestExchange_ReplayAfterSuccessRevokesTheProducedFamily(t *testing.T) {
+	t.Parallel()
+	events := &eventLog{}
+	b := setup(t, setupOptions{configure: func(c *repository.Config) { c.OnEvent = events.add }})
+	f := b.createCode(t)
+	got, err := b.exchange(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	next, err := b.rotate(got.Token, "client-a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.clock.Advance(10 * time.Second)
+	if _, err := b.exchange(f); !errors.Is(err, repository.ErrCodeReplayDetected) || !errors.Is(err, repository.ErrInvalidGrant) {
+		t.Fatalf("code replay: %v, want ErrCodeReplayDetected", err)
+	}
+	if fam := b.family(t, got.FamilyID); fam.RevokedAt == nil || fam.RevokedReason != repository.ReasonCodeReplayDetected {
+		t.Fatalf("family after the code replay: %+v", fam)
+	}
+	if _, err := b.rotate(next.Token, "client-a"); !errors.Is(err, repository.ErrFamilyRevoked) {
+		t.Fatalf("refresh token of the replayed code: %v, want ErrFamilyRevoked", err)
+	}
+	if !events.has(repository.EventCodeReplayDetected, got.FamilyID) {
+		t.Fatalf("no code replay event: %+v", events.all())
+	}
+	// Still detected, and still an invalid grant, the second time.
+	if _, err := b.exchange(f); !errors.Is(err, repository.ErrCodeReplayDetected) {
+		t.Fatalf("second replay: %v", err)
+	}
+}
+
+func TestExchange_ReplayIsStillDetectedAfterCleanupWhileTheFamilyLives(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	f := b.createCode(t)
+	unused := b.createCode(t)
+	got, err := b.exchange(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.clock.Advance(time.Hour) // both codes long expired; the family's token lives 24 h
+	res, err := b.store.Cleanup(b.ctx, repository.CleanupOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.AuthorizationCodes != 1 || res.Families != 0 {
+		t.Fatalf("cleanup: %+v, want the unused code deleted and the family kept", res)
+	}
+	if _, err := b.exchange(unused); !errors.Is(err, repository.ErrCodeNotFound) {
+		t.Fatalf("cleaned-up unused code: %v", err)
+	}
+	if _, err := b.exchange(f); !errors.Is(err, repository.ErrCodeReplayDetected) {
+		t.Fatalf("replay after cleanup: %v, want ErrCodeReplayDetected", err)
+	}
+	if _, err := b.rotate(got.Token, "client-a"); !errors.Is(err, repository.ErrFamilyRevoked) {
+		t.Fatalf("family after the replay: %v", err)
+	}
+	// Once the family is cleaned up, its code goes with it.
+	b.clock.Advance(48 * time.Hour)
+	if res, err := b.store.Cleanup(b.ctx, repository.CleanupOptions{}); err != nil || res.Families != 1 {
+		t.Fatalf("final cleanup: %+v, %v", res, err)
+	}
+	if n := b.count(t, "SELECT count(*) FROM oauth_authorization_code"); n != 0 {
+		t.Fatalf("%d codes outlived their family", n)
+	}
+}
+
+func TestExchange_PKCEIsRequiredPlainRefusedAndDowngradeDetected(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	for name, m := range map[string]func(*repository.CodeRequest){
+		"no challenge": func(r *repository.CodeRequest) { r.CodeChallenge, r.CodeChallengeMethod = "", "" },
+		"plain": func(r *repository.CodeRequest) {
+			r.CodeChallenge, r.CodeChallengeMethod = strings.Repeat("p", 43), "plain"
+		},
+		"unknown method": func(r *repository.CodeRequest) { r.CodeChallengeMethod = "S512" },
+		"short S256":     func(r *repository.CodeRequest) { r.CodeChallenge = r.CodeChallenge[:42] },
+	} {
+		req := repository.CodeRequest{ClientID: "c", UserID: "u", RedirectURI: redirectURI, CodeChallenge: strings.Repeat("c", 43), CodeChallengeMethod: "S256"}
+		m(&req)
+		if _, err := b.store.CreateCode(b.ctx, req); !errors.Is(err, repository.ErrInvalidInput) {
+			t.Errorf("%s: %v, want ErrInvalidInput", name, err)
+		}
+	}
+	lax := setup(t, setupOptions{configure: func(c *repository.Config) { c.PKCEOptional, c.AllowPlainPKCE = true, true }})
+	noPKCE := lax.createCode(t, func(r *repository.CodeRequest) { r.CodeChallenge, r.CodeChallengeMethod = "", "" })
+	if _, err := lax.exchange(noPKCE); !errors.Is(err, repository.ErrPKCEMismatch) {
+		t.Fatalf("verifier sent for a code without challenge: %v, want ErrPKCEMismatch (downgrade)", err)
+	}
+	noPKCE.verifier = ""
+	if _, err := lax.exchange(noPKCE); err != nil {
+		t.Fatalf("code without PKCE when PKCE is optional: %v", err)
+	}
+	plain := lax.createCode(t, func(r *repository.CodeRequest) {
+		r.CodeChallenge, r.CodeChallengeMethod = strings.Repeat("p", 43), "plain"
+	})
+	plain.verifier = strings.Repeat("p", 43)
+	if _, err := lax.exchange(plain); err != nil {
+		t.Fatalf("plain PKCE when allowed: %v", err)
+	}
+}
+
+func TestExchange_DPoPBoundCodeNeedsTheSameKeyAndBindsTheFamily(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	const jkt = "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I"
+	f := b.createCode(t, func(r *repository.CodeRequest) { r.DPoPJKT = jkt })
+	req := repository.ExchangeRequest{Code: f.code.Code.Reveal(), ClientID: "client-a", RedirectURI: redirectURI, CodeVerifier: f.verifier}
+	for _, key := range []string{"", "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs"} {
+		req.SenderThumbprint = key
+		if _, err := b.store.Exchange(b.ctx, req); !errors.Is(err, repository.ErrSenderMismatch) {
+			t.Fatalf("key %q: %v, want ErrSenderMismatch", key, err)
+		}
+	}
+	req.SenderThumbprint = jkt
+	got, err := b.store.Exchange(b.ctx, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.rotate(got.Token, "client-a"); !errors.Is(err, repository.ErrSenderMismatch) {
+		t.Fatalf("rotation of the bound family without the key: %v", err)
+	}
+}
+
+func TestExchange_ReplayInsideACallerTransactionSurvivesItsRollback(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	f := b.createCode(t)
+	got, err := b.exchange(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tx, err := b.pool.Begin(b.ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(context.Background())
+	_, err = b.store.WithDB(tx).Exchange(b.ctx, repository.ExchangeRequest{Code: f.code.Code.Reveal(), ClientID: "client-a", RedirectURI: redirectURI, CodeVerifier: f.verifier})
+	if !errors.Is(err, repository.ErrCodeReplayDetected) {
+		t.Fatal(err)
+	}
+	if err := tx.Rollback(b.ctx); err != nil {
+		t.Fatal(err)
+	}
+	if fam := b.family(t, got.FamilyID); fam.RevokedAt == nil {
+		t.Fatal("the rollback undid the code replay's revocation")
+	}
+}
+
+func TestExchange_AFaultMidExchangeNeverLeavesACodeWithoutItsFamily(t *testing.T) {
+	t.Parallel()
+	b := setup(t, setupOptions{realClock: true})
+	// The exchanges run on a pool of one connection whose backend the test kills.
+	cfg, err := pgxpool.ParseConfig(b.db.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.MaxConns = 1
+	faultPool, err := pgxpool.NewWithConfig(b.ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer faultPool.Close()
+	faulty, err := repository.New(faultPool, repository.Config{Pepper: b.pepper, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const trials = 300
+	var succeeded, cancelled, terminated int
+	for i := range trials {
+		f := b.createCode(t)
+		var pid int
+		if err := faultPool.QueryRow(b.ctx, "SELECT pg_backend_pid()").Scan(&pid); err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(b.ctx)
+		done := make(chan error, 1)
+		go func() {
+			_, err := faulty.Exchange(ctx, repository.ExchangeRequest{Code: f.code.Code.Reveal(), ClientID: "client-a", RedirectURI: redirectURI, CodeVerifier: f.verifier})
+			done <- err
+		}()
+		time.Sleep(time.Duration(rand.IntN(4000)) * time.Microsecond)
+		if i%2 == 0 {
+			cancel()
+		} else if _, err := b.pool.Exec(b.ctx, "SELECT pg_terminate_backend($1)", pid); err != nil {
+			t.Fatal(err)
+		}
+		err := <-done
+		cancel()
+		switch {
+		case err == nil:
+			succeeded++
+		case i%2 == 0:
+			cancelled++
+		default:
+			terminated++
+		}
+		faultPool.Reset() // the next trial starts on a live connection
+	}
+	// Whatever happened, no code is consumed without the family it produced and that family's
+	// first token, and no family exists without the code that produced it.
+	if n := b.count(t, `SELECT count(*) FROM oauth_authorization_code c
+		WHERE c.consumed_at IS NOT NULL AND NOT EXISTS (
+			SELECT 1 FROM oauth_family f JOIN oauth_refresh_token t ON t.family_id = f.id WHERE f.id = c.family_id)`); n != 0 {
+		t.Fatalf("%d consumed codes without their family and token", n)
+	}
+	if n := b.count(t, `SELECT count(*) FROM oauth_family f
+		WHERE NOT EXISTS (SELECT 1 FROM oauth_authorization_code c WHERE c.family_id = f.id)`); n != 0 {
+		t.Fatalf("%d families without their code", n)
+	}
+	consumed := b.count(t, "SELECT count(*) FROM oauth_authorization_code WHERE consumed_at IS NOT NULL")
+	if consumed < succeeded {
+		t.Fatalf("%d exchanges reported success but only %d codes are consumed", succeeded, consumed)
+	}
+	t.Logf("%d exchanges: %d succeeded, %d cancelled, %d terminated; %d codes consumed", trials, succeeded, cancelled, terminated, consumed)
+	if cancelled == 0 || terminated == 0 {
+		t.Fatal("the faults never hit an exchange; the test exercised nothing")
+	}
+}
+
+func TestState_IsConsumedExactlyOnce(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	st, err := b.store.CreateState(b.ctx, repository.StateRequest{
+		ClientID: "client-a", RedirectURI: redirectURI, ReturnTo: "https://app.example/settings", Data: json.RawMessage(`{"provider":"upstream"}`),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var (
+		wg       sync.WaitGroup
+		mu       sync.Mutex
+		bindings []*repository.StateBinding
+		others   []error
+	)
+	for range 16 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			got, err := b.store.ConsumeState(b.ctx, st.State.Reveal())
+			mu.Lock()
+			defer mu.Unlock()
+			if err == nil {
+				bindings = append(bindings, got)
+			} else {
+				others = append(others, err)
+			}
+		}()
+	}
+	wg.Wait()
+	if len(bindings) != 1 {
+		t.Fatalf("%d consumes succeeded, want 1", len(bindings))
+	}
+	for _, err := range others {
+		if !errors.Is(err, repository.ErrStateNotFound) {
+			t.Fatalf("loser: %v", err)
+		}
+	}
+	got := bindings[0]
+	if got.ClientID != "client-a" || got.RedirectURI != redirectURI || got.ReturnTo != "https://app.example/settings" || !strings.Contains(string(got.Data), "upstream") {
+		t.Fatalf("binding: %+v", got)
+	}
+	// An expired state is refused while its row exists, then cleaned up.
+	old, err := b.store.CreateState(b.ctx, repository.StateRequest{ClientID: "client-a", RedirectURI: redirectURI, TTL: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.clock.Advance(time.Minute)
+	if _, err := b.store.ConsumeState(b.ctx, old.State.Reveal()); !errors.Is(err, repository.ErrStateNotFound) {
+		t.Fatalf("expired state: %v", err)
+	}
+	if n := b.count(t, "SELECT count(*) FROM oauth_state"); n != 1 {
+		t.Fatalf("%d state rows, want the expired one", n)
+	}
+	b.clock.Advance(time.Second)
+	if res, err := b.store.Cleanup(b.ctx, repository.CleanupOptions{}); err != nil || res.States != 1 {
+		t.Fatalf("cleanup of the expired state: %+v, %v", res, err)
+	}
+}
