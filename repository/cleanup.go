@@ -23,6 +23,9 @@ type CleanupOptions struct {
 	Limit int
 	// Retain keeps what is dead this much longer.
 	Retain time.Duration
+	// OnBatch, when set, is called after each committed batch with the running totals, for
+	// progress reports.
+	OnBatch func(CleanupResult)
 }
 
 // CleanupResult counts what a cleanup run deleted.
@@ -77,6 +80,9 @@ func (s *Store) Cleanup(ctx context.Context, opts CleanupOptions) (CleanupResult
 			}
 			res.Batches++
 			*count += deleted
+			if opts.OnBatch != nil {
+				opts.OnBatch(res)
+			}
 			if deleted < int64(n) {
 				return nil
 			}

@@ -57,6 +57,9 @@ type AuthorizationCode struct {
 
 // CreateCode stores an authorization code for an approved request and returns it.
 func (s *Store) CreateCode(ctx context.Context, req CodeRequest) (*AuthorizationCode, error) {
+	if s.refresh == nil {
+		return nil, errNoCredentials
+	}
 	if err := validateID("client_id", req.ClientID); err != nil {
 		return nil, err
 	}
@@ -154,6 +157,9 @@ type CodeExchange struct {
 // is a replay: the family it produced is revoked and ErrCodeReplayDetected returned. Of
 // concurrent exchanges of one code exactly one succeeds and the others are replays.
 func (s *Store) Exchange(ctx context.Context, req ExchangeRequest) (*CodeExchange, error) {
+	if s.refresh == nil {
+		return nil, errNoCredentials
+	}
 	if err := validateID("client_id", req.ClientID); err != nil {
 		return nil, err
 	}

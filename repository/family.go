@@ -30,6 +30,9 @@ type TokenInfo struct {
 // changing anything: for the server's own use, such as an administrator's tools. To answer a
 // client, use Peek or RevokeToken, which check that the token is the client's.
 func (s *Store) Lookup(ctx context.Context, token string) (*TokenInfo, error) {
+	if s.refresh == nil {
+		return nil, errNoCredentials
+	}
 	digests, ok := s.refresh.digestPresented(token)
 	if !ok {
 		return nil, ErrTokenNotFound

@@ -50,6 +50,9 @@ type IssueRequest struct {
 
 // Issue starts a family with its first refresh token, in one statement.
 func (s *Store) Issue(ctx context.Context, req IssueRequest) (*RefreshToken, error) {
+	if s.refresh == nil {
+		return nil, errNoCredentials
+	}
 	if err := validateID("client_id", req.ClientID); err != nil {
 		return nil, err
 	}
@@ -125,6 +128,9 @@ type RotateRequest struct {
 // unused current token is replaced by the returned one. A wrong client, a wrong sender key, an
 // expired token or a scope beyond the grant consumes nothing (I5).
 func (s *Store) Rotate(ctx context.Context, req RotateRequest) (*RefreshToken, error) {
+	if s.refresh == nil {
+		return nil, errNoCredentials
+	}
 	if err := validateID("client_id", req.ClientID); err != nil {
 		return nil, err
 	}

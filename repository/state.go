@@ -48,6 +48,9 @@ type StateBinding struct {
 // CreateState mints a state value for an authorization request (the CSRF defence of RFC 6749
 // §10.12) and stores its digest with what the callback will need.
 func (s *Store) CreateState(ctx context.Context, req StateRequest) (*IssuedState, error) {
+	if s.refresh == nil {
+		return nil, errNoCredentials
+	}
 	if err := validateID("client_id", req.ClientID); err != nil {
 		return nil, err
 	}
@@ -90,6 +93,9 @@ func (s *Store) CreateState(ctx context.Context, req StateRequest) (*IssuedState
 // any number of concurrent or later calls with the same state, exactly one succeeds. An unknown,
 // expired or used state is ErrStateNotFound.
 func (s *Store) ConsumeState(ctx context.Context, state string) (*StateBinding, error) {
+	if s.refresh == nil {
+		return nil, errNoCredentials
+	}
 	digests, ok := s.state.digestPresented(state)
 	if !ok {
 		return nil, ErrStateNotFound

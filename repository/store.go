@@ -108,11 +108,24 @@ type Store struct {
 
 // New returns a Store that runs its statements on dbtx.
 func New(dbtx DBTX, cfg Config) (*Store, error) {
+	return newStore(dbtx, cfg, true)
+}
+
+// NewAdmin returns a Store for the operations that need no pepper, for operators' tools: Family,
+// ActiveFamilies, RevokeFamily, RevokeFamilies, DeleteFamily, Cleanup, CleanupBacklog and Stats.
+// Its operations on credentials return ErrNoPepper. A pepper in cfg is ignored.
+func NewAdmin(dbtx DBTX, cfg Config) (*Store, error) {
+	cfg.Pepper, cfg.Peppers = nil, nil
+	return newStore(dbtx, cfg, false)
+}
+
+func newStore(dbtx DBTX, cfg Config, withPepper bool) (*Store, error) {
 	if dbtx == nil {
 		return nil, inputError("dbtx", "nil")
 	}
 	ring := cfg.Peppers
 	switch {
+	case !withPepper:
 	case cfg.Pepper != nil && ring != nil:
 		return nil, inputError("pepper", "set Pepper or Peppers, not both")
 	case cfg.Pepper != nil:
@@ -121,8 +134,10 @@ func New(dbtx DBTX, cfg Config) (*Store, error) {
 		}
 		ring = []Pepper{{ID: DefaultPepperID, Secret: cfg.Pepper}}
 	}
-	if err := validateRing(ring); err != nil {
-		return nil, err
+	if withPepper {
+		if err := validateRing(ring); err != nil {
+			return nil, err
+		}
 	}
 	ttl := cfg.RefreshTokenTTL
 	if ttl == 0 {
@@ -192,6 +207,9 @@ func (s *Store) WithDB(dbtx DBTX) *Store {
 	c.callerTx = true
 	return &c
 }
+
+// errNoCredentials is what an admin store (NewAdmin) answers to an operation on credentials.
+var errNoCredentials = fmt.Errorf("%w: this store was made by NewAdmin and cannot mint or check credentials", ErrNoPepper)
 
 // now is the instant passed to the statements: nil lets the database clock rule.
 func (s *Store) now() *time.Time {

@@ -4,12 +4,13 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"log/slog"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/oauthstore/oauthstore/internal/pgtemp"
-	"github.com/oauthstore/oauthstore/schema"
+	"github.com/oauthstore/oauthstore/repository"
 )
 
 // database is a pool on the chosen database and how to let go of it.
@@ -58,23 +59,17 @@ func openDatabase(ctx context.Context, url string, throwaway bool, progress io.W
 	}}, nil
 }
 
-func runMigrate(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("migrate up", stderr)
-	url := databaseURLFlag(fs)
-	if len(args) == 0 || args[0] != "up" {
-		return usageError{"usage: oauthstore migrate up [--database-url URL]"}
-	}
-	if err := parseFlags(fs, args[1:]); err != nil {
-		return err
-	}
-	d, err := openDatabase(ctx, *url, false, stderr)
+// adminStore opens the database at url (no throwaway cluster) and returns a store for operators'
+// commands, which need no pepper.
+func adminStore(ctx context.Context, url string, stderr io.Writer) (*repository.Store, func(), error) {
+	d, err := openDatabase(ctx, url, false, stderr)
 	if err != nil {
-		return err
+		return nil, nil, err
 	}
-	defer d.close()
-	if err := schema.Migrate(ctx, d.pool); err != nil {
-		return err
+	store, err := repository.NewAdmin(d.pool, repository.Config{Logger: slog.New(slog.NewTextHandler(stderr, nil))})
+	if err != nil {
+		d.close()
+		return nil, nil, err
 	}
-	fmt.Fprintln(stdout, "schema is up to date")
-	return nil
+	return store, d.close, nil
 }

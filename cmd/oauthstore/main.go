@@ -1,13 +1,13 @@
-// Command oauthstore operates the oauthstore schema and shows the package at work.
+// Command oauthstore operates the oauthstore schema: migrations, cleanup, incident response and
+// the operator's view, plus a demo and a benchmark.
 //
-//	oauthstore demo          walk issue → rotate → replay → family revoked
-//	oauthstore migrate up    apply the embedded schema to DATABASE_URL
-//
-// Without DATABASE_URL, demo starts a throwaway PostgreSQL from the machine's server binaries.
+// Every subcommand takes --database-url (default $DATABASE_URL) and --help. Exit codes: 0 done,
+// 1 failed, 2 usage error, 3 not found (revoke --family of an unknown family).
 package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -15,6 +15,8 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+
+	"github.com/oauthstore/oauthstore/repository"
 )
 
 // Exit codes scripts can rely on.
@@ -22,16 +24,25 @@ const (
 	exitOK    = 0
 	exitError = 1
 	exitUsage = 2
+	// exitNotFound: the command addressed something that does not exist.
+	exitNotFound = 3
 )
 
-const usage = `oauthstore: OAuth 2 refresh-token families in PostgreSQL
+const usage = `oauthstore: OAuth 2 refresh-token families and authorization codes in PostgreSQL
 
 Usage:
-  oauthstore demo [--database-url URL]        walk issue → rotate → replay → revoked
-  oauthstore migrate up [--database-url URL]  apply the embedded schema
+  oauthstore migrate up | down N | version | force V   apply or inspect the embedded schema
+  oauthstore janitor [--batch-size N] [--limit N] [--retain D] [--dry-run] [--json]
+                                                       delete what is dead, in short batches
+  oauthstore revoke (--family ID | --user ID [--client ID] | --client ID) --reason R [--json]
+  oauthstore sessions --user ID [--json]               a user's active families
+  oauthstore stats [--json]                            rows by state and sizes, per table
+  oauthstore pepper generate [--id ID]                 a new random pepper in the ring format
+  oauthstore demo                                      walk issue → rotate → replay → revoked
 
-The database comes from --database-url or DATABASE_URL. Without either, demo starts a
-throwaway PostgreSQL from the machine's server binaries and removes it afterwards.
+Every command takes --database-url (default $DATABASE_URL) and --help. Without a database,
+demo starts a throwaway PostgreSQL from the machine's server binaries.
+Exit codes: 0 done, 1 failed, 2 usage error, 3 not found.
 `
 
 func main() {
@@ -52,6 +63,16 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = runDemo(ctx, args[1:], stdout, stderr)
 	case "migrate":
 		err = runMigrate(ctx, args[1:], stdout, stderr)
+	case "janitor":
+		err = runJanitor(ctx, args[1:], stdout, stderr)
+	case "revoke":
+		err = runRevoke(ctx, args[1:], stdout, stderr)
+	case "sessions":
+		err = runSessions(ctx, args[1:], stdout, stderr)
+	case "stats":
+		err = runStats(ctx, args[1:], stdout, stderr)
+	case "pepper":
+		err = runPepper(args[1:], stdout, stderr)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return exitOK
@@ -68,6 +89,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	case errors.As(err, &u):
 		fmt.Fprintln(stderr, "oauthstore:", err)
 		return exitUsage
+	case errors.Is(err, repository.ErrFamilyNotFound):
+		fmt.Fprintln(stderr, "oauthstore:", err)
+		return exitNotFound
 	default:
 		fmt.Fprintln(stderr, "oauthstore:", err)
 		return exitError
@@ -97,4 +121,11 @@ func parseFlags(fs *flag.FlagSet, args []string) error {
 		return usageError{err.Error()}
 	}
 	return nil
+}
+
+// writeJSON writes v as indented JSON.
+func writeJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
 }

@@ -1,0 +1,56 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+
+	"github.com/oauthstore/oauthstore/repository"
+)
+
+func runRevoke(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("revoke", stderr)
+	url := databaseURLFlag(fs)
+	family := fs.String("family", "", "revoke this family (UUID)")
+	user := fs.String("user", "", "revoke every live family of this user (with --client: at that client only)")
+	client := fs.String("client", "", "revoke every live family of this client")
+	reason := fs.String("reason", "", "why (recorded on each family; required)")
+	asJSON := fs.Bool("json", false, "print the result as JSON")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	switch {
+	case *reason == "":
+		return usageError{"revoke: --reason is required"}
+	case *family != "" && (*user != "" || *client != ""):
+		return usageError{"revoke: --family goes alone"}
+	case *family == "" && *user == "" && *client == "":
+		return usageError{"revoke: name --family, --user or --client"}
+	}
+	store, closeDB, err := adminStore(ctx, *url, stderr)
+	if err != nil {
+		return err
+	}
+	defer closeDB()
+	var n int64
+	if *family != "" {
+		if err := store.RevokeFamily(ctx, *family, *reason); err != nil {
+			return err
+		}
+		n = 1
+	} else {
+		n, err = store.RevokeFamilies(ctx, repository.FamilyFilter{UserID: *user, ClientID: *client}, *reason)
+		if err != nil {
+			return err
+		}
+	}
+	if *asJSON {
+		return writeJSON(stdout, map[string]any{"revoked": n})
+	}
+	if *family != "" {
+		_, err = fmt.Fprintf(stdout, "family %s is revoked\n", *family)
+		return err
+	}
+	_, err = fmt.Fprintf(stdout, "revoked %d families\n", n)
+	return err
+}

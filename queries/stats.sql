@@ -1,0 +1,60 @@
+-- Counts by state for the operator's view. They scan their tables: run them on demand, not in a
+-- hot path.
+
+-- name: StatsAuthorizationCodes :one
+SELECT
+    count(*) FILTER (WHERE consumed_at IS NULL
+        AND expires_at > coalesce(sqlc.narg('now')::timestamptz, statement_timestamp())) AS pending,
+    count(*) FILTER (WHERE consumed_at IS NOT NULL) AS consumed,
+    count(*) FILTER (WHERE consumed_at IS NULL
+        AND expires_at <= coalesce(sqlc.narg('now')::timestamptz, statement_timestamp())) AS expired
+FROM oauth_authorization_code;
+
+-- name: StatsFamilies :one
+SELECT
+    count(*) FILTER (WHERE revoked_at IS NULL
+        AND idle_expires_at > coalesce(sqlc.narg('now')::timestamptz, statement_timestamp())) AS live,
+    count(*) FILTER (WHERE revoked_at IS NOT NULL) AS revoked,
+    count(*) FILTER (WHERE revoked_at IS NULL
+        AND idle_expires_at <= coalesce(sqlc.narg('now')::timestamptz, statement_timestamp())) AS expired
+FROM oauth_family;
+
+-- name: StatsRefreshTokens :one
+SELECT
+    count(*) FILTER (WHERE t.consumed_at IS NULL AND f.revoked_at IS NULL
+        AND t.expires_at > coalesce(sqlc.narg('now')::timestamptz, statement_timestamp())) AS live,
+    count(*) FILTER (WHERE t.consumed_at IS NOT NULL) AS consumed,
+    count(*) FILTER (WHERE t.consumed_at IS NULL AND f.revoked_at IS NOT NULL) AS revoked,
+    count(*) FILTER (WHERE t.consumed_at IS NULL AND f.revoked_at IS NULL
+        AND t.expires_at <= coalesce(sqlc.narg('now')::timestamptz, statement_timestamp())) AS expired
+FROM oauth_refresh_token t
+JOIN oauth_family f ON f.id = t.family_id;
+
+-- name: StatsStates :one
+SELECT
+    count(*) FILTER (WHERE expires_at > coalesce(sqlc.narg('now')::timestamptz, statement_timestamp())) AS pending,
+    count(*) FILTER (WHERE expires_at <= coalesce(sqlc.narg('now')::timestamptz, statement_timestamp())) AS expired
+FROM oauth_state;
+
+-- StatsTableSizes reports the size on disk of the package's tables and their indexes.
+-- name: StatsTableSizes :many
+SELECT c.relname::text AS table_name, pg_table_size(c.oid) AS table_bytes,
+    pg_indexes_size(c.oid) AS index_bytes
+FROM pg_catalog.pg_class c
+WHERE c.relkind = 'r'
+  AND c.relnamespace = to_regnamespace(current_schema())
+  AND c.relname IN ('oauth_family', 'oauth_refresh_token', 'oauth_authorization_code', 'oauth_state')
+ORDER BY c.relname;
+
+-- StatsCleanupBacklog counts what a cleanup with this retention would delete now.
+-- name: StatsCleanupBacklog :one
+SELECT
+    (SELECT count(*) FROM oauth_family f
+        WHERE f.idle_expires_at < coalesce(sqlc.narg('now')::timestamptz, statement_timestamp()) - @retain::interval) AS families,
+    (SELECT count(*) FROM oauth_refresh_token t JOIN oauth_family f ON f.id = t.family_id
+        WHERE f.idle_expires_at < coalesce(sqlc.narg('now')::timestamptz, statement_timestamp()) - @retain::interval) AS refresh_tokens,
+    (SELECT count(*) FROM oauth_authorization_code c
+        WHERE c.family_id IS NULL
+          AND c.expires_at < coalesce(sqlc.narg('now')::timestamptz, statement_timestamp()) - @retain::interval) AS authorization_codes,
+    (SELECT count(*) FROM oauth_state s
+        WHERE s.expires_at < coalesce(sqlc.narg('now')::timestamptz, statement_timestamp()) - @retain::interval) AS states;

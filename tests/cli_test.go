@@ -1,0 +1,288 @@
+package tests
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/oauthstore/oauthstore/repository"
+)
+
+var (
+	buildOnce sync.Once
+	binary    string
+	buildErr  error
+)
+
+// oauthstore builds the command once per test run and returns its path.
+func oauthstoreBinary(t *testing.T) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "oauthstore-cli")
+		if err != nil {
+			buildErr = err
+			return
+		}
+		binary = filepath.Join(dir, "oauthstore")
+		out, err := exec.Command("go", "build", "-o", binary, "github.com/oauthstore/oauthstore/cmd/oauthstore").CombinedOutput()
+		if err != nil {
+			buildErr = errors.New(string(out))
+		}
+	})
+	if buildErr != nil {
+		t.Fatalf("build oauthstore: %v", buildErr)
+	}
+	return binary
+}
+
+type cliResult struct {
+	stdout, stderr string
+	code           int
+}
+
+// cli runs the built command against the test's database.
+func (b *bundle) cli(t *testing.T, args ...string) cliResult {
+	t.Helper()
+	cmd := exec.Command(oauthstoreBinary(t), args...)
+	cmd.Env = append(os.Environ(), "DATABASE_URL="+b.db.URL, "OAUTH_AT_REST_PEPPER=")
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	var exit *exec.ExitError
+	code := 0
+	switch {
+	case errors.As(err, &exit):
+		code = exit.ExitCode()
+	case err != nil:
+		t.Fatalf("run %v: %v", args, err)
+	}
+	return cliResult{stdout.String(), stderr.String(), code}
+}
+
+func (r cliResult) json(t *testing.T, v any) {
+	t.Helper()
+	if err := json.Unmarshal([]byte(r.stdout), v); err != nil {
+		t.Fatalf("output is not JSON (%v):\n%s\n%s", err, r.stdout, r.stderr)
+	}
+}
+
+func TestCLI_MigrateUpDownVersionForce(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	var v struct {
+		Version int  `json:"version"`
+		Dirty   bool `json:"dirty"`
+	}
+	r := b.cli(t, "migrate", "version", "--json")
+	r.json(t, &v)
+	if r.code != 0 || v.Version != 2 || v.Dirty {
+		t.Fatalf("version: %+v %+v", r, v)
+	}
+	if r = b.cli(t, "migrate", "down", "1"); r.code != 0 || !strings.Contains(r.stdout, "schema version 1") {
+		t.Fatalf("down 1: %+v", r)
+	}
+	if n := b.count(t, "SELECT count(*) FROM information_schema.tables WHERE table_name = 'oauth_authorization_code'"); n != 0 {
+		t.Fatal("down 1 left the codes table")
+	}
+	if r = b.cli(t, "migrate", "up"); r.code != 0 || !strings.Contains(r.stdout, "schema version 2") {
+		t.Fatalf("up: %+v", r)
+	}
+	if r = b.cli(t, "migrate", "force", "2"); r.code != 0 {
+		t.Fatalf("force: %+v", r)
+	}
+	for _, args := range [][]string{{"migrate"}, {"migrate", "sideways"}, {"migrate", "down"}, {"migrate", "down", "0"}, {"migrate", "force", "x"}} {
+		if r = b.cli(t, args...); r.code != 2 {
+			t.Errorf("%v: exit %d, want 2 (usage)", args, r.code)
+		}
+	}
+	if r = b.cli(t, "migrate", "--help"); r.code != 0 || !strings.Contains(r.stderr, "usage") {
+		t.Errorf("--help: %+v", r)
+	}
+}
+
+// pastStore issues with a clock two days in the past, so that what it issues for an hour is
+// expired by the database's clock.
+func (b *bundle) pastStore(t *testing.T) *repository.Store {
+	t.Helper()
+	past := func() time.Time { return time.Now().Add(-48 * time.Hour) }
+	s, err := repository.New(b.pool, repository.Config{Pepper: b.pepper, RefreshTokenTTL: time.Hour, Clock: past})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func TestCLI_JanitorDeletesInBatchesAndDryRunDeletesNothing(t *testing.T) {
+	t.Parallel()
+	b := setup(t, setupOptions{realClock: true})
+	old := b.pastStore(t)
+	for range 7 {
+		tok, err := old.Issue(b.ctx, repository.IssueRequest{ClientID: "c", UserID: "u"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := old.Rotate(b.ctx, repository.RotateRequest{Token: tok.Token.Reveal(), ClientID: "c"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	live := b.issue(t)
+	before := b.tableChecksum(t)
+	type summary struct {
+		Families      int64 `json:"families"`
+		RefreshTokens int64 `json:"refresh_tokens"`
+		Batches       int   `json:"batches"`
+		DryRun        bool  `json:"dry_run"`
+	}
+	var dry summary
+	r := b.cli(t, "janitor", "--dry-run", "--json")
+	r.json(t, &dry)
+	if r.code != 0 || dry.Families != 7 || dry.RefreshTokens != 14 || !dry.DryRun {
+		t.Fatalf("dry run: %+v %+v", r, dry)
+	}
+	if b.tableChecksum(t) != before {
+		t.Fatal("a dry run deleted something")
+	}
+	var done summary
+	r = b.cli(t, "janitor", "--batch-size", "3", "--json")
+	r.json(t, &done)
+	if r.code != 0 || done.Families != 7 || done.RefreshTokens != 14 || done.Batches != 3+1+1 {
+		t.Fatalf("janitor: %+v %+v", r, done)
+	}
+	if _, err := b.store.Peek(b.ctx, live.Token.Reveal(), "client-a"); err != nil {
+		t.Fatalf("the janitor touched a live family: %v", err)
+	}
+	r = b.cli(t, "janitor")
+	if r.code != 0 || !strings.Contains(r.stdout, "janitor: deleted 0 families") {
+		t.Fatalf("summary line: %+v", r)
+	}
+	if r = b.cli(t, "janitor", "--batch-size", "-1"); r.code != 1 || !strings.Contains(r.stderr, "batch_size") {
+		t.Fatalf("bad batch size: %+v", r)
+	}
+}
+
+func TestCLI_RevokeByFamilyUserAndClient(t *testing.T) {
+	t.Parallel()
+	b := setup(t, setupOptions{realClock: true})
+	one := b.issue(t)
+	for _, u := range []string{"u1", "u1", "u2"} {
+		if _, err := b.store.Issue(b.ctx, repository.IssueRequest{ClientID: "app", UserID: u}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if r := b.cli(t, "revoke", "--family", one.FamilyID, "--reason", "incident 42"); r.code != 0 {
+		t.Fatalf("revoke family: %+v", r)
+	}
+	if f := b.family(t, one.FamilyID); f.RevokedReason != "incident 42" {
+		t.Fatalf("family: %+v", f)
+	}
+	if r := b.cli(t, "revoke", "--family", "00000000-0000-4000-8000-000000000000", "--reason", "x"); r.code != 3 {
+		t.Fatalf("unknown family: exit %d, want 3", r.code)
+	}
+	var n struct {
+		Revoked int64 `json:"revoked"`
+	}
+	r := b.cli(t, "revoke", "--user", "u1", "--client", "app", "--reason", "logout", "--json")
+	r.json(t, &n)
+	if r.code != 0 || n.Revoked != 2 {
+		t.Fatalf("revoke user at client: %+v %+v", r, n)
+	}
+	if r = b.cli(t, "revoke", "--client", "app", "--reason", "client deleted"); r.code != 0 || !strings.Contains(r.stdout, "revoked 1 families") {
+		t.Fatalf("revoke client: %+v", r)
+	}
+	for _, args := range [][]string{{"revoke", "--user", "u1"}, {"revoke", "--reason", "x"}, {"revoke", "--family", one.FamilyID, "--user", "u", "--reason", "x"}} {
+		if r = b.cli(t, args...); r.code != 2 {
+			t.Errorf("%v: exit %d, want 2", args, r.code)
+		}
+	}
+	if r = b.cli(t, "revoke", "--family", "not-a-uuid", "--reason", "x"); r.code != 1 || !strings.Contains(r.stderr, "invalid input") {
+		t.Errorf("malformed id: %+v", r)
+	}
+}
+
+func TestCLI_SessionsListsAUsersActiveFamilies(t *testing.T) {
+	t.Parallel()
+	b := setup(t, setupOptions{realClock: true})
+	a := b.issue(t)
+	c := b.issue(t)
+	if err := b.store.RevokeFamily(b.ctx, c.FamilyID, "gone"); err != nil {
+		t.Fatal(err)
+	}
+	var sessions []struct {
+		FamilyID string   `json:"family_id"`
+		ClientID string   `json:"client_id"`
+		Scope    []string `json:"scope"`
+	}
+	r := b.cli(t, "sessions", "--user", "user-1", "--json")
+	r.json(t, &sessions)
+	if r.code != 0 || len(sessions) != 1 || sessions[0].FamilyID != a.FamilyID || sessions[0].ClientID != "client-a" {
+		t.Fatalf("sessions: %+v %+v", r, sessions)
+	}
+	if r = b.cli(t, "sessions", "--user", "user-1"); r.code != 0 || !strings.Contains(r.stdout, a.FamilyID) || strings.Contains(r.stdout, c.FamilyID) {
+		t.Fatalf("sessions table: %+v", r)
+	}
+	if r = b.cli(t, "sessions"); r.code != 2 {
+		t.Fatalf("no --user: exit %d", r.code)
+	}
+}
+
+func TestCLI_StatsCountsRowsByState(t *testing.T) {
+	t.Parallel()
+	b := setup(t, setupOptions{realClock: true})
+	tok := b.issue(t)
+	if _, err := b.rotate(tok.Token, "client-a"); err != nil {
+		t.Fatal(err)
+	}
+	revoked := b.issue(t)
+	if err := b.store.RevokeFamily(b.ctx, revoked.FamilyID, "x"); err != nil {
+		t.Fatal(err)
+	}
+	b.createCode(t)
+	var st repository.Stats
+	r := b.cli(t, "stats", "--json")
+	r.json(t, &st)
+	if r.code != 0 || st.Families.Live != 1 || st.Families.Revoked != 1 || st.RefreshTokens.Live != 1 ||
+		st.RefreshTokens.Consumed != 1 || st.RefreshTokens.Revoked != 1 || st.AuthorizationCodes.Pending != 1 || len(st.Tables) != 4 {
+		t.Fatalf("stats: %+v %+v", r, st)
+	}
+	if r = b.cli(t, "stats"); r.code != 0 || !strings.Contains(r.stdout, "oauth_refresh_token") || !strings.Contains(r.stdout, "INDEX SIZE") {
+		t.Fatalf("stats table: %+v", r)
+	}
+}
+
+func TestCLI_PepperGenerateWritesAValidRingEntry(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	r1, r2 := b.cli(t, "pepper", "generate", "--id", "k2"), b.cli(t, "pepper", "generate", "--id", "k2")
+	if r1.code != 0 || r1.stdout == r2.stdout {
+		t.Fatalf("pepper generate: %+v / %+v", r1, r2)
+	}
+	ring, err := repository.ParsePepperRing(r1.stdout)
+	if err != nil || len(ring) != 1 || ring[0].ID != "k2" || len(ring[0].Secret) != 32 {
+		t.Fatalf("generated entry: %v %+v", err, ring)
+	}
+	if r := b.cli(t, "pepper", "generate", "--id", "bad id"); r.code != 2 {
+		t.Fatalf("bad id: %+v", r)
+	}
+}
+
+func TestCLI_DemoRunsAgainstDatabaseURLAndCleansUp(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	r := b.cli(t, "demo")
+	if r.code != 0 || !strings.Contains(r.stdout, "replay detected") || !strings.Contains(r.stdout, "family revoked") {
+		t.Fatalf("demo: %+v", r)
+	}
+	if !strings.Contains(r.stderr, `replay_detected`) {
+		t.Fatalf("demo's replay event missing from stderr: %s", r.stderr)
+	}
+	if n := b.count(t, "SELECT count(*) FROM oauth_family"); n != 0 {
+		t.Fatalf("the demo left %d families", n)
+	}
+}
