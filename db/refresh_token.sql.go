@@ -94,94 +94,6 @@ func (q *Queries) RefreshTokenGetLive(ctx context.Context, db DBTX, familyID pgt
 	return i, err
 }
 
-const refreshTokenReplace = `-- name: RefreshTokenReplace :one
-WITH superseded AS (
-    UPDATE oauth_refresh_token t
-    SET consumed_at = coalesce($1::timestamptz, statement_timestamp())
-    WHERE t.digest = $2::bytea
-      AND t.consumed_at IS NULL
-    RETURNING t.family_id
-),
-parent AS (
-    UPDATE oauth_refresh_token t
-    SET grace_uses = t.grace_uses + 1
-    FROM superseded s
-    WHERE t.digest = $3::bytea
-      AND t.family_id = s.family_id
-    RETURNING t.digest, t.family_id
-),
-rotated AS (
-    UPDATE oauth_family f
-    SET last_rotated_at = coalesce($1::timestamptz, statement_timestamp()),
-        rotation_count = f.rotation_count + 1,
-        idle_expires_at = greatest(f.idle_expires_at,
-            least(coalesce($1::timestamptz, statement_timestamp()) + $4::interval, f.expires_at))
-    FROM parent p
-    WHERE f.id = p.family_id
-    RETURNING f.id, f.client_id, f.user_id, f.scope AS granted_scope, f.expires_at AS family_expires_at,
-        p.digest AS parent_digest
-),
-successor AS (
-    INSERT INTO oauth_refresh_token (digest, pepper_id, family_id, parent_digest, scope, created_at,
-        expires_at)
-    SELECT $5::bytea, $6::text, r.id, r.parent_digest,
-        coalesce($7::text[], r.granted_scope),
-        coalesce($1::timestamptz, statement_timestamp()),
-        least(coalesce($1::timestamptz, statement_timestamp()) + $4::interval, r.family_expires_at)
-    FROM rotated r
-    RETURNING family_id, scope, expires_at
-)
-SELECT r.id AS family_id, r.client_id, r.user_id, r.family_expires_at, s.scope, s.expires_at
-FROM rotated r
-JOIN successor s ON s.family_id = r.id
-`
-
-type RefreshTokenReplaceParams struct {
-	Now             *time.Time
-	LiveDigest      []byte
-	ParentDigest    []byte
-	TTL             pgtype.Interval
-	SuccessorDigest []byte
-	PepperID        string
-	Scope           []string
-}
-
-type RefreshTokenReplaceRow struct {
-	FamilyID        pgtype.UUID
-	ClientID        string
-	UserID          string
-	FamilyExpiresAt *time.Time
-	Scope           []string
-	ExpiresAt       time.Time
-}
-
-// RefreshTokenReplace serves a grace reuse: the parent of the family's live token was presented
-// again shortly after its rotation, because the response carrying the live token was lost. The
-// unused live token is consumed and a new one takes its place under the same parent, so the family
-// never holds two live tokens (I1). Run it only while holding the family lock (FamilyLockByToken),
-// after checking that the live token is unused and the parent is within its grace allowance.
-func (q *Queries) RefreshTokenReplace(ctx context.Context, db DBTX, arg RefreshTokenReplaceParams) (RefreshTokenReplaceRow, error) {
-	row := db.QueryRow(ctx, refreshTokenReplace,
-		arg.Now,
-		arg.LiveDigest,
-		arg.ParentDigest,
-		arg.TTL,
-		arg.SuccessorDigest,
-		arg.PepperID,
-		arg.Scope,
-	)
-	var i RefreshTokenReplaceRow
-	err := row.Scan(
-		&i.FamilyID,
-		&i.ClientID,
-		&i.UserID,
-		&i.FamilyExpiresAt,
-		&i.Scope,
-		&i.ExpiresAt,
-	)
-	return i, err
-}
-
 const refreshTokenRotate = `-- name: RefreshTokenRotate :one
 WITH presented AS (
     -- A token already consumed or expired locks nothing: the refusal that follows does not keep
@@ -203,6 +115,15 @@ family AS MATERIALIZED (
       AND ($5::text[] IS NULL OR $5::text[] <@ f.scope)
     FOR NO KEY UPDATE OF f
 ),
+grace AS (
+    UPDATE oauth_refresh_token t
+    SET grace_uses = t.grace_uses + 1
+    FROM family f
+    WHERE t.digest = $6::bytea
+      AND t.family_id = f.id
+      AND t.consumed_at IS NOT NULL
+    RETURNING t.digest
+),
 consumed AS (
     UPDATE oauth_refresh_token t
     SET consumed_at = coalesce($2::timestamptz, statement_timestamp())
@@ -211,6 +132,7 @@ consumed AS (
       AND t.family_id = f.id
       AND t.consumed_at IS NULL
       AND t.expires_at > coalesce($2::timestamptz, statement_timestamp())
+      AND ($6::bytea IS NULL OR t.parent_digest = (SELECT digest FROM grace))
     RETURNING t.family_id, t.digest
 ),
 rotated AS (
@@ -218,19 +140,19 @@ rotated AS (
     SET last_rotated_at = coalesce($2::timestamptz, statement_timestamp()),
         rotation_count = f.rotation_count + 1,
         idle_expires_at = greatest(f.idle_expires_at,
-            least(coalesce($2::timestamptz, statement_timestamp()) + $6::interval, f.expires_at))
+            least(coalesce($2::timestamptz, statement_timestamp()) + $7::interval, f.expires_at))
     FROM consumed c
     WHERE f.id = c.family_id
     RETURNING f.id, f.client_id, f.user_id, f.scope AS granted_scope, f.expires_at AS family_expires_at,
-        c.digest AS parent_digest
+        coalesce($6::bytea, c.digest) AS parent_digest
 ),
 successor AS (
     INSERT INTO oauth_refresh_token (digest, pepper_id, family_id, parent_digest, scope, created_at,
         expires_at)
-    SELECT $7::bytea, $8::text, r.id, r.parent_digest,
+    SELECT $8::bytea, $9::text, r.id, r.parent_digest,
         coalesce($5::text[], r.granted_scope),
         coalesce($2::timestamptz, statement_timestamp()),
-        least(coalesce($2::timestamptz, statement_timestamp()) + $6::interval, r.family_expires_at)
+        least(coalesce($2::timestamptz, statement_timestamp()) + $7::interval, r.family_expires_at)
     FROM rotated r
     RETURNING family_id, scope, expires_at
 )
@@ -245,6 +167,7 @@ type RefreshTokenRotateParams struct {
 	ClientID         string
 	SenderThumbprint *string
 	Scope            []string
+	GraceParent      []byte
 	TTL              pgtype.Interval
 	SuccessorDigest  []byte
 	PepperID         string
@@ -267,10 +190,16 @@ type RefreshTokenRotateRow struct {
 // key, the lifetimes and the scope all allow the rotation (I5). The successor carries the requested
 // scope, or else the granted one (RFC 6749 §6), and never outlives the family.
 //
+// A grace reuse (a lost response) is the same rotation of the family's live token: the caller,
+// holding the family lock, presents the live token's digest and names its consumed parent, which
+// the client presented, as grace_parent. The parent's grace count goes up and the successor takes
+// the live token's place under the same parent, so the family never holds two live tokens. The
+// live token is consumed only if it is that parent's child.
+//
 // Returns no row when the token is unknown, expired, already consumed, of another client or sender,
-// asks for scope beyond the grant, or its family is revoked; the caller then
-// finds out which under the family lock. A token never outlives its family, so a family past its
-// absolute lifetime has no unexpired token left to rotate.
+// asks for scope beyond the grant, or its family is revoked; the caller then finds out which under
+// the family lock. A token never outlives its family, so a family past its absolute lifetime has no
+// unexpired token left to rotate.
 func (q *Queries) RefreshTokenRotate(ctx context.Context, db DBTX, arg RefreshTokenRotateParams) (RefreshTokenRotateRow, error) {
 	row := db.QueryRow(ctx, refreshTokenRotate,
 		arg.Digests,
@@ -278,6 +207,7 @@ func (q *Queries) RefreshTokenRotate(ctx context.Context, db DBTX, arg RefreshTo
 		arg.ClientID,
 		arg.SenderThumbprint,
 		arg.Scope,
+		arg.GraceParent,
 		arg.TTL,
 		arg.SuccessorDigest,
 		arg.PepperID,

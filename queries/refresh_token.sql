@@ -17,52 +17,6 @@ FROM oauth_refresh_token
 WHERE family_id = @family_id::uuid
   AND consumed_at IS NULL;
 
--- RefreshTokenReplace serves a grace reuse: the parent of the family's live token was presented
--- again shortly after its rotation, because the response carrying the live token was lost. The
--- unused live token is consumed and a new one takes its place under the same parent, so the family
--- never holds two live tokens (I1). Run it only while holding the family lock (FamilyLockByToken),
--- after checking that the live token is unused and the parent is within its grace allowance.
--- name: RefreshTokenReplace :one
-WITH superseded AS (
-    UPDATE oauth_refresh_token t
-    SET consumed_at = coalesce(sqlc.narg('now')::timestamptz, statement_timestamp())
-    WHERE t.digest = @live_digest::bytea
-      AND t.consumed_at IS NULL
-    RETURNING t.family_id
-),
-parent AS (
-    UPDATE oauth_refresh_token t
-    SET grace_uses = t.grace_uses + 1
-    FROM superseded s
-    WHERE t.digest = @parent_digest::bytea
-      AND t.family_id = s.family_id
-    RETURNING t.digest, t.family_id
-),
-rotated AS (
-    UPDATE oauth_family f
-    SET last_rotated_at = coalesce(sqlc.narg('now')::timestamptz, statement_timestamp()),
-        rotation_count = f.rotation_count + 1,
-        idle_expires_at = greatest(f.idle_expires_at,
-            least(coalesce(sqlc.narg('now')::timestamptz, statement_timestamp()) + @ttl::interval, f.expires_at))
-    FROM parent p
-    WHERE f.id = p.family_id
-    RETURNING f.id, f.client_id, f.user_id, f.scope AS granted_scope, f.expires_at AS family_expires_at,
-        p.digest AS parent_digest
-),
-successor AS (
-    INSERT INTO oauth_refresh_token (digest, pepper_id, family_id, parent_digest, scope, created_at,
-        expires_at)
-    SELECT @successor_digest::bytea, @pepper_id::text, r.id, r.parent_digest,
-        coalesce(sqlc.narg('scope')::text[], r.granted_scope),
-        coalesce(sqlc.narg('now')::timestamptz, statement_timestamp()),
-        least(coalesce(sqlc.narg('now')::timestamptz, statement_timestamp()) + @ttl::interval, r.family_expires_at)
-    FROM rotated r
-    RETURNING family_id, scope, expires_at
-)
-SELECT r.id AS family_id, r.client_id, r.user_id, r.family_expires_at, s.scope, s.expires_at
-FROM rotated r
-JOIN successor s ON s.family_id = r.id;
-
 -- RefreshTokenRotate consumes the presented token and inserts its successor in one statement, so
 -- both commit together or not at all (I2). The family row is locked first: a concurrent rotation of
 -- the same token waits here and then finds the token consumed, and a revocation that commits first
@@ -71,10 +25,16 @@ JOIN successor s ON s.family_id = r.id;
 -- key, the lifetimes and the scope all allow the rotation (I5). The successor carries the requested
 -- scope, or else the granted one (RFC 6749 §6), and never outlives the family.
 --
+-- A grace reuse (a lost response) is the same rotation of the family's live token: the caller,
+-- holding the family lock, presents the live token's digest and names its consumed parent, which
+-- the client presented, as grace_parent. The parent's grace count goes up and the successor takes
+-- the live token's place under the same parent, so the family never holds two live tokens. The
+-- live token is consumed only if it is that parent's child.
+--
 -- Returns no row when the token is unknown, expired, already consumed, of another client or sender,
--- asks for scope beyond the grant, or its family is revoked; the caller then
--- finds out which under the family lock. A token never outlives its family, so a family past its
--- absolute lifetime has no unexpired token left to rotate.
+-- asks for scope beyond the grant, or its family is revoked; the caller then finds out which under
+-- the family lock. A token never outlives its family, so a family past its absolute lifetime has no
+-- unexpired token left to rotate.
 -- name: RefreshTokenRotate :one
 WITH presented AS (
     -- A token already consumed or expired locks nothing: the refusal that follows does not keep
@@ -96,6 +56,15 @@ family AS MATERIALIZED (
       AND (sqlc.narg('scope')::text[] IS NULL OR sqlc.narg('scope')::text[] <@ f.scope)
     FOR NO KEY UPDATE OF f
 ),
+grace AS (
+    UPDATE oauth_refresh_token t
+    SET grace_uses = t.grace_uses + 1
+    FROM family f
+    WHERE t.digest = sqlc.narg('grace_parent')::bytea
+      AND t.family_id = f.id
+      AND t.consumed_at IS NOT NULL
+    RETURNING t.digest
+),
 consumed AS (
     UPDATE oauth_refresh_token t
     SET consumed_at = coalesce(sqlc.narg('now')::timestamptz, statement_timestamp())
@@ -104,6 +73,7 @@ consumed AS (
       AND t.family_id = f.id
       AND t.consumed_at IS NULL
       AND t.expires_at > coalesce(sqlc.narg('now')::timestamptz, statement_timestamp())
+      AND (sqlc.narg('grace_parent')::bytea IS NULL OR t.parent_digest = (SELECT digest FROM grace))
     RETURNING t.family_id, t.digest
 ),
 rotated AS (
@@ -115,7 +85,7 @@ rotated AS (
     FROM consumed c
     WHERE f.id = c.family_id
     RETURNING f.id, f.client_id, f.user_id, f.scope AS granted_scope, f.expires_at AS family_expires_at,
-        c.digest AS parent_digest
+        coalesce(sqlc.narg('grace_parent')::bytea, c.digest) AS parent_digest
 ),
 successor AS (
     INSERT INTO oauth_refresh_token (digest, pepper_id, family_id, parent_digest, scope, created_at,

@@ -303,15 +303,9 @@ func (s *Store) settleConsumed(ctx context.Context, tx pgx.Tx, p db.RefreshToken
 			if p.Scope != nil && !isSubset(p.Scope, t.GrantedScope) {
 				return refusedRotation{refusal: ErrInvalidScope}, nil
 			}
-			row, err := s.q.RefreshTokenReplace(ctx, tx, db.RefreshTokenReplaceParams{
-				Now:             p.Now,
-				LiveDigest:      live.Digest,
-				ParentDigest:    t.Digest,
-				TTL:             p.TTL,
-				SuccessorDigest: p.SuccessorDigest,
-				PepperID:        p.PepperID,
-				Scope:           p.Scope,
-			})
+			grace := p
+			grace.Digests, grace.GraceParent = [][]byte{live.Digest}, t.Digest
+			row, err := s.q.RefreshTokenRotate(ctx, tx, grace)
 			if err != nil {
 				return refusedRotation{}, dbError("rotate: grace reuse", err)
 			}
