@@ -4,7 +4,7 @@ SQLC_VERSION := v1.31.1
 SQLC := go run github.com/sqlc-dev/sqlc/cmd/sqlc@$(SQLC_VERSION)
 GO_TEST_FLAGS ?= -race -count=1 -timeout 15m
 
-.PHONY: help generate verify lint test test-unit test-integration demo
+.PHONY: help generate verify lint test test-unit test-integration test-testcontainers demo
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -29,6 +29,11 @@ test-unit: ## tests of the library module (pure Go, and pgtemp against the serve
 
 test-integration: ## the integration suite in tests/ against real PostgreSQL
 	cd tests && go test $(GO_TEST_FLAGS) ./...
+
+test-testcontainers: ## the integration suite through testcontainers-go (needs a running Docker engine)
+	.ci/postgres-image/build.sh oauthstore/postgres:15-local
+	cd tests && OAUTHSTORE_TEST_PROVIDER=testcontainers OAUTHSTORE_TEST_POSTGRES_IMAGE=oauthstore/postgres:15-local \
+		TESTCONTAINERS_RYUK_DISABLED=true TESTCONTAINERS_HOST_OVERRIDE=127.0.0.1 go test -count=1 ./...
 
 demo: ## issue → rotate → replay → revoked, on a throwaway PostgreSQL unless DATABASE_URL is set
 	go run ./cmd/oauthstore demo
