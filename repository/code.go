@@ -169,14 +169,8 @@ func (s *Store) Exchange(ctx context.Context, req ExchangeRequest) (*CodeExchang
 	if err := validateThumbprint(req.SenderThumbprint); err != nil {
 		return nil, err
 	}
-	ttl, err := s.ttlOr("refresh_token_ttl", req.RefreshTokenTTL)
+	ttl, lifetime, err := s.familyLifetimes(req.RefreshTokenTTL, req.Lifetime)
 	if err != nil {
-		return nil, err
-	}
-	lifetime := req.Lifetime
-	if lifetime == 0 {
-		lifetime = s.familyLifetime
-	} else if err := validateTTL("lifetime", lifetime); err != nil {
 		return nil, err
 	}
 	digests, ok := s.code.digestPresented(req.Code)

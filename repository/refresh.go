@@ -63,14 +63,8 @@ func (s *Store) Issue(ctx context.Context, req IssueRequest) (*RefreshToken, err
 	if err != nil {
 		return nil, err
 	}
-	ttl, err := s.ttlOr("ttl", req.TTL)
+	ttl, lifetime, err := s.familyLifetimes(req.TTL, req.Lifetime)
 	if err != nil {
-		return nil, err
-	}
-	lifetime := req.Lifetime
-	if lifetime == 0 {
-		lifetime = s.familyLifetime
-	} else if err := validateTTL("lifetime", lifetime); err != nil {
 		return nil, err
 	}
 	if err := validateThumbprint(req.SenderThumbprint); err != nil {

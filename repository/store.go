@@ -227,6 +227,19 @@ func (s *Store) ttlOr(field string, d time.Duration) (time.Duration, error) {
 	return d, validateTTL(field, d)
 }
 
+// familyLifetimes resolves a new family's first-token TTL and absolute lifetime, zero meaning the
+// configured default (and a zero lifetime, none).
+func (s *Store) familyLifetimes(ttl, lifetime time.Duration) (time.Duration, time.Duration, error) {
+	ttl, err := s.ttlOr("ttl", ttl)
+	if err != nil {
+		return 0, 0, err
+	}
+	if lifetime == 0 {
+		return ttl, s.familyLifetime, nil
+	}
+	return ttl, lifetime, validateTTL("lifetime", lifetime)
+}
+
 func interval(d time.Duration) pgtype.Interval {
 	return pgtype.Interval{Microseconds: d.Microseconds(), Valid: true}
 }
