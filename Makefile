@@ -4,7 +4,10 @@ SQLC_VERSION := v1.31.1
 SQLC := go run github.com/sqlc-dev/sqlc/cmd/sqlc@$(SQLC_VERSION)
 GO_TEST_FLAGS ?= -race -count=1 -timeout 15m
 
-.PHONY: help generate verify lint test test-unit test-integration test-testcontainers demo
+FUZZTIME ?= 10s
+SOAK ?= 10m
+
+.PHONY: help generate verify lint test test-unit test-integration test-testcontainers fuzz soak demo
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -34,6 +37,15 @@ test-testcontainers: ## the integration suite through testcontainers-go (needs a
 	.ci/postgres-image/build.sh oauthstore/postgres:15-local
 	cd tests && OAUTHSTORE_TEST_PROVIDER=testcontainers OAUTHSTORE_TEST_POSTGRES_IMAGE=oauthstore/postgres:15-local \
 		TESTCONTAINERS_RYUK_DISABLED=true TESTCONTAINERS_HOST_OVERRIDE=127.0.0.1 go test -count=1 ./...
+
+fuzz: ## run every fuzz target for FUZZTIME (default 10s) each
+	@for f in $$(go test ./repository -list '^Fuzz' | grep '^Fuzz'); do \
+		echo "fuzz $$f"; \
+		go test ./repository -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) -fuzzminimizetime 5s || exit 1; \
+	done
+
+soak: ## mixed workload at 8 workers for SOAK (default 10m): errors, live rows, memory over time
+	cd tests && go run ./soak --duration $(SOAK)
 
 demo: ## issue → rotate → replay → revoked, on a throwaway PostgreSQL unless DATABASE_URL is set
 	go run ./cmd/oauthstore demo

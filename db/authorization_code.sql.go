@@ -27,7 +27,7 @@ VALUES (
     $9::text,
     $10::text[],
     $11::text,
-    $12::jsonb,
+    $12::text,
     coalesce($13::timestamptz, statement_timestamp()),
     coalesce($13::timestamptz, statement_timestamp()) + $14::interval
 )
@@ -46,7 +46,7 @@ type AuthorizationCodeCreateParams struct {
 	Nonce               *string
 	Resources           []string
 	DPoPJKT             *string
-	Session             []byte
+	Session             string
 	Now                 *time.Time
 	TTL                 pgtype.Interval
 }
@@ -208,7 +208,7 @@ type AuthorizationCodeGetRow struct {
 	Nonce               *string
 	Resources           []string
 	DPoPJKT             *string
-	Session             []byte
+	Session             string
 	ExpiresAt           time.Time
 	ConsumedAt          *time.Time
 	FamilyID            pgtype.UUID

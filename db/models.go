@@ -22,7 +22,7 @@ type OauthAuthorizationCode struct {
 	Nonce               *string
 	Resources           []string
 	DPoPJKT             *string
-	Session             []byte
+	Session             string
 	CreatedAt           time.Time
 	ExpiresAt           time.Time
 	ConsumedAt          *time.Time
@@ -62,7 +62,7 @@ type OauthState struct {
 	ClientID    string
 	RedirectURI string
 	ReturnTo    *string
-	Data        []byte
+	Data        string
 	CreatedAt   time.Time
 	ExpiresAt   time.Time
 }

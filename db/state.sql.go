@@ -28,7 +28,7 @@ type StateConsumeRow struct {
 	ClientID    string
 	RedirectURI string
 	ReturnTo    *string
-	Data        []byte
+	Data        string
 	CreatedAt   time.Time
 	ExpiresAt   time.Time
 }
@@ -58,7 +58,7 @@ VALUES (
     $3::text,
     $4::text,
     $5::text,
-    $6::jsonb,
+    $6::text,
     coalesce($7::timestamptz, statement_timestamp()),
     coalesce($7::timestamptz, statement_timestamp()) + $8::interval
 )
@@ -71,7 +71,7 @@ type StateCreateParams struct {
 	ClientID    string
 	RedirectURI string
 	ReturnTo    *string
-	Data        []byte
+	Data        string
 	Now         *time.Time
 	TTL         pgtype.Interval
 }

@@ -13,7 +13,7 @@ VALUES (
     sqlc.narg('nonce')::text,
     @resources::text[],
     sqlc.narg('dpop_jkt')::text,
-    @session::jsonb,
+    @session::text,
     coalesce(sqlc.narg('now')::timestamptz, statement_timestamp()),
     coalesce(sqlc.narg('now')::timestamptz, statement_timestamp()) + @ttl::interval
 )

@@ -15,7 +15,7 @@ VALUES (
     @client_id::text,
     @redirect_uri::text,
     sqlc.narg('return_to')::text,
-    @data::jsonb,
+    @data::text,
     coalesce(sqlc.narg('now')::timestamptz, statement_timestamp()),
     coalesce(sqlc.narg('now')::timestamptz, statement_timestamp()) + @ttl::interval
 )

@@ -325,7 +325,7 @@ func (s *Store) validateChallenge(challenge, method string) error {
 	case challenge == "":
 		return inputError("code_challenge", "missing")
 	case method == PKCEMethodS256:
-		if len(challenge) != 43 || validateThumbprint(challenge) != nil {
+		if raw, err := base64.RawURLEncoding.Strict().DecodeString(challenge); err != nil || len(raw) != sha256.Size {
 			return inputError("code_challenge", "not a base64url SHA-256 (43 characters)")
 		}
 		return nil

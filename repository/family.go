@@ -130,7 +130,7 @@ func (s *Store) RevokeFamily(ctx context.Context, familyID, reason string) error
 		return dbError("revoke family", err)
 	}
 	if row.RevokedNow {
-		s.emit(ctx, Event{Kind: EventFamilyRevoked, FamilyID: familyID, ClientID: row.ClientID, UserID: row.UserID, Reason: reason})
+		s.emit(ctx, Event{Kind: EventFamilyRevoked, FamilyID: familyIDString(row.ID), ClientID: row.ClientID, UserID: row.UserID, Reason: reason})
 	}
 	return nil
 }

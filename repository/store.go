@@ -288,9 +288,21 @@ func (s *Store) inTx(ctx context.Context, op string, fn func(tx pgx.Tx) (commit 
 
 func familyIDString(id pgtype.UUID) string { return id.String() }
 
+// parseFamilyID accepts a UUID in its canonical text form only: 8-4-4-4-12 hex digits.
 func parseFamilyID(id string) (pgtype.UUID, error) {
 	var u pgtype.UUID
-	if len(id) != 36 || u.Scan(id) != nil {
+	if len(id) != 36 {
+		return u, inputError("family_id", "not a UUID")
+	}
+	for i := 0; i < len(id); i++ {
+		c := id[i]
+		dash := i == 8 || i == 13 || i == 18 || i == 23
+		hex := '0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F'
+		if dash != (c == '-') || !dash && !hex {
+			return u, inputError("family_id", "not a UUID")
+		}
+	}
+	if u.Scan(id) != nil {
 		return u, inputError("family_id", "not a UUID")
 	}
 	return u, nil

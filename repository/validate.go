@@ -172,15 +172,16 @@ func validateResources(resources []string) ([]string, error) {
 // MaxJSONBytes bounds the JSON a code or state carries for the service.
 const MaxJSONBytes = 16 << 10
 
-func validateJSON(field string, v json.RawMessage) ([]byte, error) {
-	if len(v) == 0 {
-		return []byte("{}"), nil
+// validateJSON accepts valid JSON in valid UTF-8 without a NUL byte, at most MaxJSONBytes. The
+// text is stored and returned byte for byte.
+func validateJSON(field string, v json.RawMessage) (string, error) {
+	switch {
+	case len(v) == 0:
+		return "{}", nil
+	case len(v) > MaxJSONBytes:
+		return "", inputError(field, "larger than 16 KiB")
+	case !utf8.Valid(v) || !json.Valid(v) || bytes.IndexByte(v, 0) >= 0:
+		return "", inputError(field, "not valid JSON in UTF-8")
 	}
-	if len(v) > MaxJSONBytes {
-		return nil, inputError(field, "larger than 16 KiB")
-	}
-	if !json.Valid(v) || bytes.IndexByte(v, 0) >= 0 || bytes.Contains(v, []byte(`\u0000`)) {
-		return nil, inputError(field, "not valid JSON (or contains NUL)")
-	}
-	return v, nil
+	return string(v), nil
 }

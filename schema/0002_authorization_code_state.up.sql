@@ -20,8 +20,9 @@ CREATE TABLE oauth_authorization_code (
     resources             text[]      NOT NULL DEFAULT '{}' CHECK (cardinality(resources) <= 32),
     -- RFC 9449 §10: the DPoP key the code is bound to; the exchange must prove the same key.
     dpop_jkt              text        CHECK (dpop_jkt ~ '^[A-Za-z0-9_-]{1,128}$'),
-    -- Whatever else the service needs back at the token endpoint (auth_time, acr, amr, claims).
-    session               jsonb       NOT NULL DEFAULT '{}' CHECK (octet_length(session::text) <= 16384),
+    -- Whatever else the service needs back at the token endpoint (auth_time, acr, amr, claims):
+    -- JSON the package checked, kept as text so that the service gets back exactly what it gave.
+    session               text        NOT NULL DEFAULT '{}' CHECK (octet_length(session) <= 16384),
     created_at            timestamptz NOT NULL DEFAULT now(),
     expires_at            timestamptz NOT NULL,
     consumed_at           timestamptz,
@@ -46,7 +47,7 @@ CREATE TABLE oauth_state (
     client_id    text        NOT NULL CHECK (client_id <> '' AND octet_length(client_id) <= 255),
     redirect_uri text        NOT NULL CHECK (redirect_uri <> '' AND octet_length(redirect_uri) <= 2048),
     return_to    text        CHECK (octet_length(return_to) <= 2048),
-    data         jsonb       NOT NULL DEFAULT '{}' CHECK (octet_length(data::text) <= 16384),
+    data         text        NOT NULL DEFAULT '{}' CHECK (octet_length(data) <= 16384),
     created_at   timestamptz NOT NULL DEFAULT now(),
     expires_at   timestamptz NOT NULL,
     CHECK (expires_at > created_at AND expires_at <= created_at + interval '1 hour')
