@@ -7,7 +7,7 @@ GO_TEST_FLAGS ?= -race -count=1 -timeout 15m
 FUZZTIME ?= 10s
 SOAK ?= 10m
 
-.PHONY: help generate verify lint test test-unit test-integration test-testcontainers fuzz soak demo
+.PHONY: help generate verify lint test test-unit test-integration test-testcontainers fuzz soak bench-janitor demo
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -46,6 +46,9 @@ fuzz: ## run every fuzz target for FUZZTIME (default 10s) each
 
 soak: ## mixed workload at 8 workers for SOAK (default 10m): errors, live rows, memory over time
 	cd tests && go run ./soak --duration $(SOAK)
+
+bench-janitor: ## rotation p50/p99 at 8 workers with and without the janitor deleting 1,000,000 expired tokens
+	cd tests && go run ./janitorbench
 
 demo: ## issue → rotate → replay → revoked, on a throwaway PostgreSQL unless DATABASE_URL is set
 	go run ./cmd/oauthstore demo

@@ -23,6 +23,8 @@ type CleanupOptions struct {
 	Limit int
 	// Retain keeps what is dead this much longer.
 	Retain time.Duration
+	// Pause waits this long between batches, to leave live traffic more of the database.
+	Pause time.Duration
 	// OnBatch, when set, is called after each committed batch with the running totals, for
 	// progress reports.
 	OnBatch func(CleanupResult)
@@ -63,6 +65,9 @@ func (s *Store) Cleanup(ctx context.Context, opts CleanupOptions) (CleanupResult
 	if opts.Retain < 0 || opts.Retain > MaxTTL {
 		return res, inputError("retain", "outside 0..ten years")
 	}
+	if opts.Pause < 0 || opts.Pause > time.Minute {
+		return res, inputError("pause", "outside 0..1m")
+	}
 	retain := interval(opts.Retain)
 	run := func(count *int64, deleteBatch func(n int32) (int64, error)) error {
 		for {
@@ -85,6 +90,13 @@ func (s *Store) Cleanup(ctx context.Context, opts CleanupOptions) (CleanupResult
 			}
 			if deleted < int64(n) {
 				return nil
+			}
+			if opts.Pause > 0 {
+				select {
+				case <-ctx.Done():
+					return dbError("cleanup", ctx.Err())
+				case <-time.After(opts.Pause):
+				}
 			}
 		}
 	}

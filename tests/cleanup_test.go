@@ -34,8 +34,10 @@ func TestCleanup_RemovesOnlyDeadFamiliesInBatches(t *testing.T) {
 	}
 	b.clock.Advance(23 * time.Hour) // the 25 families' tokens are now 1 h past expiry
 
-	if _, err := b.store.Cleanup(b.ctx, repository.CleanupOptions{BatchSize: -1}); !errors.Is(err, repository.ErrInvalidInput) {
-		t.Fatalf("negative batch size: %v", err)
+	for _, bad := range []repository.CleanupOptions{{BatchSize: -1}, {Limit: -1}, {Retain: -time.Second}, {Pause: -time.Second}, {Pause: time.Hour}} {
+		if _, err := b.store.Cleanup(b.ctx, bad); !errors.Is(err, repository.ErrInvalidInput) {
+			t.Fatalf("cleanup options %+v: %v, want ErrInvalidInput", bad, err)
+		}
 	}
 	// Retain keeps them while their expiry is younger than the retention.
 	res, err := b.store.Cleanup(b.ctx, repository.CleanupOptions{BatchSize: 10, Retain: 2 * time.Hour})

@@ -16,6 +16,7 @@ func runJanitor(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	batch := fs.Int("batch-size", repository.DefaultCleanupBatchSize, "rows deleted per statement (one short transaction each)")
 	limit := fs.Int("limit", 0, "stop after this many rows per table (0: no limit)")
 	retain := fs.Duration("retain", 0, "keep what is dead this much longer (extra time to keep evidence)")
+	pause := fs.Duration("pause", 0, "wait this long between batches, to leave live traffic more of the database")
 	dryRun := fs.Bool("dry-run", false, "count what would be deleted; delete nothing")
 	asJSON := fs.Bool("json", false, "print the summary as JSON")
 	if err := parseFlags(fs, args); err != nil {
@@ -26,7 +27,7 @@ func runJanitor(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		return err
 	}
 	defer closeDB()
-	opts := repository.CleanupOptions{BatchSize: *batch, Limit: *limit, Retain: *retain}
+	opts := repository.CleanupOptions{BatchSize: *batch, Limit: *limit, Retain: *retain, Pause: *pause}
 
 	backlog, err := store.CleanupBacklog(ctx, opts)
 	if err != nil {
