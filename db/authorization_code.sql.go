@@ -111,7 +111,7 @@ code AS (
     SET consumed_at = coalesce($1::timestamptz, statement_timestamp()),
         family_id = nf.id
     FROM new_family nf
-    WHERE c.digest = ANY($2::bytea[])
+    WHERE c.digest = $2::bytea
       AND c.consumed_at IS NULL
       AND c.expires_at > coalesce($1::timestamptz, statement_timestamp())
       AND c.client_id = $3::text
@@ -143,7 +143,7 @@ CROSS JOIN token t
 
 type AuthorizationCodeExchangeParams struct {
 	Now              *time.Time
-	Digests          [][]byte
+	Digest           []byte
 	ClientID         string
 	RedirectURI      string
 	Lifetime         pgtype.Interval
@@ -164,11 +164,12 @@ type AuthorizationCodeExchangeRow struct {
 // happens or none of it. The code's row lock makes concurrent exchanges of one code wait here and
 // then find it consumed, so exactly one succeeds. The caller has verified PKCE against the stored
 // challenge; client, redirect URI and expiry are checked again here, atomically with the consume.
-// Returns no row when the code is unknown, consumed, expired or not the client's.
+// The caller passes the digest under which AuthorizationCodeGet found the code. Returns no row when
+// the code is unknown, consumed, expired or not the client's.
 func (q *Queries) AuthorizationCodeExchange(ctx context.Context, db DBTX, arg AuthorizationCodeExchangeParams) (AuthorizationCodeExchangeRow, error) {
 	row := db.QueryRow(ctx, authorizationCodeExchange,
 		arg.Now,
-		arg.Digests,
+		arg.Digest,
 		arg.ClientID,
 		arg.RedirectURI,
 		arg.Lifetime,

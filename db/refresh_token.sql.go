@@ -100,7 +100,7 @@ WITH presented AS (
     -- the family locked in a caller's transaction.
     SELECT t.family_id
     FROM oauth_refresh_token t
-    WHERE t.digest = ANY($1::bytea[])
+    WHERE t.digest = $1::bytea
       AND t.consumed_at IS NULL
       AND t.expires_at > coalesce($2::timestamptz, statement_timestamp())
 ),
@@ -109,7 +109,9 @@ family AS MATERIALIZED (
     FROM oauth_family f
     JOIN presented p ON p.family_id = f.id
     WHERE f.revoked_at IS NULL
-      AND f.client_id = $3::text
+      -- IS TRUE keeps the client out of index selection: the family comes from the presented
+      -- token's primary key, whatever the statistics say about the client.
+      AND (f.client_id = $3::text) IS TRUE
       AND (f.sender_thumbprint IS NULL
           OR f.sender_thumbprint = $4::text)
       AND ($5::text[] IS NULL OR $5::text[] <@ f.scope)
@@ -128,7 +130,7 @@ consumed AS (
     UPDATE oauth_refresh_token t
     SET consumed_at = coalesce($2::timestamptz, statement_timestamp())
     FROM family f
-    WHERE t.digest = ANY($1::bytea[])
+    WHERE t.digest = $1::bytea
       AND t.family_id = f.id
       AND t.consumed_at IS NULL
       AND t.expires_at > coalesce($2::timestamptz, statement_timestamp())
@@ -162,7 +164,7 @@ JOIN successor s ON s.family_id = r.id
 `
 
 type RefreshTokenRotateParams struct {
-	Digests          [][]byte
+	Digest           []byte
 	Now              *time.Time
 	ClientID         string
 	SenderThumbprint *string
@@ -196,13 +198,17 @@ type RefreshTokenRotateRow struct {
 // the live token's place under the same parent, so the family never holds two live tokens. The
 // live token is consumed only if it is that parent's child.
 //
+// The digest is a single value (the current pepper's; the caller finds a token made under an older
+// pepper on the refused path), so that PostgreSQL can keep one generic plan for the statement
+// instead of planning it on every call.
+//
 // Returns no row when the token is unknown, expired, already consumed, of another client or sender,
 // asks for scope beyond the grant, or its family is revoked; the caller then finds out which under
 // the family lock. A token never outlives its family, so a family past its absolute lifetime has no
 // unexpired token left to rotate.
 func (q *Queries) RefreshTokenRotate(ctx context.Context, db DBTX, arg RefreshTokenRotateParams) (RefreshTokenRotateRow, error) {
 	row := db.QueryRow(ctx, refreshTokenRotate,
-		arg.Digests,
+		arg.Digest,
 		arg.Now,
 		arg.ClientID,
 		arg.SenderThumbprint,

@@ -38,7 +38,8 @@ WHERE digest IN (
 -- happens or none of it. The code's row lock makes concurrent exchanges of one code wait here and
 -- then find it consumed, so exactly one succeeds. The caller has verified PKCE against the stored
 -- challenge; client, redirect URI and expiry are checked again here, atomically with the consume.
--- Returns no row when the code is unknown, consumed, expired or not the client's.
+-- The caller passes the digest under which AuthorizationCodeGet found the code. Returns no row when
+-- the code is unknown, consumed, expired or not the client's.
 -- name: AuthorizationCodeExchange :one
 WITH new_family AS MATERIALIZED (
     SELECT gen_random_uuid() AS id
@@ -48,7 +49,7 @@ code AS (
     SET consumed_at = coalesce(sqlc.narg('now')::timestamptz, statement_timestamp()),
         family_id = nf.id
     FROM new_family nf
-    WHERE c.digest = ANY(@digests::bytea[])
+    WHERE c.digest = @digest::bytea
       AND c.consumed_at IS NULL
       AND c.expires_at > coalesce(sqlc.narg('now')::timestamptz, statement_timestamp())
       AND c.client_id = @client_id::text

@@ -31,6 +31,10 @@ WHERE family_id = @family_id::uuid
 -- the live token's place under the same parent, so the family never holds two live tokens. The
 -- live token is consumed only if it is that parent's child.
 --
+-- The digest is a single value (the current pepper's; the caller finds a token made under an older
+-- pepper on the refused path), so that PostgreSQL can keep one generic plan for the statement
+-- instead of planning it on every call.
+--
 -- Returns no row when the token is unknown, expired, already consumed, of another client or sender,
 -- asks for scope beyond the grant, or its family is revoked; the caller then finds out which under
 -- the family lock. A token never outlives its family, so a family past its absolute lifetime has no
@@ -41,7 +45,7 @@ WITH presented AS (
     -- the family locked in a caller's transaction.
     SELECT t.family_id
     FROM oauth_refresh_token t
-    WHERE t.digest = ANY(@digests::bytea[])
+    WHERE t.digest = @digest::bytea
       AND t.consumed_at IS NULL
       AND t.expires_at > coalesce(sqlc.narg('now')::timestamptz, statement_timestamp())
 ),
@@ -50,7 +54,9 @@ family AS MATERIALIZED (
     FROM oauth_family f
     JOIN presented p ON p.family_id = f.id
     WHERE f.revoked_at IS NULL
-      AND f.client_id = @client_id::text
+      -- IS TRUE keeps the client out of index selection: the family comes from the presented
+      -- token's primary key, whatever the statistics say about the client.
+      AND (f.client_id = @client_id::text) IS TRUE
       AND (f.sender_thumbprint IS NULL
           OR f.sender_thumbprint = sqlc.narg('sender_thumbprint')::text)
       AND (sqlc.narg('scope')::text[] IS NULL OR sqlc.narg('scope')::text[] <@ f.scope)
@@ -69,7 +75,7 @@ consumed AS (
     UPDATE oauth_refresh_token t
     SET consumed_at = coalesce(sqlc.narg('now')::timestamptz, statement_timestamp())
     FROM family f
-    WHERE t.digest = ANY(@digests::bytea[])
+    WHERE t.digest = @digest::bytea
       AND t.family_id = f.id
       AND t.consumed_at IS NULL
       AND t.expires_at > coalesce(sqlc.narg('now')::timestamptz, statement_timestamp())

@@ -183,7 +183,7 @@ func (s *Store) Exchange(ctx context.Context, req ExchangeRequest) (*CodeExchang
 	}
 	token, refreshDigest, pepperID := s.refresh.mint()
 	row, err := s.q.AuthorizationCodeExchange(ctx, s.db, db.AuthorizationCodeExchangeParams{
-		Digests:          digests,
+		Digest:           c.Digest,
 		Now:              s.now(),
 		ClientID:         req.ClientID,
 		RedirectURI:      req.RedirectURI,

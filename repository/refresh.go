@@ -147,8 +147,10 @@ func (s *Store) Rotate(ctx context.Context, req RotateRequest) (*RefreshToken, e
 		return nil, ErrTokenNotFound
 	}
 	token, successor, pepperID := s.refresh.mint()
+	// The happy path presents the digest under the current pepper; a token made under an older
+	// pepper of the ring is found on the refused path and rotated there.
 	params := db.RefreshTokenRotateParams{
-		Digests:          digests,
+		Digest:           digests[0],
 		ClientID:         req.ClientID,
 		SenderThumbprint: optionalText(req.SenderThumbprint),
 		Now:              s.now(),
@@ -159,7 +161,7 @@ func (s *Store) Rotate(ctx context.Context, req RotateRequest) (*RefreshToken, e
 	}
 	row, err := s.q.RefreshTokenRotate(ctx, s.db, params)
 	if errors.Is(err, pgx.ErrNoRows) {
-		return s.rotateRefused(ctx, params, token)
+		return s.rotateRefused(ctx, digests, params, token)
 	}
 	if err != nil {
 		return nil, dbError("rotate", err)
@@ -198,8 +200,8 @@ type refusedRotation struct {
 // change. Anything else is decided holding the family lock, so that what it reads is the latest
 // committed state and cannot change underneath, and acted on: a grace reuse, a replay's
 // revocation, or a refusal that changes nothing.
-func (s *Store) rotateRefused(ctx context.Context, p db.RefreshTokenRotateParams, token Secret) (*RefreshToken, error) {
-	t, err := s.q.RefreshTokenGet(ctx, s.db, db.RefreshTokenGetParams{Now: p.Now, Digests: p.Digests})
+func (s *Store) rotateRefused(ctx context.Context, digests [][]byte, p db.RefreshTokenRotateParams, token Secret) (*RefreshToken, error) {
+	t, err := s.q.RefreshTokenGet(ctx, s.db, db.RefreshTokenGetParams{Now: p.Now, Digests: digests})
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, ErrTokenNotFound
 	}
@@ -212,7 +214,7 @@ func (s *Store) rotateRefused(ctx context.Context, p db.RefreshTokenRotateParams
 	var out refusedRotation
 	err = s.inTx(ctx, "rotate", func(tx pgx.Tx) (bool, error) {
 		var err error
-		out, err = s.settleRefused(ctx, tx, p, token)
+		out, err = s.settleRefused(ctx, tx, digests, p, token)
 		return out.commit, err
 	})
 	if err != nil {
@@ -246,8 +248,8 @@ func refuseForeign(t db.RefreshTokenGetRow, p db.RefreshTokenRotateParams) error
 	return nil
 }
 
-func (s *Store) settleRefused(ctx context.Context, tx pgx.Tx, p db.RefreshTokenRotateParams, token Secret) (refusedRotation, error) {
-	lock, err := s.q.FamilyLockByToken(ctx, tx, db.FamilyLockByTokenParams{Now: p.Now, Digests: p.Digests})
+func (s *Store) settleRefused(ctx context.Context, tx pgx.Tx, digests [][]byte, p db.RefreshTokenRotateParams, token Secret) (refusedRotation, error) {
+	lock, err := s.q.FamilyLockByToken(ctx, tx, db.FamilyLockByTokenParams{Now: p.Now, Digests: digests})
 	if errors.Is(err, pgx.ErrNoRows) {
 		return refusedRotation{refusal: ErrTokenNotFound}, nil // deleted meanwhile
 	}
@@ -256,7 +258,7 @@ func (s *Store) settleRefused(ctx context.Context, tx pgx.Tx, p db.RefreshTokenR
 	}
 	now := lock.Now
 	p.Now = &now
-	t, err := s.q.RefreshTokenGet(ctx, tx, db.RefreshTokenGetParams{Now: &now, Digests: p.Digests})
+	t, err := s.q.RefreshTokenGet(ctx, tx, db.RefreshTokenGetParams{Now: &now, Digests: digests})
 	if err != nil {
 		return refusedRotation{}, dbError("rotate: read token", err)
 	}
@@ -270,7 +272,9 @@ func (s *Store) settleRefused(ctx context.Context, tx pgx.Tx, p db.RefreshTokenR
 	case p.Scope != nil && !isSubset(p.Scope, t.GrantedScope):
 		return refusedRotation{refusal: ErrInvalidScope}, nil
 	}
-	// Nothing stands in the way any more: the first attempt met a rotation that rolled back.
+	// Nothing stands in the way: the token was made under an older pepper of the ring, or the first
+	// attempt met a rotation that rolled back. Rotate it under the digest it was found by.
+	p.Digest = t.Digest
 	row, err := s.q.RefreshTokenRotate(ctx, tx, p)
 	if err != nil {
 		return refusedRotation{}, dbError("rotate", err)
@@ -298,7 +302,7 @@ func (s *Store) settleConsumed(ctx context.Context, tx pgx.Tx, p db.RefreshToken
 				return refusedRotation{refusal: ErrInvalidScope}, nil
 			}
 			grace := p
-			grace.Digests, grace.GraceParent = [][]byte{live.Digest}, t.Digest
+			grace.Digest, grace.GraceParent = live.Digest, t.Digest
 			row, err := s.q.RefreshTokenRotate(ctx, tx, grace)
 			if err != nil {
 				return refusedRotation{}, dbError("rotate: grace reuse", err)
