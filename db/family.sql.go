@@ -99,28 +99,23 @@ func (q *Queries) FamilyDelete(ctx context.Context, db DBTX, id pgtype.UUID) (in
 
 const familyDeleteExpired = `-- name: FamilyDeleteExpired :one
 WITH doomed AS MATERIALIZED (
-    SELECT f.id
+    SELECT f.id,
+        (SELECT count(*) FROM oauth_refresh_token t WHERE t.family_id = f.id) AS tokens
     FROM oauth_family f
     WHERE f.idle_expires_at < coalesce($1::timestamptz, statement_timestamp()) - $2::interval
     ORDER BY f.idle_expires_at
     LIMIT $3::integer
     FOR UPDATE SKIP LOCKED
 ),
-tokens AS (
-    DELETE FROM oauth_refresh_token t
-    USING doomed d
-    WHERE t.family_id = d.id
-    RETURNING 1
-),
 families AS (
     DELETE FROM oauth_family f
     USING doomed d
     WHERE f.id = d.id
-    RETURNING 1
+    RETURNING f.id
 )
-SELECT
-    (SELECT count(*) FROM families)::bigint AS families_deleted,
-    (SELECT count(*) FROM tokens)::bigint AS tokens_deleted
+SELECT count(*)::bigint AS families_deleted, coalesce(sum(d.tokens), 0)::bigint AS tokens_deleted
+FROM families x
+JOIN doomed d ON d.id = x.id
 `
 
 type FamilyDeleteExpiredParams struct {
@@ -135,9 +130,11 @@ type FamilyDeleteExpiredRow struct {
 }
 
 // FamilyDeleteExpired deletes one batch of families whose newest token expired before the cutoff,
-// with all of their tokens. Until then a family keeps its tombstones and its revocation mark, so a
-// replay is recognised for as long as any token of the family could be presented (I4). SKIP LOCKED
-// lets several cleaners run at once without waiting on each other or on a rotation.
+// with all of their tokens and the code that produced them (ON DELETE CASCADE, one index probe per
+// family, whatever the statistics say about how tokens spread over families). Until then a family
+// keeps its tombstones and its revocation mark, so a replay is recognised for as long as any token
+// of the family could be presented (I4). SKIP LOCKED lets several cleaners run at once without
+// waiting on each other or on a rotation.
 func (q *Queries) FamilyDeleteExpired(ctx context.Context, db DBTX, arg FamilyDeleteExpiredParams) (FamilyDeleteExpiredRow, error) {
 	row := db.QueryRow(ctx, familyDeleteExpired, arg.Now, arg.Retain, arg.BatchSize)
 	var i FamilyDeleteExpiredRow
