@@ -50,13 +50,18 @@ func (b *bundle) createCode(t *testing.T, mutate ...func(*repository.CodeRequest
 	if err != nil {
 		t.Fatalf("create code: %v", err)
 	}
+	b.remember(code.Code)
 	return codeFixture{code: code, verifier: verifier}
 }
 
 func (b *bundle) exchange(f codeFixture) (*repository.CodeExchange, error) {
-	return b.store.Exchange(b.ctx, repository.ExchangeRequest{
+	got, err := b.store.Exchange(b.ctx, repository.ExchangeRequest{
 		Code: f.code.Code.Reveal(), ClientID: "client-a", RedirectURI: redirectURI, CodeVerifier: f.verifier,
 	})
+	if err == nil {
+		b.remember(got.Token)
+	}
+	return got, err
 }
 
 func TestExchange_CreatesTheFamilyAndRecordsItOnTheCode(t *testing.T) {

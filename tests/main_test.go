@@ -4,7 +4,13 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"encoding/base64"
+	"encoding/hex"
+	"fmt"
 	"log/slog"
+	"os"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -17,7 +23,15 @@ import (
 	"github.com/oauthstore/oauthstore/tests/dbtest"
 )
 
-func TestMain(m *testing.M) { dbtest.Main(m) }
+func TestMain(m *testing.M) {
+	dbtest.Main(m, func() {
+		fmt.Fprintf(os.Stderr, "secret hygiene: %d raw tokens, codes, states and peppers looked for in the tables and logs of %d test databases: %d found\n",
+			hygiene.secrets.Load(), hygiene.databases.Load(), hygiene.found.Load())
+	})
+}
+
+// hygiene counts, over the whole run, the secrets each test looked for after it ran (I6).
+var hygiene struct{ secrets, databases, found atomic.Int64 }
 
 // bundle is what a test needs: its own migrated database, a store on it with a settable clock,
 // and the store's captured log.
@@ -29,6 +43,55 @@ type bundle struct {
 	clock  *testClock
 	logs   *syncBuffer
 	pepper []byte
+
+	mu      sync.Mutex
+	secrets []string // raw credentials the test created, looked for when it ends
+}
+
+// remember records raw credentials to look for in the tables and the log when the test ends.
+func (b *bundle) remember(secrets ...repository.Secret) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for _, s := range secrets {
+		b.secrets = append(b.secrets, s.Reveal())
+	}
+}
+
+// checkSecretHygiene looks for every raw credential the test created, and the pepper, in every
+// row of every table and in the store's log: none may be there (I6).
+func (b *bundle) checkSecretHygiene(t *testing.T) {
+	rows, err := b.pool.Query(b.ctx, `SELECT quote_ident(table_schema) || '.' || quote_ident(table_name)
+		FROM information_schema.tables WHERE table_schema NOT IN ('pg_catalog', 'information_schema') AND table_type = 'BASE TABLE'`)
+	if err != nil {
+		t.Errorf("secret hygiene: %v", err)
+		return
+	}
+	tables, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		t.Errorf("secret hygiene: %v", err)
+		return
+	}
+	var dump strings.Builder
+	for _, table := range tables {
+		var text string
+		if err := b.pool.QueryRow(b.ctx, "SELECT coalesce(string_agg(x::text, E'\\n'), '') FROM "+table+" x").Scan(&text); err != nil {
+			t.Errorf("secret hygiene: %v", err)
+			return
+		}
+		dump.WriteString(text)
+	}
+	haystack := dump.String() + b.logs.String()
+	b.mu.Lock()
+	secrets := append(slices.Clone(b.secrets), base64.StdEncoding.EncodeToString(b.pepper), hex.EncodeToString(b.pepper))
+	b.mu.Unlock()
+	hygiene.databases.Add(1)
+	hygiene.secrets.Add(int64(len(secrets)))
+	for _, s := range secrets {
+		if strings.Contains(haystack, s) {
+			hygiene.found.Add(1)
+			t.Errorf("secret hygiene: a raw credential (%d characters) is in a table or the log", len(s))
+		}
+	}
 }
 
 type setupOptions struct {
@@ -64,6 +127,7 @@ func setup(t *testing.T, opts ...setupOptions) *bundle {
 		t.Fatal(err)
 	}
 	b.store = store
+	t.Cleanup(func() { b.checkSecretHygiene(t) }) // runs before the database is dropped
 	return b
 }
 
@@ -76,11 +140,16 @@ func (b *bundle) issue(t *testing.T) *repository.RefreshToken {
 	if err != nil {
 		t.Fatalf("issue: %v", err)
 	}
+	b.remember(tok.Token)
 	return tok
 }
 
 func (b *bundle) rotate(token repository.Secret, client string) (*repository.RefreshToken, error) {
-	return b.store.Rotate(b.ctx, repository.RotateRequest{Token: token.Reveal(), ClientID: client})
+	next, err := b.store.Rotate(b.ctx, repository.RotateRequest{Token: token.Reveal(), ClientID: client})
+	if err == nil {
+		b.remember(next.Token)
+	}
+	return next, err
 }
 
 // liveTokens counts the family's unconsumed tokens.

@@ -45,10 +45,11 @@ type Server struct {
 
 var current *Server
 
-// Main starts the server, runs the tests and stops the server. Call it from TestMain:
+// Main starts the server, runs the tests, calls each of after, and stops the server. Call it
+// from TestMain:
 //
 //	func TestMain(m *testing.M) { dbtest.Main(m) }
-func Main(m *testing.M) {
+func Main(m *testing.M, after ...func()) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	srv, err := Start(ctx)
 	cancel()
@@ -59,6 +60,9 @@ func Main(m *testing.M) {
 	current = srv
 	fmt.Fprintf(os.Stderr, "dbtest: PostgreSQL from provider %q\n", srv.Provider)
 	code := m.Run()
+	for _, f := range after {
+		f()
+	}
 	if err := srv.Stop(); err != nil {
 		fmt.Fprintln(os.Stderr, "dbtest: stop:", err)
 	}
