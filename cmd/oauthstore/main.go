@@ -39,9 +39,10 @@ Usage:
   oauthstore stats [--json]                            rows by state and sizes, per table
   oauthstore pepper generate [--id ID]                 a new random pepper in the ring format
   oauthstore demo                                      walk issue → rotate → replay → revoked
+  oauthstore bench [flags]                             measure rotation throughput and latency
 
 Every command takes --database-url (default $DATABASE_URL) and --help. Without a database,
-demo starts a throwaway PostgreSQL from the machine's server binaries.
+demo and bench start a throwaway PostgreSQL from the machine's server binaries.
 Exit codes: 0 done, 1 failed, 2 usage error, 3 not found.
 `
 
@@ -73,6 +74,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = runStats(ctx, args[1:], stdout, stderr)
 	case "pepper":
 		err = runPepper(args[1:], stdout, stderr)
+	case "bench":
+		err = runBench(ctx, args[1:], stdout, stderr)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return exitOK

@@ -1,0 +1,89 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"strconv"
+	"strings"
+
+	"github.com/oauthstore/oauthstore/internal/bench"
+)
+
+const benchUsage = `Usage: oauthstore bench [flags]
+
+Measures refresh-token rotation: operations/s and p50/p99/p999 latency per variant and worker
+count, against one cluster in one run.
+
+  a  repository.Store.Rotate as a service calls it (minting and HMAC digests included)
+  b  the same RefreshTokenRotate statement sent raw through pgx, digests computed beforehand
+  c  a conventional transaction: BEGIN; SELECT … FOR UPDATE; UPDATE; UPDATE; INSERT; COMMIT
+
+Each worker rotates its own families (no lock contention); each cell gets a pool with
+MaxConns = workers and a warm-up before it is measured. Without --database-url or DATABASE_URL
+a throwaway PostgreSQL is started (max_connections 200, shared_buffers 512MB; fsync off unless
+--fsync). On a given database everything is created in schema oauthstore_bench, which the run
+drops at the end.
+
+Flags:
+`
+
+func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("bench", stderr)
+	url := databaseURLFlag(fs)
+	var opts bench.Options
+	fs.DurationVar(&opts.Duration, "duration", bench.DefaultDuration, "measured time of each cell")
+	fs.DurationVar(&opts.Warmup, "warmup", bench.DefaultWarmup, "warm-up of each cell before it is measured")
+	workers := fs.String("workers", "1,8,32", "comma-separated worker counts (with --scale: default 1,8)")
+	variants := fs.String("variants", "a,b,c", "comma-separated variants to measure (with --scale: default a,b)")
+	fs.IntVar(&opts.Rows, "rows", bench.DefaultRows, "live token families preloaded before measuring (COPY)")
+	fs.StringVar(&opts.Client, "client", bench.DefaultClient, "client_id of the rotated families (the default is one of the preloaded families' 100 clients)")
+	fs.BoolVar(&opts.Scale, "scale", false, "measure a and b at 1 and 8 workers at each of --scale-rows preloaded families")
+	scaleRows := fs.String("scale-rows", "10000,1000000,10000000", "ascending preloaded family counts of --scale")
+	fs.BoolVar(&opts.Fsync, "fsync", false, "keep fsync, synchronous_commit and full_page_writes on the throwaway cluster")
+	fs.BoolVar(&opts.Explain, "explain", false, "append the executed plans of RefreshTokenRotate (auto_explain, ANALYZE, BUFFERS)")
+	fs.StringVar(&opts.CPUProfile, "cpuprofile", "", "write a Go CPU profile of variant a's measured window to `file`")
+	fs.IntVar(&opts.ProfileWorkers, "profile-workers", bench.DefaultProfileWorkers, "worker count of the cell --cpuprofile profiles")
+	fs.DurationVar(&opts.WaitIdle, "wait-idle", 0, "on a shared machine: before each cell wait up to this long for other processes to go idle, and re-measure (twice at most) a cell they disturbed")
+	fs.BoolVar(&opts.JSON, "json", false, "write the report as JSON")
+	fs.Usage = func() {
+		fmt.Fprint(fs.Output(), benchUsage)
+		fs.PrintDefaults()
+	}
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return usageError{fmt.Sprintf("bench: unexpected argument %q", fs.Arg(0))}
+	}
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	var err error
+	if set["workers"] || !opts.Scale {
+		if opts.Workers, err = intList("workers", *workers); err != nil {
+			return err
+		}
+	}
+	if set["variants"] || !opts.Scale {
+		opts.Variants = strings.Split(*variants, ",")
+	}
+	if opts.ScaleRows, err = intList("scale-rows", *scaleRows); err != nil {
+		return err
+	}
+	opts.DatabaseURL = *url
+	opts.Progress = stderr
+	return bench.Run(ctx, opts, stdout)
+}
+
+func intList(name, s string) ([]int, error) {
+	var out []int
+	for f := range strings.SplitSeq(s, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || n < 0 {
+			return nil, usageError{fmt.Sprintf("--%s: %q is not a list of counts", name, s)}
+		}
+		out = append(out, n)
+	}
+	return out, nil
+}

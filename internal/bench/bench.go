@@ -1,0 +1,250 @@
+// Package bench measures refresh-token rotation under load: operations per second and latency
+// percentiles of three ways to rotate, at several worker counts, against one PostgreSQL cluster.
+//
+//	a  repository.Store.Rotate, as a service calls it: token decoding, HMAC digests and minting of
+//	   the successor included; one statement (RefreshTokenRotate).
+//	b  the same statement sent raw through pgx (db.Queries.RefreshTokenRotate) with digests
+//	   computed beforehand: the physical limit of the single-statement design.
+//	c  a conventional transaction doing the same rotation in five statements (SELECT … FOR UPDATE,
+//	   two UPDATEs, INSERT, COMMIT) on the same tables and digests as b.
+//
+// Every worker rotates families of its own, so workers never wait on each other's row locks: the
+// numbers are throughput and latency, not contention. The command is `oauthstore bench`.
+package bench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"slices"
+	"time"
+)
+
+// Variant names.
+const (
+	VariantStore       = "a" // repository.Store.Rotate
+	VariantRaw         = "b" // the generated statement with precomputed digests
+	VariantTransaction = "c" // BEGIN; SELECT … FOR UPDATE; UPDATE; UPDATE; INSERT; COMMIT
+)
+
+var variantDescriptions = map[string]string{
+	VariantStore:       "Store.Rotate (mint + HMAC + one statement)",
+	VariantRaw:         "RefreshTokenRotate raw via pgx, precomputed digests",
+	VariantTransaction: "multi-statement transaction (6 round trips)",
+}
+
+// Defaults of Options.
+const (
+	DefaultDuration       = 5 * time.Second
+	DefaultWarmup         = time.Second
+	DefaultRows           = 10_000
+	DefaultProfileWorkers = 8
+	DefaultClient         = "client-000" // a client of the preloaded families
+	// FamiliesPerWorker is how many families each worker rotates in turn.
+	FamiliesPerWorker = 8
+	// SchemaName is the schema the benchmark creates its tables in (and drops afterwards on a
+	// database it did not start), so that it never touches the tables of the database's owner.
+	SchemaName = "oauthstore_bench"
+)
+
+// Defaults of the worker counts, row counts and variants.
+var (
+	DefaultWorkers      = []int{1, 8, 32}
+	DefaultScaleWorkers = []int{1, 8}
+	DefaultScaleRows    = []int{10_000, 1_000_000, 10_000_000}
+	DefaultVariants     = []string{VariantStore, VariantRaw, VariantTransaction}
+	DefaultScaleVar     = []string{VariantStore, VariantRaw}
+)
+
+// Options configure a run. Zero values take the defaults above.
+type Options struct {
+	// DatabaseURL is the database to run against. Empty: a throwaway cluster is started from the
+	// machine's PostgreSQL server binaries (max_connections 200, shared_buffers 512MB).
+	DatabaseURL string
+	// Fsync keeps the throwaway cluster's durability (fsync, synchronous_commit,
+	// full_page_writes); off by default. It has no effect on DatabaseURL.
+	Fsync bool
+	// Duration is the measured time of each cell (variant × worker count), after Warmup.
+	Duration time.Duration
+	Warmup   time.Duration
+	// Workers are the worker counts; each cell uses a pool with MaxConns = workers.
+	Workers []int
+	// Variants to measure, from "a", "b", "c".
+	Variants []string
+	// Client is the client_id of the rotated families. The default is one of the 100 clients of
+	// the preloaded families, so that the statistics know it as a planner would in production; a
+	// name absent from the preload shows the plan a client unknown to the statistics gets.
+	Client string
+	// Rows is the number of live token families preloaded before measuring (ignored with Scale).
+	Rows int
+	// Scale measures at each of ScaleRows preloaded families instead, growing the same tables.
+	Scale     bool
+	ScaleRows []int
+	// Explain appends EXPLAIN (ANALYZE, BUFFERS) of the rotating statement, custom and generic
+	// plan, taken on the loaded tables after the measurements.
+	Explain bool
+	// CPUProfile, when set, receives a Go CPU profile of variant a's measured window at
+	// ProfileWorkers workers.
+	CPUProfile     string
+	ProfileWorkers int
+	// WaitIdle, when positive, waits before each cell until processes other than the server and
+	// the benchmark use less than IdleCores (at most WaitIdle), and measures a cell again, up to
+	// twice, when other load took more than ContendedCores during it: for machines shared with
+	// other work. It has an effect only where the server's processes can be seen (/proc).
+	WaitIdle time.Duration
+	// JSON writes the report as JSON instead of tables.
+	JSON bool
+	// Progress receives progress lines; nil discards them.
+	Progress io.Writer
+}
+
+func (o *Options) setDefaults() error {
+	if o.Duration == 0 {
+		o.Duration = DefaultDuration
+	}
+	if o.Warmup == 0 {
+		o.Warmup = DefaultWarmup
+	}
+	if o.Rows == 0 {
+		o.Rows = DefaultRows
+	}
+	if o.Client == "" {
+		o.Client = DefaultClient
+	}
+	if o.ProfileWorkers == 0 {
+		o.ProfileWorkers = DefaultProfileWorkers
+	}
+	if len(o.Workers) == 0 {
+		o.Workers = DefaultWorkers
+		if o.Scale {
+			o.Workers = DefaultScaleWorkers
+		}
+	}
+	if len(o.Variants) == 0 {
+		o.Variants = DefaultVariants
+		if o.Scale {
+			o.Variants = DefaultScaleVar
+		}
+	}
+	if len(o.ScaleRows) == 0 {
+		o.ScaleRows = DefaultScaleRows
+	}
+	if o.Progress == nil {
+		o.Progress = io.Discard
+	}
+	switch {
+	case o.Duration < 0 || o.Duration > time.Hour:
+		return errors.New("duration outside 0..1h")
+	case o.Warmup < 0 || o.Warmup > time.Minute:
+		return errors.New("warmup outside 0..1m")
+	case o.Rows < 0 || o.Rows > 100_000_000:
+		return errors.New("rows outside 0..100000000")
+	}
+	for _, w := range o.Workers {
+		if w < 1 || w > 180 {
+			return fmt.Errorf("worker count %d outside 1..180", w)
+		}
+	}
+	for _, v := range o.Variants {
+		if _, ok := variantDescriptions[v]; !ok {
+			return fmt.Errorf("unknown variant %q (want a, b or c)", v)
+		}
+	}
+	if o.Scale {
+		if !slices.IsSorted(o.ScaleRows) {
+			return errors.New("scale row counts must be ascending")
+		}
+		for _, n := range o.ScaleRows {
+			if n < 0 || n > 100_000_000 {
+				return fmt.Errorf("scale row count %d outside 0..100000000", n)
+			}
+		}
+	}
+	return nil
+}
+
+// Run performs the benchmark and writes the report to out.
+func Run(ctx context.Context, opts Options, out io.Writer) (err error) {
+	if err := opts.setDefaults(); err != nil {
+		return err
+	}
+	started := time.Now()
+	e, err := openEnv(ctx, opts)
+	if err != nil {
+		return err
+	}
+	defer func() { err = errors.Join(err, e.close(context.WithoutCancel(ctx))) }()
+
+	rep := &Report{
+		Config:      reportConfig(opts),
+		Environment: e.info,
+	}
+	sizes := []int{opts.Rows}
+	if opts.Scale {
+		sizes = opts.ScaleRows
+	}
+	var fx *fixture
+	loaded := 0
+	for _, size := range sizes {
+		if size > loaded {
+			ls, err := e.preload(ctx, loaded, size)
+			if err != nil {
+				return err
+			}
+			rep.Loads = append(rep.Loads, ls)
+			loaded = size
+		}
+		if fx == nil || opts.Scale {
+			// The rotated families come after the load. A scale run starts fresh ones at each size,
+			// so that every size starts from families without tombstones.
+			if fx, err = newFixture(ctx, e, opts.Workers, opts.Variants); err != nil {
+				return err
+			}
+		}
+		for _, w := range opts.Workers {
+			for _, v := range opts.Variants {
+				profile := ""
+				if v == VariantStore && w == opts.ProfileWorkers && size == sizes[len(sizes)-1] {
+					profile = opts.CPUProfile
+				}
+				fmt.Fprintf(opts.Progress, "measuring %s at %d workers, %d preloaded families (%s + %s warm-up)…\n",
+					v, w, size, opts.Duration, opts.Warmup)
+				var c Cell
+				for attempt := 0; ; attempt++ {
+					if opts.WaitIdle > 0 {
+						e.waitIdle(ctx, opts.WaitIdle)
+					}
+					c, err = measureCell(ctx, e, fx, v, w, opts.Warmup, opts.Duration, profile)
+					if err != nil {
+						return fmt.Errorf("variant %s, %d workers: %w", v, w, err)
+					}
+					c.Attempts = attempt + 1
+					if opts.WaitIdle == 0 || c.OtherCores <= ContendedCores || attempt == maxContendedRetries {
+						break
+					}
+					fmt.Fprintf(opts.Progress, "  other load took %.2f cores; measuring again\n", c.OtherCores)
+				}
+				c.Rows = size
+				rep.Cells = append(rep.Cells, c)
+				fmt.Fprintf(opts.Progress, "  %.0f ops/s, p50 %s, p99 %s\n", c.OpsPerSec, fmtDur(c.P50), fmtDur(c.P99))
+			}
+		}
+	}
+	rep.computeRatios()
+	if opts.Scale {
+		rep.computeScale(sizes[0])
+	}
+	if opts.Explain {
+		ex, err := explainRotate(ctx, e, fx, loaded)
+		if err != nil {
+			return fmt.Errorf("explain: %w", err)
+		}
+		rep.Explain = ex
+	}
+	rep.TotalSeconds = time.Since(started).Seconds()
+	if opts.JSON {
+		return rep.writeJSON(out)
+	}
+	return rep.writeText(out)
+}

@@ -1,0 +1,98 @@
+package bench
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/oauthstore/oauthstore/internal/pgtemp"
+)
+
+func TestPercentile_NearestRank(t *testing.T) {
+	var d []time.Duration
+	for i := 1; i <= 1000; i++ {
+		d = append(d, time.Duration(i))
+	}
+	for _, c := range []struct {
+		q    float64
+		want time.Duration
+	}{{0.5, 500}, {0.99, 990}, {0.999, 999}, {1, 1000}, {0, 1}} {
+		if got := percentile(d, c.q); got != c.want {
+			t.Errorf("percentile(%v) = %v, want %v", c.q, got, c.want)
+		}
+	}
+	if got := percentile(nil, 0.5); got != 0 {
+		t.Errorf("percentile of nothing = %v", got)
+	}
+	if got := percentile([]time.Duration{7}, 0.999); got != 7 {
+		t.Errorf("percentile of one = %v", got)
+	}
+}
+
+func TestTrimQueryText(t *testing.T) {
+	msg := "duration: 0.1 ms  plan:\nQuery Text: -- name: X\nWITH a AS (\n  SELECT 1\n)\nNested Loop  (cost=1..2 rows=1 width=1) (actual time=0..0 rows=1 loops=1)\n  ->  Seq Scan (cost=0..1 rows=1 width=1)"
+	got := trimQueryText(msg)
+	want := "duration: 0.1 ms  plan:\nNested Loop  (cost=1..2 rows=1 width=1) (actual time=0..0 rows=1 loops=1)\n  ->  Seq Scan (cost=0..1 rows=1 width=1)"
+	if got != want {
+		t.Errorf("trimQueryText:\n%s\nwant:\n%s", got, want)
+	}
+}
+
+func TestOptions_Refused(t *testing.T) {
+	for _, o := range []Options{
+		{Workers: []int{0}},
+		{Variants: []string{"d"}},
+		{Scale: true, ScaleRows: []int{10, 5}},
+		{Rows: -1},
+	} {
+		if err := o.setDefaults(); err == nil {
+			t.Errorf("%+v accepted", o)
+		}
+	}
+}
+
+// TestRun_Smoke runs every variant briefly against a throwaway cluster and checks the report.
+func TestRun_Smoke(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts PostgreSQL")
+	}
+	if _, err := pgtemp.FindBinDir(); errors.Is(err, pgtemp.ErrNoServerBinaries) {
+		t.Skip(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	var out bytes.Buffer
+	err := Run(ctx, Options{
+		Duration: 300 * time.Millisecond,
+		Warmup:   100 * time.Millisecond,
+		Workers:  []int{1, 2},
+		Rows:     2_000,
+		Explain:  true,
+		JSON:     true,
+	}, &out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rep Report
+	if err := json.Unmarshal(out.Bytes(), &rep); err != nil {
+		t.Fatalf("report is not JSON: %v", err)
+	}
+	if len(rep.Cells) != 6 {
+		t.Fatalf("%d cells, want 6", len(rep.Cells))
+	}
+	for _, c := range rep.Cells {
+		if c.Ops == 0 || c.OpsPerSec <= 0 || c.P50 <= 0 || c.P50 > c.P99 || c.P99 > c.P999 || c.P999 > c.Max {
+			t.Errorf("implausible cell %+v", c)
+		}
+	}
+	if len(rep.Ratios) != 2 || rep.Ratios[0].StoreOverRaw <= 0 || rep.Ratios[0].StoreOverConv <= 0 {
+		t.Errorf("ratios %+v", rep.Ratios)
+	}
+	if rep.Explain == nil || !strings.Contains(rep.Explain.Custom, "oauth_refresh_token") || !strings.Contains(rep.Explain.Generic, "$1") {
+		t.Errorf("explain %+v", rep.Explain)
+	}
+}

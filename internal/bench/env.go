@@ -1,0 +1,171 @@
+package bench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"runtime"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/oauthstore/oauthstore/internal/pgtemp"
+	"github.com/oauthstore/oauthstore/schema"
+)
+
+// env is the database under test: where it is, how to make pools on it, and how to let go of it.
+type env struct {
+	opts    Options
+	url     string
+	cluster *pgtemp.Cluster // nil on a database given by URL
+	admin   *pgxpool.Pool   // loading, seeding, ANALYZE, EXPLAIN
+	info    Environment
+	created bool // this run created SchemaName, so it drops it
+	// serverPID is the postmaster's PID when the server runs on this machine and its data
+	// directory is readable; 0 otherwise. It lets the report tell server CPU from other load.
+	serverPID int
+}
+
+// Environment describes the machine and the server, for the report.
+type Environment struct {
+	Database      string            `json:"database"`
+	ServerVersion string            `json:"server_version"`
+	Settings      map[string]string `json:"settings"`
+	GoVersion     string            `json:"go_version"`
+	GOOS          string            `json:"goos"`
+	GOARCH        string            `json:"goarch"`
+	NumCPU        int               `json:"num_cpu"`
+	GOMAXPROCS    int               `json:"gomaxprocs"`
+}
+
+// throwawaySettings are the server settings of the cluster the benchmark starts itself.
+var throwawaySettings = map[string]string{
+	"max_connections": "200",
+	"shared_buffers":  "512MB",
+}
+
+func openEnv(ctx context.Context, opts Options) (_ *env, err error) {
+	e := &env{opts: opts, url: opts.DatabaseURL}
+	defer func() {
+		if err != nil {
+			err = errors.Join(err, e.close(context.WithoutCancel(ctx)))
+		}
+	}()
+	e.info.Database = "DATABASE_URL / --database-url, schema " + SchemaName
+	if e.url == "" {
+		began := time.Now()
+		fmt.Fprintln(opts.Progress, "starting a throwaway PostgreSQL…")
+		c, err := pgtemp.Start(ctx, pgtemp.Options{Fsync: opts.Fsync, Settings: throwawaySettings})
+		if err != nil {
+			return nil, err
+		}
+		e.cluster, e.url = c, c.URL("postgres")
+		e.info.Database = fmt.Sprintf("throwaway cluster (pgtemp, unix socket), started in %s",
+			time.Since(began).Round(time.Millisecond))
+	}
+	// The schema is created on a pool without the search path, then every pool uses it.
+	boot, err := pgx.Connect(ctx, e.url)
+	if err != nil {
+		return nil, fmt.Errorf("connect: %w", err)
+	}
+	defer boot.Close(context.WithoutCancel(ctx))
+	var exists bool
+	if err := boot.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)`, SchemaName).Scan(&exists); err != nil {
+		return nil, err
+	}
+	if exists {
+		return nil, fmt.Errorf("schema %s already exists (left by an interrupted run?); drop it or use another database", SchemaName)
+	}
+	if _, err := boot.Exec(ctx, "CREATE SCHEMA "+SchemaName); err != nil {
+		return nil, fmt.Errorf("create schema %s: %w", SchemaName, err)
+	}
+	e.created = true
+	e.admin, err = e.pool(ctx, 4, 0)
+	if err != nil {
+		return nil, err
+	}
+	fmt.Fprintln(opts.Progress, "migrating…")
+	if err := schema.Migrate(ctx, e.admin); err != nil {
+		return nil, err
+	}
+	if err := e.describe(ctx); err != nil {
+		return nil, err
+	}
+	var dataDir string
+	if e.admin.QueryRow(ctx, "SHOW data_directory").Scan(&dataDir) == nil {
+		e.serverPID = postmasterPID(dataDir)
+	}
+	return e, nil
+}
+
+// pool returns a pool on the benchmark's schema. Every variant uses the same settings.
+func (e *env) pool(ctx context.Context, maxConns, minConns int) (*pgxpool.Pool, error) {
+	cfg, err := pgxpool.ParseConfig(e.url)
+	if err != nil {
+		return nil, err
+	}
+	cfg.MaxConns = int32(maxConns)
+	cfg.MinConns = int32(minConns)
+	cfg.ConnConfig.RuntimeParams["search_path"] = SchemaName
+	cfg.ConnConfig.RuntimeParams["application_name"] = "oauthstore-bench"
+	p, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
+	if err := p.Ping(ctx); err != nil {
+		p.Close()
+		return nil, fmt.Errorf("connect: %w", err)
+	}
+	return p, nil
+}
+
+func (e *env) describe(ctx context.Context) error {
+	e.info.GoVersion = runtime.Version()
+	e.info.GOOS, e.info.GOARCH = runtime.GOOS, runtime.GOARCH
+	e.info.NumCPU = runtime.NumCPU()
+	e.info.GOMAXPROCS = runtime.GOMAXPROCS(0)
+	if err := e.admin.QueryRow(ctx, `SELECT current_setting('server_version')`).Scan(&e.info.ServerVersion); err != nil {
+		return err
+	}
+	e.info.Settings = map[string]string{}
+	rows, err := e.admin.Query(ctx, `SELECT name, setting || coalesce(unit, '') FROM pg_settings
+		WHERE name = ANY($1) ORDER BY name`, []string{
+		"fsync", "synchronous_commit", "full_page_writes", "shared_buffers", "max_connections",
+		"max_wal_size", "work_mem", "autovacuum", "jit", "plan_cache_mode", "wal_level",
+	})
+	if err != nil {
+		return err
+	}
+	for rows.Next() {
+		var k, v string
+		if err := rows.Scan(&k, &v); err != nil {
+			return err
+		}
+		e.info.Settings[k] = v
+	}
+	return rows.Err()
+}
+
+// close drops the benchmark's schema on a database it was given, and stops a throwaway cluster.
+func (e *env) close(ctx context.Context) error {
+	var errs []error
+	if e.admin != nil {
+		e.admin.Close()
+	}
+	if e.cluster != nil {
+		errs = append(errs, e.cluster.Stop())
+	} else if e.created {
+		ctx, cancel := context.WithTimeout(ctx, 10*time.Minute)
+		defer cancel()
+		if conn, err := pgx.Connect(ctx, e.url); err != nil {
+			errs = append(errs, fmt.Errorf("drop schema %s: %w", SchemaName, err))
+		} else {
+			if _, err := conn.Exec(ctx, "DROP SCHEMA IF EXISTS "+SchemaName+" CASCADE"); err != nil {
+				errs = append(errs, fmt.Errorf("drop schema %s: %w", SchemaName, err))
+			}
+			errs = append(errs, conn.Close(ctx))
+		}
+	}
+	return errors.Join(errs...)
+}

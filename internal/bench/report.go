@@ -1,0 +1,276 @@
+package bench
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"runtime"
+	"strings"
+	"text/tabwriter"
+	"time"
+)
+
+// Targets the report checks.
+const (
+	TargetStoreOverRaw         = 0.85 // a/b at 1 and 8 workers
+	TargetStoreOverTransaction = 3.0  // a/c at 1 worker
+)
+
+// Report is everything a run found.
+type Report struct {
+	Config       Config         `json:"config"`
+	Environment  Environment    `json:"environment"`
+	Loads        []LoadStat     `json:"loads"`
+	Cells        []Cell         `json:"cells"`
+	Ratios       []Ratio        `json:"ratios"`
+	Scale        []ScalePoint   `json:"scale,omitempty"`
+	Explain      *ExplainResult `json:"explain,omitempty"`
+	TotalSeconds float64        `json:"total_seconds"`
+}
+
+// Config echoes the options of the run.
+type Config struct {
+	DurationSeconds float64  `json:"duration_seconds"`
+	WarmupSeconds   float64  `json:"warmup_seconds"`
+	Workers         []int    `json:"workers"`
+	Variants        []string `json:"variants"`
+	Rows            []int    `json:"preloaded_families"`
+	Scale           bool     `json:"scale"`
+	Fsync           bool     `json:"fsync"`
+	FamiliesPerWkr  int      `json:"families_per_worker"`
+	Client          string   `json:"client_id"`
+	WaitIdleSeconds float64  `json:"wait_idle_seconds"`
+}
+
+// Ratio compares the throughput of a with b and c at one worker count and table size.
+type Ratio struct {
+	Workers       int     `json:"workers"`
+	Rows          int     `json:"preloaded_families"`
+	StoreOverRaw  float64 `json:"a_over_b,omitempty"`
+	StoreOverConv float64 `json:"a_over_c,omitempty"`
+}
+
+// ScalePoint is one cell of a scale run with its latency relative to the smallest table.
+type ScalePoint struct {
+	Variant   string        `json:"variant"`
+	Workers   int           `json:"workers"`
+	Rows      int           `json:"preloaded_families"`
+	OpsPerSec float64       `json:"ops_per_sec"`
+	P50       time.Duration `json:"p50_ns"`
+	P99       time.Duration `json:"p99_ns"`
+	P50Growth float64       `json:"p50_growth"`
+	P99Growth float64       `json:"p99_growth"`
+	OpsGrowth float64       `json:"ops_growth"`
+}
+
+func reportConfig(o Options) Config {
+	c := Config{
+		DurationSeconds: o.Duration.Seconds(),
+		WarmupSeconds:   o.Warmup.Seconds(),
+		Workers:         o.Workers,
+		Variants:        o.Variants,
+		Rows:            []int{o.Rows},
+		Scale:           o.Scale,
+		Fsync:           o.Fsync,
+		FamiliesPerWkr:  FamiliesPerWorker,
+		Client:          o.Client,
+		WaitIdleSeconds: o.WaitIdle.Seconds(),
+	}
+	if o.Scale {
+		c.Rows = o.ScaleRows
+	}
+	return c
+}
+
+func (r *Report) cell(v string, w, rows int) *Cell {
+	for i := range r.Cells {
+		c := &r.Cells[i]
+		if c.Variant == v && c.Workers == w && c.Rows == rows {
+			return c
+		}
+	}
+	return nil
+}
+
+func (r *Report) computeRatios() {
+	seen := map[[2]int]bool{}
+	for _, c := range r.Cells {
+		k := [2]int{c.Rows, c.Workers}
+		if seen[k] {
+			continue
+		}
+		seen[k] = true
+		a := r.cell(VariantStore, c.Workers, c.Rows)
+		if a == nil {
+			continue
+		}
+		ra := Ratio{Workers: c.Workers, Rows: c.Rows}
+		if b := r.cell(VariantRaw, c.Workers, c.Rows); b != nil {
+			ra.StoreOverRaw = a.OpsPerSec / b.OpsPerSec
+		}
+		if cc := r.cell(VariantTransaction, c.Workers, c.Rows); cc != nil {
+			ra.StoreOverConv = a.OpsPerSec / cc.OpsPerSec
+		}
+		r.Ratios = append(r.Ratios, ra)
+	}
+}
+
+func (r *Report) computeScale(baseRows int) {
+	for _, c := range r.Cells {
+		base := r.cell(c.Variant, c.Workers, baseRows)
+		if base == nil {
+			continue
+		}
+		r.Scale = append(r.Scale, ScalePoint{
+			Variant: c.Variant, Workers: c.Workers, Rows: c.Rows,
+			OpsPerSec: c.OpsPerSec, P50: c.P50, P99: c.P99,
+			P50Growth: float64(c.P50) / float64(base.P50),
+			P99Growth: float64(c.P99) / float64(base.P99),
+			OpsGrowth: c.OpsPerSec / base.OpsPerSec,
+		})
+	}
+}
+
+func (r *Report) writeJSON(out io.Writer) error {
+	enc := json.NewEncoder(out)
+	enc.SetIndent("", "  ")
+	return enc.Encode(r)
+}
+
+func (r *Report) writeText(out io.Writer) error {
+	env := r.Environment
+	fmt.Fprintf(out, "oauthstore bench: refresh-token rotation\n\n")
+	fmt.Fprintf(out, "database   %s\n", env.Database)
+	fmt.Fprintf(out, "server     PostgreSQL %s; %s\n", env.ServerVersion, settingsLine(env.Settings))
+	fmt.Fprintf(out, "client     %s %s/%s, GOMAXPROCS %d, %d CPUs shared by client and server\n",
+		env.GoVersion, env.GOOS, env.GOARCH, env.GOMAXPROCS, env.NumCPU)
+	fmt.Fprintf(out, "cells      %s measured after %s warm-up; pool MaxConns = workers; %d families per worker, client_id %s\n",
+		secs(r.Config.DurationSeconds), secs(r.Config.WarmupSeconds), r.Config.FamiliesPerWkr, r.Config.Client)
+	for _, v := range r.Config.Variants {
+		fmt.Fprintf(out, "variant %s  %s\n", v, variantDescriptions[v])
+	}
+	for _, l := range r.Loads {
+		fmt.Fprintf(out, "load       %d → %d families: COPY %.1fs (%.0f families/s), VACUUM ANALYZE + CHECKPOINT %.1fs; tables %d MB, indexes %d MB\n",
+			l.FromRows, l.ToRows, l.CopySeconds, l.RowsPerSecond, l.AnalyzeSeconds, l.TableBytes>>20, l.IndexBytes>>20)
+	}
+	fmt.Fprintln(out)
+
+	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "families\tvariant\tworkers\tops/s\tp50\tp99\tp999\tmax\tCPU client\tserver\tother\tautovac\tnote\t")
+	contended := false
+	for _, c := range r.Cells {
+		var notes []string
+		if c.OtherCores > ContendedCores {
+			notes, contended = append(notes, "!"), true
+		}
+		if c.Attempts > 1 {
+			notes = append(notes, fmt.Sprintf("attempt %d", c.Attempts))
+		}
+		mark := strings.Join(notes, " ")
+		fmt.Fprintf(tw, "%d\t%s\t%d\t%.0f\t%s\t%s\t%s\t%s\t%.2f\t%s\t%s\t%d\t%s\t\n", c.Rows, c.Variant, c.Workers, c.OpsPerSec,
+			fmtDur(c.P50), fmtDur(c.P99), fmtDur(c.P999), fmtDur(c.Max), c.ClientCores, cores(c.ServerCores), cores(c.OtherCores),
+			c.Autovacuums, mark)
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "(CPU in cores of the %d: client = this process, server = the PostgreSQL processes, other = the rest of the\n"+
+		"machine's busy CPU; autovac = autovacuum/autoanalyze runs on the two tables finished in the window)\n", env.NumCPU)
+	if contended {
+		fmt.Fprintf(out, "! = other load used more than %.2f cores during these cells: their numbers are low by that much CPU\n", ContendedCores)
+	}
+	fmt.Fprintln(out)
+
+	if len(r.Ratios) > 0 {
+		fmt.Fprintln(tw, "families\tworkers\ta/b\ttarget\ta/c\ttarget\t")
+		for _, ra := range r.Ratios {
+			ab, abt := ratioCells(ra.StoreOverRaw, ra.Workers <= 8, TargetStoreOverRaw)
+			ac, act := ratioCells(ra.StoreOverConv, ra.Workers == 1, TargetStoreOverTransaction)
+			fmt.Fprintf(tw, "%d\t%d\t%s\t%s\t%s\t%s\t\n", ra.Rows, ra.Workers, ab, abt, ac, act)
+		}
+		if err := tw.Flush(); err != nil {
+			return err
+		}
+		fmt.Fprintln(out)
+	}
+
+	if len(r.Scale) > 0 {
+		fmt.Fprintln(out, "scale: latency and throughput relative to the smallest table")
+		fmt.Fprintln(tw, "variant\tworkers\tfamilies\tops/s\tp50\tp99\tp50 ×\tp99 ×\tops/s ×\t")
+		for _, v := range r.Config.Variants {
+			for _, w := range r.Config.Workers {
+				for _, s := range r.Scale {
+					if s.Variant == v && s.Workers == w {
+						fmt.Fprintf(tw, "%s\t%d\t%d\t%.0f\t%s\t%s\t%.2f\t%.2f\t%.2f\t\n", s.Variant, s.Workers, s.Rows,
+							s.OpsPerSec, fmtDur(s.P50), fmtDur(s.P99), s.P50Growth, s.P99Growth, s.OpsGrowth)
+					}
+				}
+			}
+		}
+		if err := tw.Flush(); err != nil {
+			return err
+		}
+		fmt.Fprintln(out)
+	}
+
+	if x := r.Explain; x != nil {
+		fmt.Fprintf(out, "RefreshTokenRotate as executed (auto_explain, ANALYZE, BUFFERS) on %d preloaded families, on a measured\n"+
+			"family with %d tombstones, %d runs per plan mode; statement text sha256 %s…;\n", x.Rows, x.Tombstones, x.Runs, x.StatementSHA256)
+		fmt.Fprintf(out, "median server execution time: custom plan %s, generic plan %s. Last custom plan:\n%s\n\n",
+			fmtDur(x.CustomMedian), fmtDur(x.GenericMedian), x.Custom)
+		fmt.Fprintf(out, "last generic plan (what the prepared statement of a pooled connection may settle on):\n%s\n\n", x.Generic)
+	}
+	fmt.Fprintf(out, "total %s\n", (time.Duration(r.TotalSeconds * float64(time.Second))).Round(time.Second))
+	return nil
+}
+
+// ContendedCores is the CPU of other processes above which a cell is marked as disturbed.
+const ContendedCores = 0.15
+
+func cores(v float64) string {
+	if v < 0 {
+		return "-"
+	}
+	return fmt.Sprintf("%.2f", v)
+}
+
+func ratioCells(v float64, targeted bool, target float64) (string, string) {
+	if v == 0 {
+		return "-", ""
+	}
+	if !targeted {
+		return fmt.Sprintf("%.2f", v), ""
+	}
+	verdict := "met"
+	if v < target {
+		verdict = "MISSED"
+	}
+	return fmt.Sprintf("%.2f", v), fmt.Sprintf("≥ %.2g %s", target, verdict)
+}
+
+func settingsLine(s map[string]string) string {
+	var b strings.Builder
+	for _, k := range []string{"fsync", "synchronous_commit", "full_page_writes", "shared_buffers", "max_connections", "max_wal_size", "jit"} {
+		if v, ok := s[k]; ok {
+			if b.Len() > 0 {
+				b.WriteString(", ")
+			}
+			b.WriteString(k + "=" + v)
+		}
+	}
+	return b.String()
+}
+
+func fmtDur(d time.Duration) string {
+	switch {
+	case d < time.Millisecond:
+		return fmt.Sprintf("%.0fµs", float64(d)/float64(time.Microsecond))
+	case d < time.Second:
+		return fmt.Sprintf("%.2fms", float64(d)/float64(time.Millisecond))
+	}
+	return fmt.Sprintf("%.2fs", d.Seconds())
+}
+
+func secs(s float64) string { return time.Duration(s * float64(time.Second)).String() }
+
+func numCPU() int { return runtime.NumCPU() }
