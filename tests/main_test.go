@@ -131,6 +131,20 @@ func setup(t *testing.T, opts ...setupOptions) *bundle {
 	return b
 }
 
+// setupBench gives a benchmark a database and a store on the database clock.
+func setupBench(tb testing.TB) *bundle {
+	tb.Helper()
+	d := dbtest.NewDB(tb)
+	b := &bundle{ctx: context.Background(), db: d, pool: d.Pool, logs: &syncBuffer{}, pepper: make([]byte, 32)}
+	_, _ = rand.Read(b.pepper)
+	store, err := repository.New(d.Pool, repository.Config{Pepper: b.pepper, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	b.store = store
+	return b
+}
+
 // issue starts a family for client "client-a" and user "user-1".
 func (b *bundle) issue(t *testing.T) *repository.RefreshToken {
 	t.Helper()
