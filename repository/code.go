@@ -325,7 +325,10 @@ func (s *Store) validateChallenge(challenge, method string) error {
 	case challenge == "":
 		return inputError("code_challenge", "missing")
 	case method == PKCEMethodS256:
-		if raw, err := base64.RawURLEncoding.Strict().DecodeString(challenge); err != nil || len(raw) != sha256.Size {
+		// base64url of exactly 32 bytes: 43 characters of the alphabet (the decoder alone would
+		// skip line breaks) with no stray bits in the last one.
+		if raw, err := base64.RawURLEncoding.Strict().DecodeString(challenge); len(challenge) != 43 ||
+			validateThumbprint(challenge) != nil || err != nil || len(raw) != sha256.Size {
 			return inputError("code_challenge", "not a base64url SHA-256 (43 characters)")
 		}
 		return nil
