@@ -34,20 +34,25 @@ func main() {
 	workers := flag.Int("workers", 8, "concurrent rotating workers")
 	batch := flag.Int("batch-size", repository.DefaultCleanupBatchSize, "janitor batch size (families per statement)")
 	pause := flag.Duration("pause", 0, "janitor pause between batches")
+	autovacuum := flag.Bool("autovacuum", true, "leave autovacuum on in the throwaway cluster (off: to see its share of the cost)")
 	baseline := flag.Duration("baseline", 15*time.Second, "length of each phase without the janitor")
 	maxJanitor := flag.Duration("max-janitor", 10*time.Minute, "stop the janitor phase after this long")
 	flag.Parse()
-	if err := run(*tokens, *workers, *batch, *pause, *baseline, *maxJanitor, os.Stdout); err != nil {
+	if err := run(*tokens, *workers, *batch, *pause, *autovacuum, *baseline, *maxJanitor, os.Stdout); err != nil {
 		fmt.Fprintln(os.Stderr, "janitorbench:", err)
 		os.Exit(1)
 	}
 }
 
-func run(tokens, workers, batch int, pause, baseline, maxJanitor time.Duration, out io.Writer) error {
+func run(tokens, workers, batch int, pause time.Duration, autovacuum bool, baseline, maxJanitor time.Duration, out io.Writer) error {
 	ctx := context.Background()
 	url := os.Getenv("DATABASE_URL")
 	if url == "" {
-		c, err := pgtemp.Start(ctx, pgtemp.Options{Settings: map[string]string{"shared_buffers": "512MB"}})
+		settings := map[string]string{"shared_buffers": "512MB"}
+		if !autovacuum {
+			settings["autovacuum"] = "off"
+		}
+		c, err := pgtemp.Start(ctx, pgtemp.Options{Settings: settings})
 		if err != nil {
 			return err
 		}
