@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgtype"
 
 	"github.com/oauthstore/oauthstore/db"
 )
@@ -164,41 +165,41 @@ func (s *Store) RevokeFamilies(ctx context.Context, filter FamilyFilter, reason 
 	if err := validateReason(reason); err != nil {
 		return 0, err
 	}
+	revoked := func(id pgtype.UUID, clientID, userID string) {
+		s.emit(ctx, Event{Kind: EventFamilyRevoked, FamilyID: familyIDString(id), ClientID: clientID, UserID: userID, Reason: reason})
+	}
 	var total int64
 	for {
-		var revoked []revokedFamily
-		var err error
+		var n int
 		if filter.UserID != "" {
-			var rows []db.FamilyRevokeByUserRow
-			rows, err = s.q.FamilyRevokeByUser(ctx, s.db, db.FamilyRevokeByUserParams{
+			rows, err := s.q.FamilyRevokeByUser(ctx, s.db, db.FamilyRevokeByUserParams{
 				UserID: filter.UserID, ClientID: optionalText(filter.ClientID), BatchSize: revokeBatchSize, Now: s.now(), Reason: reason,
 			})
-			for _, r := range rows {
-				revoked = append(revoked, revokedFamily(r))
+			if err != nil {
+				return total, dbError("revoke families", err)
 			}
+			for _, r := range rows {
+				revoked(r.ID, r.ClientID, r.UserID)
+			}
+			n = len(rows)
 		} else {
-			var rows []db.FamilyRevokeByClientRow
-			rows, err = s.q.FamilyRevokeByClient(ctx, s.db, db.FamilyRevokeByClientParams{
+			rows, err := s.q.FamilyRevokeByClient(ctx, s.db, db.FamilyRevokeByClientParams{
 				ClientID: filter.ClientID, BatchSize: revokeBatchSize, Now: s.now(), Reason: reason,
 			})
-			for _, r := range rows {
-				revoked = append(revoked, revokedFamily(r))
+			if err != nil {
+				return total, dbError("revoke families", err)
 			}
+			for _, r := range rows {
+				revoked(r.ID, r.ClientID, r.UserID)
+			}
+			n = len(rows)
 		}
-		if err != nil {
-			return total, dbError("revoke families", err)
-		}
-		total += int64(len(revoked))
-		for _, r := range revoked {
-			s.emit(ctx, Event{Kind: EventFamilyRevoked, FamilyID: familyIDString(r.ID), ClientID: r.ClientID, UserID: r.UserID, Reason: reason})
-		}
-		if len(revoked) < revokeBatchSize {
+		total += int64(n)
+		if n < revokeBatchSize {
 			return total, nil
 		}
 	}
 }
-
-type revokedFamily db.FamilyRevokeByUserRow
 
 // Family is one grant's family of refresh tokens.
 type Family struct {
