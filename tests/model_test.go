@@ -346,7 +346,7 @@ const (
 	rotReplayRevokes
 )
 
-func (m *modelRun) predictRotate(f *mFamily, t *mToken, client, key string, grace bool, scope []string) (error, rotation) {
+func (m *modelRun) predictRotate(f *mFamily, t *mToken, client, key string, grace bool, scope []string) (rotation, error) {
 	now := m.now()
 	wider := false
 	for _, s := range scope {
@@ -354,39 +354,39 @@ func (m *modelRun) predictRotate(f *mFamily, t *mToken, client, key string, grac
 	}
 	switch {
 	case f.deleted:
-		return repository.ErrTokenNotFound, rotRefused
+		return rotRefused, repository.ErrTokenNotFound
 	case client != f.client:
-		return repository.ErrWrongClient, rotRefused
+		return rotRefused, repository.ErrWrongClient
 	case f.key != "" && key != f.key:
-		return repository.ErrSenderMismatch, rotRefused
+		return rotRefused, repository.ErrSenderMismatch
 	case t.consumed:
 		if grace && !f.revoked && t.graceUses < modelGraceReuses && now.Before(t.consumedAt.Add(modelGraceWindow)) {
 			if live := f.live(); live != nil && live.parent == t.n && now.Before(live.expires) {
 				if wider {
-					return repository.ErrInvalidScope, rotRefused
+					return rotRefused, repository.ErrInvalidScope
 				}
-				return nil, rotGraceReuse
+				return rotGraceReuse, nil
 			}
 		}
 		if f.revoked {
-			return repository.ErrReplayDetected, rotRefused
+			return rotRefused, repository.ErrReplayDetected
 		}
-		return repository.ErrReplayDetected, rotReplayRevokes
+		return rotReplayRevokes, repository.ErrReplayDetected
 	case f.revoked:
-		return repository.ErrFamilyRevoked, rotRefused
+		return rotRefused, repository.ErrFamilyRevoked
 	case !now.Before(t.expires):
-		return repository.ErrTokenExpired, rotRefused
+		return rotRefused, repository.ErrTokenExpired
 	case wider:
-		return repository.ErrInvalidScope, rotRefused
+		return rotRefused, repository.ErrInvalidScope
 	}
-	return nil, rotSuccess
+	return rotSuccess, nil
 }
 
 func (m *modelRun) rotate(f *mFamily, t *mToken, client, key string, grace bool, what string) {
 	store, storeName := m.store(grace)
 	ttl := drawTTL(m.rt, "rotation ttl")
 	scope := [...][]string{nil, nil, nil, nil, {"openid"}, {"openid", "admin"}}[rapid.IntRange(0, 5).Draw(m.rt, "scope (0-3 granted, 4 narrower, 5 wider)")]
-	want, kind := m.predictRotate(f, t, client, key, grace, scope)
+	kind, want := m.predictRotate(f, t, client, key, grace, scope)
 	label := fmt.Sprintf("rotate %v t%d (%s) by %s", f, t.n, what, client)
 	if key != f.key {
 		label += fmt.Sprintf(" with key %q", keyName(key))
