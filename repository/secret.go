@@ -57,7 +57,9 @@ func PepperFromEnv() ([]Pepper, error) {
 //
 //	OAUTH_AT_REST_PEPPER=2027-01:Zm9v…,default:YmFy…
 //
-// IDs are 1–32 characters of [A-Za-z0-9._-]. Errors never contain a secret.
+// IDs are 1–32 characters of [A-Za-z0-9._-]. Errors name an entry by its position and never
+// repeat any part of the input: an ID shares the variable with the secrets and may be one of them
+// pasted into the wrong place.
 func ParsePepperRing(s string) ([]Pepper, error) {
 	s = strings.TrimSpace(s)
 	if !strings.Contains(s, ":") {
@@ -75,7 +77,7 @@ func ParsePepperRing(s string) ([]Pepper, error) {
 		}
 		p, err := ParsePepper(value)
 		if err != nil {
-			return nil, fmt.Errorf("pepper ring entry %d (%s): %w", i+1, safeID(id), err)
+			return nil, fmt.Errorf("pepper ring entry %d: %w", i+1, err)
 		}
 		ring = append(ring, Pepper{ID: id, Secret: p})
 	}
@@ -83,15 +85,6 @@ func ParsePepperRing(s string) ([]Pepper, error) {
 		return nil, err
 	}
 	return ring, nil
-}
-
-// safeID returns id for an error message when it is a well-formed pepper ID, and a placeholder
-// otherwise: a malformed entry might be a secret pasted into the wrong place.
-func safeID(id string) string {
-	if validPepperID(id) {
-		return id
-	}
-	return "malformed ID"
 }
 
 func validPepperID(id string) bool {
@@ -111,17 +104,17 @@ func validateRing(ring []Pepper) error {
 	if len(ring) == 0 {
 		return ErrNoPepper
 	}
-	seen := map[string]bool{}
+	seen := map[string]int{}
 	for i, p := range ring {
 		if !validPepperID(p.ID) {
 			return inputError("pepper ring", fmt.Sprintf("entry %d: ID must be 1-32 characters of [A-Za-z0-9._-]", i+1))
 		}
-		if seen[p.ID] {
-			return inputError("pepper ring", "duplicate ID "+p.ID)
+		if first, dup := seen[p.ID]; dup {
+			return inputError("pepper ring", fmt.Sprintf("entries %d and %d have the same ID", first+1, i+1))
 		}
-		seen[p.ID] = true
+		seen[p.ID] = i
 		if len(p.Secret) < MinPepperBytes {
-			return fmt.Errorf("pepper %s: %w", p.ID, ErrPepperTooShort)
+			return fmt.Errorf("pepper ring entry %d: %w", i+1, ErrPepperTooShort)
 		}
 	}
 	return nil
