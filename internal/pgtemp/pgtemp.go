@@ -138,7 +138,14 @@ type Cluster struct {
 	binDir  string
 	logPath string  // "" when Options.Log was set
 	tail    *tailer // nil when the log goes to logPath
-	server  *process
+
+	// What Restart needs to start the server again.
+	cred     *syscall.Credential
+	settings map[string]string
+	logw     io.Writer
+
+	mu     sync.Mutex // guards server
+	server *process
 
 	stopOnce sync.Once
 	stopErr  error
@@ -175,7 +182,7 @@ func Start(ctx context.Context, opts Options) (_ *Cluster, err error) {
 		return nil, err
 	}
 
-	c := &Cluster{port: port, binDir: binDir}
+	c := &Cluster{port: port, binDir: binDir, cred: cred, settings: settings, logw: opts.Log}
 	if err := c.makeDirs(cred); err != nil {
 		return nil, err
 	}
@@ -196,6 +203,45 @@ func Start(ctx context.Context, opts Options) (_ *Cluster, err error) {
 		return nil, err
 	}
 	return c, nil
+}
+
+// Restart stops the server and starts it again on the same data directory and socket, and waits
+// until it accepts connections. Open connections are broken either way.
+//
+// With crash set, the stop is PostgreSQL's immediate shutdown (SIGQUIT to the postmaster): every
+// backend exits at once, nothing is checkpointed and the next start recovers from the WAL, as
+// after a crash of the server. A commit survives it once its WAL has been written, which with the
+// default settings (synchronous_commit off) happens only within wal_writer_delay; set
+// synchronous_commit=on in Options.Settings to test what a client was told. Otherwise the stop is
+// a fast shutdown, as in Stop.
+func (c *Cluster) Restart(ctx context.Context, crash bool) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	path := filepath.Join(c.binDir, "postgres")
+	p := c.server
+	if p == nil {
+		return errors.New("pgtemp: Restart: the server is not running")
+	}
+	select {
+	case <-p.done:
+		return &CommandError{Path: path, Err: exitedUnexpectedly(p.err), Output: c.logTail()}
+	default:
+	}
+	sig := syscall.SIGINT
+	if crash {
+		sig = syscall.SIGQUIT
+	}
+	if err := c.signalAndWait(sig, stopGrace); err != nil {
+		return &CommandError{Path: path, Err: err, Output: c.logTail()}
+	}
+	c.server = nil
+	if err := c.startServer(c.cred, c.settings, c.logw); err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeoutCause(ctx, defaultStartTimeout,
+		fmt.Errorf("restart timeout (%s) exceeded: %w", defaultStartTimeout, context.DeadlineExceeded))
+	defer cancel()
+	return c.waitReady(ctx)
 }
 
 // serverSettings merges the package defaults with opts.Settings and returns
@@ -496,6 +542,8 @@ func (c *Cluster) Stop() error {
 }
 
 func (c *Cluster) shutdown(grace time.Duration) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	var errs []error
 	if p := c.server; p != nil {
 		path := filepath.Join(c.binDir, "postgres")
@@ -525,19 +573,28 @@ func exitedUnexpectedly(err error) error {
 // stopServer requests a fast shutdown and falls back to killing the
 // server's process group after grace.
 func (c *Cluster) stopServer(grace time.Duration) error {
+	err := c.signalAndWait(syscall.SIGINT, grace)
+	if err != nil {
+		return err
+	}
+	if p := c.server; p.err != nil {
+		return fmt.Errorf("shutting down: %w", p.err)
+	}
+	return nil
+}
+
+// signalAndWait sends sig to the postmaster (SIGINT: fast shutdown, roll back transactions,
+// disconnect clients, checkpoint and exit; SIGQUIT: immediate shutdown) and waits until it has
+// exited, killing its process group after grace.
+func (c *Cluster) signalAndWait(sig syscall.Signal, grace time.Duration) error {
 	p := c.server
-	// SIGINT is PostgreSQL's "fast shutdown": roll back transactions,
-	// disconnect clients, checkpoint and exit.
-	if err := p.cmd.Process.Signal(syscall.SIGINT); err != nil && !errors.Is(err, os.ErrProcessDone) {
+	if err := p.cmd.Process.Signal(sig); err != nil && !errors.Is(err, os.ErrProcessDone) {
 		return fmt.Errorf("signalling server: %w", err)
 	}
 	timer := time.NewTimer(grace)
 	defer timer.Stop()
 	select {
 	case <-p.done:
-		if p.err != nil {
-			return fmt.Errorf("shutting down: %w", p.err)
-		}
 		return nil
 	case <-timer.C:
 	}

@@ -345,3 +345,61 @@ func TestHelperStartAndHang(t *testing.T) {
 	time.Sleep(time.Minute)
 	t.Fatal("helper was not killed")
 }
+
+func TestRestart_CrashRecoversCommittedDataOnTheSameSocket(t *testing.T) {
+	t.Parallel()
+	var log bytes.Buffer
+	var logMu sync.Mutex
+	c := start(t, Options{Settings: map[string]string{"synchronous_commit": "on"}, Log: lockedWriter{&logMu, &log}})
+	ctx := t.Context()
+	conn, err := pgx.Connect(ctx, c.ConnString("postgres"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := conn.Exec(ctx, "CREATE TABLE t (n int); INSERT INTO t SELECT generate_series(1, 1000)"); err != nil {
+		t.Fatal(err)
+	}
+	pid := c.server.cmd.Process.Pid
+
+	if err := c.Restart(ctx, true); err != nil {
+		t.Fatalf("Restart(crash): %v", err)
+	}
+	if err := conn.Ping(ctx); err == nil {
+		t.Fatal("a connection opened before the crash still works")
+	}
+	conn.Close(context.Background())
+	if alive(pid) {
+		t.Fatalf("the old postmaster %d is still running", pid)
+	}
+	after := connect(t, c.ConnString("postgres"))
+	var n int
+	if err := after.QueryRow(ctx, "SELECT count(*) FROM t").Scan(&n); err != nil || n != 1000 {
+		t.Fatalf("after the crash: %d rows, %v; want 1000", n, err)
+	}
+	logMu.Lock()
+	text := log.String()
+	logMu.Unlock()
+	if !strings.Contains(text, "immediate shutdown request") || !strings.Contains(text, "automatic recovery in progress") {
+		t.Fatalf("the server log shows no immediate shutdown followed by crash recovery:\n%s", text)
+	}
+
+	// A fast restart keeps the data as well and needs no recovery.
+	if err := c.Restart(ctx, false); err != nil {
+		t.Fatalf("Restart: %v", err)
+	}
+	again := connect(t, c.ConnString("postgres"))
+	if err := again.QueryRow(ctx, "SELECT count(*) FROM t").Scan(&n); err != nil || n != 1000 {
+		t.Fatalf("after the fast restart: %d rows, %v; want 1000", n, err)
+	}
+}
+
+type lockedWriter struct {
+	mu *sync.Mutex
+	w  *bytes.Buffer
+}
+
+func (l lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
+}
