@@ -1,0 +1,428 @@
+package tests
+
+import (
+	"context"
+	crand "crypto/rand"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/oauthstore/oauthstore/internal/pgtemp"
+	"github.com/oauthstore/oauthstore/repository"
+	"github.com/oauthstore/oauthstore/schema"
+)
+
+// Fault injection under load. Eight workers rotate their families' tokens, exchange codes, create
+// short-lived credentials and run cleanup, while backends are terminated, contexts cancelled or the
+// server crashes and restarts. A worker whose rotation fails for a reason other than a verdict on
+// the token (ErrorCode "server_error") does not know whether it committed, and does what a client
+// whose response was lost does: it presents the same token again, which the grace window accepts
+// in either case. Afterwards the database must agree with everything the callers were told.
+
+// faultFamily is a family a worker holds: the last token the store handed it.
+type faultFamily struct {
+	id        string
+	token     repository.Secret
+	rotations int // rotations the store acknowledged
+}
+
+type faultCounts struct {
+	rotations, rotateFaults, exchanges, exchangeFaults, unknownExchanges, cleanups, cleanupFaults, other, otherFaults atomic.Int64
+}
+
+type faultRun struct {
+	b      *bundle
+	store  *repository.Store
+	cancel func() bool // whether to cancel an operation's context at a random moment
+	counts faultCounts
+	graces atomic.Int64 // grace reuses the store reported
+
+	mu   sync.Mutex
+	held []*faultFamily
+}
+
+// newFaultRun gives the workload a store on b's pool with the longest grace window, so that a
+// rotation whose outcome a fault hid can always be retried.
+func newFaultRun(t *testing.T, b *bundle, cancel func() bool) *faultRun {
+	r := &faultRun{b: b, cancel: cancel}
+	store, err := repository.New(b.pool, repository.Config{
+		Pepper: b.pepper, GraceWindow: repository.MaxGraceWindow, GraceMaxReuses: repository.MaxGraceReuses,
+		Logger: slog.New(slog.NewJSONHandler(b.logs, nil)),
+		OnEvent: func(_ context.Context, e repository.Event) {
+			if e.Kind == repository.EventGraceReuse {
+				r.graces.Add(1)
+			}
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.store = store
+	return r
+}
+
+// isFault reports whether err is not a verdict on the request but a failure to reach one.
+func isFault(err error) bool { return repository.ErrorCode(err) == "server_error" }
+
+// opContext is the context of one operation: the run's, cancelled at a random moment when the
+// run's cancel says so.
+func (r *faultRun) opContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithCancel(ctx)
+	if r.cancel != nil && r.cancel() {
+		time.AfterFunc(time.Duration(rand.IntN(3000))*time.Microsecond, cancel)
+	}
+	return ctx, cancel
+}
+
+// run runs the workers until ctx is done. A verdict the workload does not expect fails the test.
+func (r *faultRun) run(t *testing.T, ctx context.Context, workers int) {
+	var wg sync.WaitGroup
+	for w := range workers {
+		wg.Go(func() {
+			var own []*faultFamily
+			for ctx.Err() == nil {
+				if len(own) < 4 {
+					if f := r.issue(t, ctx, 24*time.Hour); f != nil {
+						own = append(own, f)
+					}
+					continue
+				}
+				var err error
+				switch op := rand.IntN(10); {
+				case op < 6:
+					err = r.rotate(t, ctx, own[rand.IntN(len(own))])
+				case op < 8:
+					var f *faultFamily
+					if f, err = r.exchange(t, ctx); f != nil && len(own) < 12 {
+						own = append(own, f)
+					}
+				case op < 9:
+					err = r.shortLived(ctx)
+				default:
+					err = r.cleanup(ctx)
+				}
+				if err != nil {
+					t.Errorf("worker %d: %v", w, err)
+					return
+				}
+			}
+			r.mu.Lock()
+			r.held = append(r.held, own...)
+			r.mu.Unlock()
+		})
+	}
+	wg.Wait()
+}
+
+// issue starts a family; a fault leaves nothing the worker holds, and it tries again later.
+func (r *faultRun) issue(t *testing.T, ctx context.Context, ttl time.Duration) *faultFamily {
+	opCtx, cancel := r.opContext(ctx)
+	defer cancel()
+	tok, err := r.store.Issue(opCtx, repository.IssueRequest{ClientID: "client-a", UserID: "user-1", Scope: []string{"openid"}, TTL: ttl})
+	if err != nil {
+		if !isFault(err) {
+			t.Errorf("issue: %v", err)
+		}
+		r.counts.otherFaults.Add(1)
+		backoff(ctx)
+		return nil
+	}
+	r.b.remember(tok.Token)
+	r.counts.other.Add(1)
+	return &faultFamily{id: tok.FamilyID, token: tok.Token}
+}
+
+// rotate rotates f's token, presenting the same token again after every fault until the store
+// answers. Any verdict but success is an error: the token was the last one acknowledged.
+func (r *faultRun) rotate(t *testing.T, ctx context.Context, f *faultFamily) error {
+	for attempt := 0; ; attempt++ {
+		opCtx, cancel := r.opContext(ctx)
+		if attempt > 0 {
+			cancel()
+			// Retries run to completion unless a fault hits them, so that the run ends.
+			opCtx, cancel = context.WithTimeout(context.Background(), 5*time.Second)
+		}
+		next, err := r.store.Rotate(opCtx, repository.RotateRequest{Token: f.token.Reveal(), ClientID: "client-a"})
+		cancel()
+		if err == nil {
+			r.b.remember(next.Token)
+			f.token = next.Token
+			f.rotations++
+			r.counts.rotations.Add(1)
+			return nil
+		}
+		if !isFault(err) {
+			return fmt.Errorf("rotation of family %s after %d faults: %w", f.id, attempt, err)
+		}
+		r.counts.rotateFaults.Add(1)
+		if attempt > 2000 {
+			return fmt.Errorf("rotation of family %s: still failing after %d attempts: %w", f.id, attempt, err)
+		}
+		time.Sleep(time.Duration(5+rand.IntN(10)) * time.Millisecond)
+	}
+}
+
+// exchange creates a code and exchanges it once. A fault during the exchange leaves its outcome
+// unknown to the worker, which does not present the code again: that would be a replay.
+func (r *faultRun) exchange(t *testing.T, ctx context.Context) (*faultFamily, error) {
+	verifier, challenge := pkce(t)
+	code, err := r.store.CreateCode(ctx, repository.CodeRequest{
+		ClientID: "client-a", UserID: "user-1", RedirectURI: redirectURI, Scope: []string{"openid"},
+		CodeChallenge: challenge, CodeChallengeMethod: "S256",
+	})
+	if err != nil {
+		if !isFault(err) {
+			return nil, fmt.Errorf("create code: %w", err)
+		}
+		r.counts.otherFaults.Add(1)
+		backoff(ctx)
+		return nil, nil
+	}
+	r.b.remember(code.Code)
+	opCtx, cancel := r.opContext(ctx)
+	defer cancel()
+	got, err := r.store.Exchange(opCtx, repository.ExchangeRequest{Code: code.Code.Reveal(), ClientID: "client-a", RedirectURI: redirectURI, CodeVerifier: verifier})
+	if err != nil {
+		if !isFault(err) {
+			return nil, fmt.Errorf("exchange: %w", err)
+		}
+		r.counts.exchangeFaults.Add(1)
+		r.counts.unknownExchanges.Add(1)
+		backoff(ctx)
+		return nil, nil
+	}
+	r.b.remember(got.Token)
+	r.counts.exchanges.Add(1)
+	return &faultFamily{id: got.FamilyID, token: got.Token}, nil
+}
+
+// shortLived creates a state and a family that expire within a second, for cleanup to remove.
+func (r *faultRun) shortLived(ctx context.Context) error {
+	opCtx, cancel := r.opContext(ctx)
+	defer cancel()
+	st, err := r.store.CreateState(opCtx, repository.StateRequest{ClientID: "client-a", RedirectURI: redirectURI, TTL: time.Second})
+	if err == nil {
+		r.b.remember(st.State)
+		var tok *repository.RefreshToken
+		tok, err = r.store.Issue(opCtx, repository.IssueRequest{ClientID: "client-b", UserID: "user-2", TTL: time.Second})
+		if err == nil {
+			r.b.remember(tok.Token)
+		}
+	}
+	switch {
+	case err == nil:
+		r.counts.other.Add(1)
+	case isFault(err):
+		r.counts.otherFaults.Add(1)
+		backoff(ctx)
+	default:
+		return fmt.Errorf("short-lived state or family: %w", err)
+	}
+	return nil
+}
+
+func (r *faultRun) cleanup(ctx context.Context) error {
+	opCtx, cancel := r.opContext(ctx)
+	defer cancel()
+	_, err := r.store.Cleanup(opCtx, repository.CleanupOptions{BatchSize: 20, Limit: 200})
+	switch {
+	case err == nil:
+		r.counts.cleanups.Add(1)
+	case isFault(err):
+		r.counts.cleanupFaults.Add(1)
+		backoff(ctx)
+	default:
+		return fmt.Errorf("cleanup: %w", err)
+	}
+	return nil
+}
+
+func backoff(ctx context.Context) {
+	select {
+	case <-ctx.Done():
+	case <-time.After(time.Duration(5+rand.IntN(10)) * time.Millisecond):
+	}
+}
+
+// check compares the database with what the workers were told, after the faults have stopped,
+// through the same store and pool: the package recovers without a restart of the process.
+func (r *faultRun) check(t *testing.T) {
+	t.Helper()
+	b := r.b
+	ctx, cancel := context.WithTimeout(b.ctx, time.Minute)
+	defer cancel()
+	// Every acknowledged rotation and exchange is durable: the last token each worker was handed
+	// is its family's live token and rotates now.
+	acked := map[string]int{}
+	for _, f := range r.held {
+		acked[f.id] = f.rotations
+		next, err := r.store.Rotate(ctx, repository.RotateRequest{Token: f.token.Reveal(), ClientID: "client-a"})
+		if err != nil {
+			t.Fatalf("family %s: its last acknowledged token (after %d acknowledged rotations) does not rotate after the faults: %v", f.id, f.rotations, err)
+		}
+		b.remember(next.Token)
+	}
+	// No fault was taken for a replay.
+	if n := b.count(t, "SELECT count(*) FROM oauth_family WHERE revoked_at IS NOT NULL"); n != 0 {
+		t.Fatalf("%d families revoked, though no token was replayed", n)
+	}
+	// Every family holds exactly one unconsumed token (I1, and no family lost its live token).
+	if n := b.count(t, `SELECT count(*) FROM oauth_family f WHERE (SELECT count(*) FROM oauth_refresh_token t
+		WHERE t.family_id = f.id AND t.consumed_at IS NULL) <> 1`); n != 0 {
+		t.Fatalf("%d families do not hold exactly one unconsumed token", n)
+	}
+	// No consumed token lacks the successor it produced, or the one that replaced it in a grace
+	// reuse (I2); every token but the first has its parent in the family.
+	if n := b.count(t, `SELECT count(*) FROM oauth_refresh_token x WHERE x.consumed_at IS NOT NULL AND NOT EXISTS (
+		SELECT 1 FROM oauth_refresh_token y WHERE y.family_id = x.family_id AND y.digest <> x.digest
+			AND (y.parent_digest = x.digest OR (y.parent_digest = x.parent_digest AND y.created_at >= x.created_at)))`); n != 0 {
+		t.Fatalf("%d consumed tokens without a successor", n)
+	}
+	if n := b.count(t, `SELECT count(*) FROM oauth_refresh_token x WHERE x.parent_digest IS NOT NULL AND NOT EXISTS (
+		SELECT 1 FROM oauth_refresh_token p WHERE p.digest = x.parent_digest AND p.family_id = x.family_id)`); n != 0 {
+		t.Fatalf("%d tokens whose parent is missing", n)
+	}
+	// The rotation count of every held family covers its acknowledged rotations.
+	for id, n := range acked {
+		if fam := b.family(t, id); fam.RotationCount < n+1 {
+			t.Fatalf("family %s counts %d rotations; %d were acknowledged, then one more", id, fam.RotationCount, n)
+		}
+	}
+	// No code is consumed without its family and that family's first token; a family that came
+	// from a code the worker was not told about came from an exchange a fault hid.
+	if n := b.count(t, `SELECT count(*) FROM oauth_authorization_code c WHERE (c.consumed_at IS NULL) <> (c.family_id IS NULL)
+		OR (c.consumed_at IS NOT NULL AND NOT EXISTS (SELECT 1 FROM oauth_refresh_token t
+			WHERE t.family_id = c.family_id AND t.parent_digest IS NULL))`); n != 0 {
+		t.Fatalf("%d codes consumed without their family and first token, or the reverse", n)
+	}
+	exchanged := b.count(t, "SELECT count(*) FROM oauth_authorization_code WHERE consumed_at IS NOT NULL")
+	if acknowledged := int(r.counts.exchanges.Load()); exchanged < acknowledged || exchanged > acknowledged+int(r.counts.unknownExchanges.Load()) {
+		t.Fatalf("%d codes consumed; %d exchanges acknowledged and %d hidden by faults", exchanged, acknowledged, r.counts.unknownExchanges.Load())
+	}
+}
+
+func (r *faultRun) summary() string {
+	c := &r.counts
+	return fmt.Sprintf("rotations %d acknowledged / %d faults (%d grace reuses); exchanges %d acknowledged / %d faults; "+
+		"cleanups %d / %d faults; issues and short-lived credentials %d / %d faults; %d families held",
+		c.rotations.Load(), c.rotateFaults.Load(), r.graces.Load(), c.exchanges.Load(), c.exchangeFaults.Load(),
+		c.cleanups.Load(), c.cleanupFaults.Load(), c.other.Load(), c.otherFaults.Load(), len(r.held))
+}
+
+func TestFault_TerminatedBackendsAndCancelledCallsUnderLoadLoseNoAcknowledgedWrite(t *testing.T) {
+	t.Parallel()
+	b := setup(t, setupOptions{realClock: true})
+	r := newFaultRun(t, b, func() bool { return rand.IntN(8) == 0 })
+
+	killer, err := pgx.Connect(b.ctx, b.db.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer killer.Close(context.Background())
+	ctx, stop := context.WithTimeout(b.ctx, 4*time.Second)
+	defer stop()
+	var terminated atomic.Int64
+	killed := make(chan error, 1)
+	go func() {
+		defer close(killed)
+		for ctx.Err() == nil {
+			time.Sleep(time.Duration(rand.IntN(4000)) * time.Microsecond)
+			var n int64
+			err := killer.QueryRow(b.ctx, `SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM (
+				SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()
+					AND backend_type = 'client backend' ORDER BY random() LIMIT 1) x`).Scan(&n)
+			if err != nil {
+				killed <- err
+				return
+			}
+			terminated.Add(n)
+		}
+	}()
+	r.run(t, ctx, 8)
+	if err := <-killed; err != nil {
+		t.Fatalf("terminating backends: %v", err)
+	}
+	if t.Failed() {
+		return
+	}
+	r.check(t)
+	t.Logf("%d backends terminated; %s", terminated.Load(), r.summary())
+	if terminated.Load() == 0 || r.counts.rotateFaults.Load() == 0 || r.counts.exchangeFaults.Load() == 0 {
+		t.Fatalf("the faults missed the workload (%d terminated; %s)", terminated.Load(), r.summary())
+	}
+}
+
+func TestFault_ServerCrashesAndRestartsUnderLoadLoseNoAcknowledgedWrite(t *testing.T) {
+	t.Parallel()
+	// The server this test crashes is its own, so that the other tests keep theirs. Commits wait
+	// for their WAL to be written (synchronous_commit=on), which is what makes an acknowledged
+	// commit survive a crash of the server process.
+	c, err := pgtemp.Start(t.Context(), pgtemp.Options{Settings: map[string]string{"synchronous_commit": "on", "max_connections": "50"}})
+	if errors.Is(err, pgtemp.ErrNoServerBinaries) {
+		t.Skipf("crashing a server needs one of the test's own, from the PostgreSQL server binaries: %v", err)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := c.Stop(); err != nil {
+			t.Errorf("stop: %v", err)
+		}
+	})
+	ctx := context.Background()
+	cfg, err := pgxpool.ParseConfig(c.URL("postgres"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.MaxConns = 16
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	if err := schema.Migrate(ctx, pool); err != nil {
+		t.Fatal(err)
+	}
+	b := &bundle{ctx: ctx, pool: pool, logs: &syncBuffer{}, pepper: make([]byte, 32)}
+	_, _ = crand.Read(b.pepper)
+	t.Cleanup(func() { b.checkSecretHygiene(t) })
+	r := newFaultRun(t, b, nil)
+	b.store = r.store
+
+	const crashes = 4
+	runCtx, stop := context.WithCancel(ctx)
+	defer stop()
+	crashed := make(chan error, 1)
+	go func() {
+		defer stop()
+		for range crashes {
+			time.Sleep(time.Duration(300+rand.IntN(500)) * time.Millisecond)
+			if err := c.Restart(ctx, true); err != nil {
+				crashed <- err
+				return
+			}
+		}
+		time.Sleep(500 * time.Millisecond) // the workload runs on after the last restart
+		crashed <- nil
+	}()
+	r.run(t, runCtx, 8)
+	if err := <-crashed; err != nil {
+		t.Fatalf("crash and restart: %v", err)
+	}
+	if t.Failed() {
+		return
+	}
+	r.check(t)
+	t.Logf("%d server crashes and restarts; %s", crashes, r.summary())
+	if r.counts.rotateFaults.Load() == 0 {
+		t.Fatalf("the crashes missed the rotations (%s)", r.summary())
+	}
+}
