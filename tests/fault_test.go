@@ -130,6 +130,7 @@ func (r *faultRun) issue(t *testing.T, ctx context.Context, ttl time.Duration) *
 	if err != nil {
 		if !isFault(err) {
 			t.Errorf("issue: %v", err)
+			return nil
 		}
 		r.counts.otherFaults.Add(1)
 		backoff(ctx)
@@ -146,8 +147,9 @@ func (r *faultRun) rotate(t *testing.T, ctx context.Context, f *faultFamily) err
 	for attempt := 0; ; attempt++ {
 		opCtx, cancel := r.opContext(ctx)
 		if attempt > 0 {
+			// A retry is not cancelled at random and outlives the run, so that the family's last
+			// token is known when the run ends.
 			cancel()
-			// Retries run to completion unless a fault hits them, so that the run ends.
 			opCtx, cancel = context.WithTimeout(context.Background(), 5*time.Second)
 		}
 		next, err := r.store.Rotate(opCtx, repository.RotateRequest{Token: f.token.Reveal(), ClientID: "client-a"})

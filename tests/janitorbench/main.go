@@ -4,7 +4,11 @@
 // without it again, all on one cluster in one run, and prints the janitor's rows/s and the
 // rotation p50/p99 in each phase with their ratios.
 //
-//	cd tests && go run ./janitorbench [--tokens 1000000] [--workers 8] [--batch-size 1000]
+//	cd tests && go run ./janitorbench [--tokens 1000000] [--workers 8] [--batch-size 1000] [--rate N]
+//
+// By default each worker rotates as fast as it can, which saturates a small machine: any extra
+// work then shows in the tail. --rate offers a fixed total rate instead, spread over the workers,
+// and measures each rotation from the moment it was due, so that waiting behind a slow one counts.
 //
 // It runs on a throwaway PostgreSQL started from the server binaries (internal/pgtemp), or on
 // $DATABASE_URL, which it migrates; there it deletes only what is expired.
@@ -13,6 +17,7 @@ package main
 import (
 	"context"
 	"crypto/rand"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -37,14 +42,19 @@ func main() {
 	autovacuum := flag.Bool("autovacuum", true, "leave autovacuum on in the throwaway cluster (off: to see its share of the cost)")
 	baseline := flag.Duration("baseline", 15*time.Second, "length of each phase without the janitor")
 	maxJanitor := flag.Duration("max-janitor", 10*time.Minute, "stop the janitor phase after this long")
+	rate := flag.Float64("rate", 0, "rotations per second offered in total (0: each worker as fast as it can)")
 	flag.Parse()
-	if err := run(*tokens, *workers, *batch, *pause, *autovacuum, *baseline, *maxJanitor, os.Stdout); err != nil {
+	if *rate < 0 {
+		fmt.Fprintln(os.Stderr, "janitorbench: --rate must not be negative")
+		os.Exit(2)
+	}
+	if err := run(*tokens, *workers, *batch, *pause, *autovacuum, *baseline, *maxJanitor, *rate, os.Stdout); err != nil {
 		fmt.Fprintln(os.Stderr, "janitorbench:", err)
 		os.Exit(1)
 	}
 }
 
-func run(tokens, workers, batch int, pause time.Duration, autovacuum bool, baseline, maxJanitor time.Duration, out io.Writer) error {
+func run(tokens, workers, batch int, pause time.Duration, autovacuum bool, baseline, maxJanitor time.Duration, rate float64, out io.Writer) error {
 	ctx := context.Background()
 	url := os.Getenv("DATABASE_URL")
 	if url == "" {
@@ -108,6 +118,11 @@ func run(tokens, workers, batch int, pause time.Duration, autovacuum bool, basel
 			go func() {
 				defer wg.Done()
 				var lat []time.Duration
+				var interval time.Duration
+				if rate > 0 {
+					interval = time.Duration(float64(workers) / rate * float64(time.Second))
+				}
+				due := time.Now().Add(time.Duration(w) * interval / time.Duration(workers))
 				for i := 0; ; i++ {
 					select {
 					case <-stop:
@@ -119,6 +134,10 @@ func run(tokens, workers, batch int, pause time.Duration, autovacuum bool, basel
 					}
 					k := i % len(live[w])
 					t0 := time.Now()
+					if interval > 0 {
+						time.Sleep(time.Until(due))
+						t0, due = due, due.Add(interval)
+					}
 					next, err := store.Rotate(ctx, repository.RotateRequest{Token: live[w][k], ClientID: "bench"})
 					if err != nil {
 						mu.Lock()
@@ -168,6 +187,10 @@ func run(tokens, workers, batch int, pause time.Duration, autovacuum bool, basel
 	cancel()
 	close(stop)
 	<-done
+	stopped := ""
+	if jErr != nil && errors.Is(jErr, context.DeadlineExceeded) && jctx.Err() != nil {
+		stopped, jErr = fmt.Sprintf(" (stopped by --max-janitor %s)", maxJanitor), nil
+	}
 	if jErr != nil {
 		return fmt.Errorf("janitor: %w", jErr)
 	}
@@ -180,9 +203,14 @@ func run(tokens, workers, batch int, pause time.Duration, autovacuum bool, basel
 	}
 
 	rows := res.Families + res.RefreshTokens
-	fmt.Fprintf(out, "\njanitor: deleted %d families and %d refresh tokens (%d rows) in %d batches of %d (pause %s), %s: %.0f rows/s\n",
-		res.Families, res.RefreshTokens, rows, res.Batches, batch, pause, jTook.Round(time.Millisecond), float64(rows)/jTook.Seconds())
-	fmt.Fprintf(out, "\nrotation at %d workers      ops      ops/s    p50        p99\n", workers)
+	fmt.Fprintf(out, "\njanitor: deleted %d families and %d refresh tokens (%d rows) in %d batches of %d (pause %s), %s%s: %.0f rows/s\n",
+		res.Families, res.RefreshTokens, rows, res.Batches, batch, pause, jTook.Round(time.Millisecond), stopped, float64(rows)/jTook.Seconds())
+	offered := "as fast as they can"
+	if rate > 0 {
+		offered = fmt.Sprintf("offered %.0f/s in total, latency from when each was due", rate)
+	}
+	fmt.Fprintf(out, "\nrotation at %d workers (%s)\n", workers, offered)
+	fmt.Fprintf(out, "                            ops      ops/s    p50        p99\n")
 	quiet := append(slices.Clone(before), after...)
 	for _, row := range []struct {
 		name string
