@@ -36,17 +36,34 @@ WHERE id = @id::uuid;
 -- with all of their tokens and the code that produced them (ON DELETE CASCADE, one index probe per
 -- family, whatever the statistics say about how tokens spread over families). Until then a family
 -- keeps its tombstones and its revocation mark, so a replay is recognised for as long as any token
--- of the family could be presented (I4). SKIP LOCKED lets several cleaners run at once without
--- waiting on each other or on a rotation.
+-- of the family could be presented (I4).
+--
+-- A batch is bounded by tokens, not families: a family that rotated for months holds thousands of
+-- tombstones. It takes the oldest dead families, at most max_families of them, while their tokens
+-- (one per issue, one per rotation: rotation_count + 1) add up to at most max_tokens, and always
+-- the first one, so that a run makes progress. Only those are locked, with SKIP LOCKED, so that
+-- several cleaners run at once without waiting on each other or on a rotation. candidates tells
+-- the caller whether more may be left.
 -- name: FamilyDeleteExpired :one
-WITH doomed AS MATERIALIZED (
+WITH candidates AS (
+    SELECT f.id, f.idle_expires_at, f.rotation_count + 1 AS tokens
+    FROM oauth_family f
+    WHERE f.idle_expires_at < coalesce(sqlc.narg('now')::timestamptz, statement_timestamp()) - @retain::interval
+    ORDER BY f.idle_expires_at, f.id
+    LIMIT @max_families::integer
+),
+sized AS (
+    SELECT c.id, c.tokens, sum(c.tokens) OVER (ORDER BY c.idle_expires_at, c.id) AS running
+    FROM candidates c
+),
+doomed AS MATERIALIZED (
     SELECT f.id,
         (SELECT count(*) FROM oauth_refresh_token t WHERE t.family_id = f.id) AS tokens
     FROM oauth_family f
-    WHERE f.idle_expires_at < coalesce(sqlc.narg('now')::timestamptz, statement_timestamp()) - @retain::interval
-    ORDER BY f.idle_expires_at
-    LIMIT @batch_size::integer
-    FOR UPDATE SKIP LOCKED
+    JOIN sized s ON s.id = f.id
+    WHERE (s.running <= @max_tokens::bigint OR s.running = s.tokens)
+      AND f.idle_expires_at < coalesce(sqlc.narg('now')::timestamptz, statement_timestamp()) - @retain::interval
+    FOR UPDATE OF f SKIP LOCKED
 ),
 families AS (
     DELETE FROM oauth_family f
@@ -54,7 +71,8 @@ families AS (
     WHERE f.id = d.id
     RETURNING f.id
 )
-SELECT count(*)::bigint AS families_deleted, coalesce(sum(d.tokens), 0)::bigint AS tokens_deleted
+SELECT count(*)::bigint AS families_deleted, coalesce(sum(d.tokens), 0)::bigint AS tokens_deleted,
+    (SELECT count(*) FROM candidates)::bigint AS candidates
 FROM families x
 JOIN doomed d ON d.id = x.id;
 

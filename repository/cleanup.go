@@ -15,11 +15,12 @@ const (
 
 // CleanupOptions bound one cleanup run.
 type CleanupOptions struct {
-	// BatchSize is the number of rows deleted per statement (each its own short transaction on a
-	// pool). Zero means DefaultCleanupBatchSize.
+	// BatchSize bounds the rows deleted per statement, each its own short transaction on a pool:
+	// codes or states, or whole families holding at most this many tokens among them (always at
+	// least one family, however many tokens it holds). Zero means DefaultCleanupBatchSize.
 	BatchSize int
-	// Limit caps the rows deleted from each table (families, codes, states) by this run; zero
-	// means no cap.
+	// Limit caps the families, codes and states (each counted on its own) deleted by this run;
+	// zero means no cap.
 	Limit int
 	// Retain keeps what is dead this much longer.
 	Retain time.Duration
@@ -69,7 +70,9 @@ func (s *Store) Cleanup(ctx context.Context, opts CleanupOptions) (CleanupResult
 		return res, inputError("pause", "outside 0..1m")
 	}
 	retain := interval(opts.Retain)
-	run := func(count *int64, deleteBatch func(n int32) (int64, error)) error {
+	// run deletes batches of at most n rows until deleteBatch reports that nothing is left or the
+	// limit is reached.
+	run := func(count *int64, deleteBatch func(n int) (deleted int64, more bool, err error)) error {
 		for {
 			n := batch
 			if opts.Limit > 0 {
@@ -79,7 +82,7 @@ func (s *Store) Cleanup(ctx context.Context, opts CleanupOptions) (CleanupResult
 				}
 				n = int(min(int64(n), left))
 			}
-			deleted, err := deleteBatch(int32(n))
+			deleted, more, err := deleteBatch(n)
 			if err != nil {
 				return dbError("cleanup", err)
 			}
@@ -88,7 +91,7 @@ func (s *Store) Cleanup(ctx context.Context, opts CleanupOptions) (CleanupResult
 			if opts.OnBatch != nil {
 				opts.OnBatch(res)
 			}
-			if deleted < int64(n) {
+			if !more {
 				return nil
 			}
 			if opts.Pause > 0 {
@@ -100,19 +103,26 @@ func (s *Store) Cleanup(ctx context.Context, opts CleanupOptions) (CleanupResult
 			}
 		}
 	}
-	err := run(&res.Families, func(n int32) (int64, error) {
-		row, err := s.q.FamilyDeleteExpired(ctx, s.db, db.FamilyDeleteExpiredParams{Now: s.now(), Retain: retain, BatchSize: n})
+	// A family batch holds whole families with at most batch tokens among them (at least one
+	// family); more may be left while it deleted some, but not all, of what it looked at, or as
+	// many as it looked for.
+	err := run(&res.Families, func(n int) (int64, bool, error) {
+		row, err := s.q.FamilyDeleteExpired(ctx, s.db, db.FamilyDeleteExpiredParams{
+			Now: s.now(), Retain: retain, MaxFamilies: int32(n), MaxTokens: int64(batch)})
 		res.RefreshTokens += row.TokensDeleted
-		return row.FamiliesDeleted, err
+		more := row.FamiliesDeleted > 0 && (row.FamiliesDeleted < row.Candidates || row.Candidates == int64(n))
+		return row.FamiliesDeleted, more, err
 	})
 	if err == nil {
-		err = run(&res.AuthorizationCodes, func(n int32) (int64, error) {
-			return s.q.AuthorizationCodeDeleteExpired(ctx, s.db, db.AuthorizationCodeDeleteExpiredParams{Now: s.now(), Retain: retain, BatchSize: n})
+		err = run(&res.AuthorizationCodes, func(n int) (int64, bool, error) {
+			deleted, err := s.q.AuthorizationCodeDeleteExpired(ctx, s.db, db.AuthorizationCodeDeleteExpiredParams{Now: s.now(), Retain: retain, BatchSize: int32(n)})
+			return deleted, deleted == int64(n), err
 		})
 	}
 	if err == nil {
-		err = run(&res.States, func(n int32) (int64, error) {
-			return s.q.StateDeleteExpired(ctx, s.db, db.StateDeleteExpiredParams{Now: s.now(), Retain: retain, BatchSize: n})
+		err = run(&res.States, func(n int) (int64, bool, error) {
+			deleted, err := s.q.StateDeleteExpired(ctx, s.db, db.StateDeleteExpiredParams{Now: s.now(), Retain: retain, BatchSize: int32(n)})
+			return deleted, deleted == int64(n), err
 		})
 	}
 	return res, err

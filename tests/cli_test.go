@@ -152,7 +152,7 @@ func TestCLI_JanitorDeletesInBatchesAndDryRunDeletesNothing(t *testing.T) {
 	var done summary
 	r = b.cli(t, "janitor", "--batch-size", "3", "--json")
 	r.json(t, &done)
-	if r.code != 0 || done.Families != 7 || done.RefreshTokens != 14 || done.Batches != 3+1+1 {
+	if r.code != 0 || done.Families != 7 || done.RefreshTokens != 14 || done.Batches != 7+1+1 {
 		t.Fatalf("janitor: %+v %+v", r, done)
 	}
 	if _, err := b.store.Peek(b.ctx, live.Token.Reveal(), "client-a"); err != nil {
