@@ -14,7 +14,7 @@ func runJanitor(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	fs := newFlagSet("janitor", stderr)
 	url := databaseURLFlag(fs)
 	batch := fs.Int("batch-size", repository.DefaultCleanupBatchSize, "rows deleted per statement, one short transaction each: codes or states, or whole families holding at most this many tokens")
-	limit := fs.Int("limit", 0, "stop after this many rows per table (0: no limit)")
+	limit := fs.Int("limit", 0, "stop after this many families, codes and states, each (0: no limit)")
 	retain := fs.Duration("retain", 0, "keep what is dead this much longer (extra time to keep evidence)")
 	pause := fs.Duration("pause", 0, "wait this long between batches, to leave live traffic more of the database")
 	dryRun := fs.Bool("dry-run", false, "count what would be deleted; delete nothing")

@@ -32,7 +32,7 @@ const usage = `oauthstore: OAuth 2 refresh-token families and authorization code
 
 Usage:
   oauthstore migrate up | down N | version | force V   apply or inspect the embedded schema
-  oauthstore janitor [--batch-size N] [--limit N] [--retain D] [--dry-run] [--json]
+  oauthstore janitor [--batch-size N] [--limit N] [--retain D] [--pause D] [--dry-run] [--json]
                                                        delete what is dead, in short batches
   oauthstore revoke (--family ID | --user ID [--client ID] | --client ID) --reason R [--json]
   oauthstore sessions --user ID [--json]               a user's active families

@@ -37,7 +37,7 @@ import (
 func main() {
 	tokens := flag.Int("tokens", 1_000_000, "expired refresh tokens to fill (two per expired family)")
 	workers := flag.Int("workers", 8, "concurrent rotating workers")
-	batch := flag.Int("batch-size", repository.DefaultCleanupBatchSize, "janitor batch size (families per statement)")
+	batch := flag.Int("batch-size", repository.DefaultCleanupBatchSize, "janitor batch size (tokens of whole families per statement)")
 	pause := flag.Duration("pause", 0, "janitor pause between batches")
 	autovacuum := flag.Bool("autovacuum", true, "leave autovacuum on in the throwaway cluster (off: to see its share of the cost)")
 	baseline := flag.Duration("baseline", 15*time.Second, "length of each phase without the janitor")
@@ -203,7 +203,7 @@ func run(tokens, workers, batch int, pause time.Duration, autovacuum bool, basel
 	}
 
 	rows := res.Families + res.RefreshTokens
-	fmt.Fprintf(out, "\njanitor: deleted %d families and %d refresh tokens (%d rows) in %d batches of %d (pause %s), %s%s: %.0f rows/s\n",
+	fmt.Fprintf(out, "\njanitor: deleted %d families and %d refresh tokens (%d rows) in %d batches of at most %d tokens (pause %s), %s%s: %.0f rows/s\n",
 		res.Families, res.RefreshTokens, rows, res.Batches, batch, pause, jTook.Round(time.Millisecond), stopped, float64(rows)/jTook.Seconds())
 	offered := "as fast as they can"
 	if rate > 0 {
