@@ -39,31 +39,30 @@ WHERE id = @id::uuid;
 -- of the family could be presented (I4).
 --
 -- A batch is bounded by tokens, not families: a family that rotated for months holds thousands of
--- tombstones. It takes the oldest dead families, at most max_families of them, while their tokens
--- (one per issue, one per rotation: rotation_count + 1) add up to at most max_tokens, and always
--- the first one, so that a run makes progress. Only those are locked, with SKIP LOCKED, so that
--- several cleaners run at once without waiting on each other or on a rotation. candidates tells
--- the caller whether more may be left.
+-- tombstones. It locks the oldest dead families it can, at most max_families of them, skipping
+-- those another transaction holds (SKIP LOCKED: several cleaners run at once, none waits on
+-- another or on a rotation), and deletes them in order while their tokens (one per issue, one per
+-- rotation: rotation_count + 1) add up to at most max_tokens, and always the first, so that a run
+-- makes progress; a family is deleted whole, however many tokens it holds. The rest are unlocked
+-- at commit. candidates tells the caller whether more may be left.
 -- name: FamilyDeleteExpired :one
-WITH candidates AS (
+WITH candidates AS MATERIALIZED (
     SELECT f.id, f.idle_expires_at, f.rotation_count + 1 AS tokens
     FROM oauth_family f
     WHERE f.idle_expires_at < coalesce(sqlc.narg('now')::timestamptz, statement_timestamp()) - @retain::interval
-    ORDER BY f.idle_expires_at, f.id
+    ORDER BY f.idle_expires_at
     LIMIT @max_families::integer
+    FOR UPDATE SKIP LOCKED
 ),
 sized AS (
     SELECT c.id, c.tokens, sum(c.tokens) OVER (ORDER BY c.idle_expires_at, c.id) AS running
     FROM candidates c
 ),
 doomed AS MATERIALIZED (
-    SELECT f.id,
-        (SELECT count(*) FROM oauth_refresh_token t WHERE t.family_id = f.id) AS tokens
-    FROM oauth_family f
-    JOIN sized s ON s.id = f.id
-    WHERE (s.running <= @max_tokens::bigint OR s.running = s.tokens)
-      AND f.idle_expires_at < coalesce(sqlc.narg('now')::timestamptz, statement_timestamp()) - @retain::interval
-    FOR UPDATE OF f SKIP LOCKED
+    SELECT s.id,
+        (SELECT count(*) FROM oauth_refresh_token t WHERE t.family_id = s.id) AS tokens
+    FROM sized s
+    WHERE s.running <= @max_tokens::bigint OR s.running = s.tokens
 ),
 families AS (
     DELETE FROM oauth_family f

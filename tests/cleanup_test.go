@@ -125,3 +125,37 @@ func TestCleanup_BatchesAreBoundedByTokensNotFamilies(t *testing.T) {
 		t.Fatalf("%d tokens left", n)
 	}
 }
+
+func TestCleanup_ConcurrentCleanersDeleteEveryDeadFamilyOnce(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	const families = 120
+	for range families {
+		b.issue(t)
+	}
+	b.clock.Advance(25 * time.Hour)
+	results := make(chan repository.CleanupResult, 4)
+	errs := make(chan error, 4)
+	for range 4 {
+		go func() {
+			res, err := b.store.Cleanup(b.ctx, repository.CleanupOptions{BatchSize: 3})
+			results <- res
+			errs <- err
+		}()
+	}
+	var deleted, tokens int64
+	for range 4 {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+		res := <-results
+		deleted += res.Families
+		tokens += res.RefreshTokens
+	}
+	if deleted != families || tokens != families {
+		t.Fatalf("four cleaners deleted %d families and %d tokens in all, want %d of each", deleted, tokens, families)
+	}
+	if n := b.count(t, "SELECT count(*) FROM oauth_family"); n != 0 {
+		t.Fatalf("%d dead families left after four concurrent cleaners", n)
+	}
+}

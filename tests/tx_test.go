@@ -118,7 +118,11 @@ func TestRotate_ReplayInsideATransactionHoldingTheFamilyJoinsIt(t *testing.T) {
 func TestCleanup_SkipsAFamilyARotationHoldsInsteadOfWaiting(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
-	held, other := b.issue(t), b.issue(t)
+	// The held family is the oldest: a cleaner must pass over it, not stop at it, whatever its
+	// batch size.
+	held := b.issue(t)
+	b.clock.Advance(time.Minute)
+	other := b.issue(t)
 	b.clock.Advance(25 * time.Hour)
 	tx, err := b.pool.Begin(b.ctx)
 	if err != nil {
@@ -131,7 +135,7 @@ func TestCleanup_SkipsAFamilyARotationHoldsInsteadOfWaiting(t *testing.T) {
 	// A cleaner that waited for the lock would hang here until the deadline.
 	ctx, cancel := context.WithTimeout(b.ctx, 20*time.Second)
 	defer cancel()
-	res, err := b.store.Cleanup(ctx, repository.CleanupOptions{})
+	res, err := b.store.Cleanup(ctx, repository.CleanupOptions{BatchSize: 1})
 	if err != nil || res.Families != 1 {
 		t.Fatalf("cleanup beside a held family: %+v, %v; want the other one deleted", res, err)
 	}
