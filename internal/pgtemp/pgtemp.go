@@ -144,8 +144,9 @@ type Cluster struct {
 	settings map[string]string
 	logw     io.Writer
 
-	mu     sync.Mutex // guards server
-	server *process
+	mu      sync.Mutex // guards server and stopped
+	server  *process
+	stopped bool // Stop (or a failed Start) has shut the cluster down
 
 	stopOnce sync.Once
 	stopErr  error
@@ -211,16 +212,16 @@ func Start(ctx context.Context, opts Options) (_ *Cluster, err error) {
 // With crash set, the stop is PostgreSQL's immediate shutdown (SIGQUIT to the postmaster): every
 // backend exits at once, nothing is checkpointed and the next start recovers from the WAL, as
 // after a crash of the server. A commit survives it once its WAL has been written, which with the
-// default settings (synchronous_commit off) happens only within wal_writer_delay; set
-// synchronous_commit=on in Options.Settings to test what a client was told. Otherwise the stop is
-// a fast shutdown, as in Stop.
+// default settings (synchronous_commit off) happens only within a few wal_writer_delay periods
+// after the commit returned; set synchronous_commit=on in Options.Settings to test what a client
+// was told. Otherwise the stop is a fast shutdown, as in Stop. Restart after Stop is an error.
 func (c *Cluster) Restart(ctx context.Context, crash bool) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	path := filepath.Join(c.binDir, "postgres")
 	p := c.server
-	if p == nil {
-		return errors.New("pgtemp: Restart: the server is not running")
+	if p == nil || c.stopped {
+		return errors.New("pgtemp: Restart: the cluster is not running")
 	}
 	select {
 	case <-p.done:
@@ -544,6 +545,7 @@ func (c *Cluster) Stop() error {
 func (c *Cluster) shutdown(grace time.Duration) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	c.stopped = true
 	var errs []error
 	if p := c.server; p != nil {
 		path := filepath.Join(c.binDir, "postgres")

@@ -348,9 +348,8 @@ func TestHelperStartAndHang(t *testing.T) {
 
 func TestRestart_CrashRecoversCommittedDataOnTheSameSocket(t *testing.T) {
 	t.Parallel()
-	var log bytes.Buffer
-	var logMu sync.Mutex
-	c := start(t, Options{Settings: map[string]string{"synchronous_commit": "on"}, Log: lockedWriter{&logMu, &log}})
+	log := &syncBuffer{}
+	c := start(t, Options{Settings: map[string]string{"synchronous_commit": "on"}, Log: log})
 	ctx := t.Context()
 	conn, err := pgx.Connect(ctx, c.ConnString("postgres"))
 	if err != nil {
@@ -376,9 +375,7 @@ func TestRestart_CrashRecoversCommittedDataOnTheSameSocket(t *testing.T) {
 	if err := after.QueryRow(ctx, "SELECT count(*) FROM t").Scan(&n); err != nil || n != 1000 {
 		t.Fatalf("after the crash: %d rows, %v; want 1000", n, err)
 	}
-	logMu.Lock()
 	text := log.String()
-	logMu.Unlock()
 	if !strings.Contains(text, "immediate shutdown request") || !strings.Contains(text, "automatic recovery in progress") {
 		t.Fatalf("the server log shows no immediate shutdown followed by crash recovery:\n%s", text)
 	}
@@ -391,15 +388,10 @@ func TestRestart_CrashRecoversCommittedDataOnTheSameSocket(t *testing.T) {
 	if err := again.QueryRow(ctx, "SELECT count(*) FROM t").Scan(&n); err != nil || n != 1000 {
 		t.Fatalf("after the fast restart: %d rows, %v; want 1000", n, err)
 	}
-}
-
-type lockedWriter struct {
-	mu *sync.Mutex
-	w  *bytes.Buffer
-}
-
-func (l lockedWriter) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.w.Write(p)
+	if err := c.Stop(); err != nil {
+		t.Fatalf("Stop: %v", err)
+	}
+	if err := c.Restart(ctx, false); err == nil || !strings.Contains(err.Error(), "not running") {
+		t.Fatalf("Restart after Stop: %v, want an error saying the cluster is not running", err)
+	}
 }
