@@ -188,7 +188,7 @@ func run(tokens, workers, batch int, pause time.Duration, autovacuum bool, basel
 	close(stop)
 	<-done
 	stopped := ""
-	if jErr != nil && errors.Is(jErr, context.DeadlineExceeded) && jctx.Err() != nil {
+	if jErr != nil && errors.Is(jErr, context.DeadlineExceeded) && errors.Is(jctx.Err(), context.DeadlineExceeded) {
 		stopped, jErr = fmt.Sprintf(" (stopped by --max-janitor %s)", maxJanitor), nil
 	}
 	if jErr != nil {
