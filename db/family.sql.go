@@ -111,8 +111,7 @@ sized AS (
     FROM candidates c
 ),
 doomed AS MATERIALIZED (
-    SELECT s.id,
-        (SELECT count(*) FROM oauth_refresh_token t WHERE t.family_id = s.id) AS tokens
+    SELECT s.id, s.tokens
     FROM sized s
     WHERE s.running <= $4::bigint OR s.running = s.tokens
 ),
@@ -153,7 +152,8 @@ type FamilyDeleteExpiredRow struct {
 // another or on a rotation), and deletes them in order while their tokens (one per issue, one per
 // rotation: rotation_count + 1) add up to at most max_tokens, and always the first, so that a run
 // makes progress; a family is deleted whole, however many tokens it holds. The rest are unlocked
-// at commit. candidates tells the caller whether more may be left.
+// at commit. The same count is the tokens deleted, which the cascade removes. candidates tells the
+// caller whether more may be left.
 func (q *Queries) FamilyDeleteExpired(ctx context.Context, db DBTX, arg FamilyDeleteExpiredParams) (FamilyDeleteExpiredRow, error) {
 	row := db.QueryRow(ctx, familyDeleteExpired,
 		arg.Now,

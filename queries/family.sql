@@ -44,7 +44,8 @@ WHERE id = @id::uuid;
 -- another or on a rotation), and deletes them in order while their tokens (one per issue, one per
 -- rotation: rotation_count + 1) add up to at most max_tokens, and always the first, so that a run
 -- makes progress; a family is deleted whole, however many tokens it holds. The rest are unlocked
--- at commit. candidates tells the caller whether more may be left.
+-- at commit. The same count is the tokens deleted, which the cascade removes. candidates tells the
+-- caller whether more may be left.
 -- name: FamilyDeleteExpired :one
 WITH candidates AS MATERIALIZED (
     SELECT f.id, f.idle_expires_at, f.rotation_count + 1 AS tokens
@@ -59,8 +60,7 @@ sized AS (
     FROM candidates c
 ),
 doomed AS MATERIALIZED (
-    SELECT s.id,
-        (SELECT count(*) FROM oauth_refresh_token t WHERE t.family_id = s.id) AS tokens
+    SELECT s.id, s.tokens
     FROM sized s
     WHERE s.running <= @max_tokens::bigint OR s.running = s.tokens
 ),
