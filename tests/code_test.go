@@ -9,7 +9,6 @@ import (
 	"encoding/json"
 	"errors"
 	"github.com/jackc/pgx/v5/pgxpool"
-	"math/rand/v2"
 	"slices"
 	"strings"
 	"sync"
@@ -378,9 +377,21 @@ func TestExchange_AFaultMidExchangeNeverLeavesACodeWithoutItsFamily(t *testing.T
 	if err != nil {
 		t.Fatal(err)
 	}
-	const trials = 300
-	var succeeded, cancelled, terminated int
-	for i := range trials {
+	// The fault comes after a delay around the exchange's latency on this server, adapted after
+	// every trial, so that about half the exchanges succeed and half are hit, on a fast server or
+	// a slow one; the trials go on until both outcomes are there in volume.
+	exchange := func(ctx context.Context, f codeFixture) error {
+		_, err := faulty.Exchange(ctx, repository.ExchangeRequest{Code: f.code.Code.Reveal(), ClientID: "client-a", RedirectURI: redirectURI, CodeVerifier: f.verifier})
+		return err
+	}
+	latency := median(t, 11, func() error { return exchange(b.ctx, b.createCode(t)) })
+	delay := newFaultDelay(latency)
+	var succeeded, cancelled, terminated, trials int64
+	var q quota
+	q.need("exchanges that succeeded", 60, func() int64 { return succeeded })
+	q.need("exchanges hit by a cancellation", 30, func() int64 { return cancelled })
+	q.need("exchanges hit by a termination", 30, func() int64 { return terminated })
+	for i := 0; (i < 300 || !q.met()) && i < 3000; i++ {
 		f := b.createCode(t)
 		var pid int
 		if err := faultPool.QueryRow(b.ctx, "SELECT pg_backend_pid()").Scan(&pid); err != nil {
@@ -388,11 +399,8 @@ func TestExchange_AFaultMidExchangeNeverLeavesACodeWithoutItsFamily(t *testing.T
 		}
 		ctx, cancel := context.WithCancel(b.ctx)
 		done := make(chan error, 1)
-		go func() {
-			_, err := faulty.Exchange(ctx, repository.ExchangeRequest{Code: f.code.Code.Reveal(), ClientID: "client-a", RedirectURI: redirectURI, CodeVerifier: f.verifier})
-			done <- err
-		}()
-		time.Sleep(time.Duration(rand.IntN(4000)) * time.Microsecond)
+		go func() { done <- exchange(ctx, f) }()
+		time.Sleep(delay.next())
 		if i%2 == 0 {
 			cancel()
 		} else if _, err := b.pool.Exec(b.ctx, "SELECT pg_terminate_backend($1)", pid); err != nil {
@@ -400,9 +408,13 @@ func TestExchange_AFaultMidExchangeNeverLeavesACodeWithoutItsFamily(t *testing.T
 		}
 		err := <-done
 		cancel()
+		delay.observe(err != nil)
+		trials++
 		switch {
 		case err == nil:
 			succeeded++
+		case !isFault(err):
+			t.Fatalf("trial %d: the exchange failed other than by the injected fault: %v", i, err)
 		case i%2 == 0:
 			cancelled++
 		default:
@@ -422,13 +434,12 @@ func TestExchange_AFaultMidExchangeNeverLeavesACodeWithoutItsFamily(t *testing.T
 		t.Fatalf("%d families without their code", n)
 	}
 	consumed := b.count(t, "SELECT count(*) FROM oauth_authorization_code WHERE consumed_at IS NOT NULL")
-	if consumed < succeeded {
+	if int64(consumed) < succeeded {
 		t.Fatalf("%d exchanges reported success but only %d codes are consumed", succeeded, consumed)
 	}
-	t.Logf("%d exchanges: %d succeeded, %d cancelled, %d terminated; %d codes consumed", trials, succeeded, cancelled, terminated, consumed)
-	if cancelled == 0 || terminated == 0 {
-		t.Fatal("the faults never hit an exchange; the test exercised nothing")
-	}
+	t.Logf("exchange %v; %d exchanges: %d succeeded, %d cancelled, %d terminated; %d codes consumed; fault delay around %v at the end",
+		latency.Round(time.Microsecond), trials, succeeded, cancelled, terminated, consumed, delay)
+	q.check(t, "exchanges under faults")
 }
 
 func TestState_IsConsumedExactlyOnce(t *testing.T) {

@@ -43,11 +43,14 @@ type faultCounts struct {
 }
 
 type faultRun struct {
-	b      *bundle
-	store  *repository.Store
-	cancel func() bool // whether to cancel an operation's context at a random moment
-	counts faultCounts
-	graces atomic.Int64 // grace reuses the store reported
+	b     *bundle
+	store *repository.Store
+	// cancelOneIn, when set, cancels one operation's context in that many, after a delay drawn
+	// from delay: a cancellation that comes before the operation's end hits it.
+	cancelOneIn int
+	delay       *faultDelay
+	counts      faultCounts
+	graces      atomic.Int64 // grace reuses the store reported
 
 	mu   sync.Mutex
 	held []*faultFamily
@@ -55,8 +58,8 @@ type faultRun struct {
 
 // newFaultRun gives the workload a store on b's pool with the longest grace window, so that a
 // rotation whose outcome a fault hid can always be retried.
-func newFaultRun(t *testing.T, b *bundle, cancel func() bool) *faultRun {
-	r := &faultRun{b: b, cancel: cancel}
+func newFaultRun(t *testing.T, b *bundle, cancelOneIn int) *faultRun {
+	r := &faultRun{b: b, cancelOneIn: cancelOneIn}
 	store, err := repository.New(b.pool, repository.Config{
 		Pepper: b.pepper, GraceWindow: repository.MaxGraceWindow, GraceMaxReuses: repository.MaxGraceReuses,
 		Logger: slog.New(slog.NewJSONHandler(b.logs, nil)),
@@ -71,6 +74,47 @@ func newFaultRun(t *testing.T, b *bundle, cancel func() bool) *faultRun {
 	}
 	r.store = store
 	return r
+}
+
+// calibrate measures the median latency of a rotation on this server, on a family of its own, and
+// times the cancellations from it.
+func (r *faultRun) calibrate(t *testing.T) time.Duration {
+	t.Helper()
+	tok, err := r.store.Issue(r.b.ctx, repository.IssueRequest{ClientID: "client-c", UserID: "calibration"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.b.remember(tok.Token)
+	d := median(t, 21, func() error {
+		next, err := r.store.Rotate(r.b.ctx, repository.RotateRequest{Token: tok.Token.Reveal(), ClientID: "client-c"})
+		if err == nil {
+			r.b.remember(next.Token)
+			tok = next
+		}
+		return err
+	})
+	r.delay = newFaultDelay(d)
+	return d
+}
+
+// acked is the number of operations the store has acknowledged so far.
+func (r *faultRun) acked() int64 {
+	c := &r.counts
+	return c.rotations.Load() + c.exchanges.Load() + c.cleanups.Load() + c.other.Load()
+}
+
+// waitProgress waits until the store has acknowledged n more operations than at its call, and
+// reports whether it did before ctx ended or limit passed.
+func (r *faultRun) waitProgress(ctx context.Context, n int64, limit time.Duration) bool {
+	target := r.acked() + n
+	deadline := time.Now().Add(limit)
+	for r.acked() < target {
+		if ctx.Err() != nil || time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(time.Millisecond)
+	}
+	return true
 }
 
 // isFault reports whether err is not a verdict on the request but one of the failures the tests
@@ -97,14 +141,23 @@ func isFault(err error) bool {
 		errors.As(err, &netErr) || errors.As(err, &connectErr) || pgconn.SafeToRetry(err)
 }
 
-// opContext is the context of one operation: the run's, cancelled at a random moment when the
-// run's cancel says so.
-func (r *faultRun) opContext(ctx context.Context) (context.Context, context.CancelFunc) {
+// opContext is the context of one operation: the run's, cancelled after a delay from r.delay in
+// one operation of r.cancelOneIn. done ends it with the operation's error, and tells r.delay
+// whether an armed cancellation hit.
+func (r *faultRun) opContext(ctx context.Context) (context.Context, func(error)) {
 	ctx, cancel := context.WithCancel(ctx)
-	if r.cancel != nil && r.cancel() {
-		time.AfterFunc(time.Duration(rand.IntN(3000))*time.Microsecond, cancel)
+	if r.cancelOneIn == 0 || rand.IntN(r.cancelOneIn) != 0 {
+		return ctx, func(error) { cancel() }
 	}
-	return ctx, cancel
+	timer := time.AfterFunc(r.delay.next(), cancel)
+	return ctx, func(err error) {
+		if timer.Stop() {
+			r.delay.observe(false) // the operation ended first
+		} else {
+			r.delay.observe(err != nil)
+		}
+		cancel()
+	}
 }
 
 // run runs the workers until ctx is done. A verdict the workload does not expect fails the test.
@@ -154,9 +207,9 @@ func (r *faultRun) run(t *testing.T, ctx context.Context, workers int) {
 
 // issue starts a family; a fault leaves nothing the worker holds, and it tries again later.
 func (r *faultRun) issue(ctx context.Context) (*faultFamily, error) {
-	opCtx, cancel := r.opContext(ctx)
-	defer cancel()
+	opCtx, done := r.opContext(ctx)
 	tok, err := r.store.Issue(opCtx, repository.IssueRequest{ClientID: "client-a", UserID: "user-1", Scope: []string{"openid"}})
+	done(err)
 	switch {
 	case err == nil:
 	case isFault(err):
@@ -175,15 +228,19 @@ func (r *faultRun) issue(ctx context.Context) (*faultFamily, error) {
 // answers. Any verdict but success is an error: the token was the last one acknowledged.
 func (r *faultRun) rotate(t *testing.T, ctx context.Context, f *faultFamily) error {
 	for attempt := 0; ; attempt++ {
-		opCtx, cancel := r.opContext(ctx)
-		if attempt > 0 {
+		var next *repository.RefreshToken
+		var err error
+		if attempt == 0 {
+			opCtx, done := r.opContext(ctx)
+			next, err = r.store.Rotate(opCtx, repository.RotateRequest{Token: f.token.Reveal(), ClientID: "client-a"})
+			done(err)
+		} else {
 			// A retry is not cancelled at random and outlives the run, so that the family's last
 			// token is known when the run ends.
+			opCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			next, err = r.store.Rotate(opCtx, repository.RotateRequest{Token: f.token.Reveal(), ClientID: "client-a"})
 			cancel()
-			opCtx, cancel = context.WithTimeout(context.Background(), 5*time.Second)
 		}
-		next, err := r.store.Rotate(opCtx, repository.RotateRequest{Token: f.token.Reveal(), ClientID: "client-a"})
-		cancel()
 		if err == nil {
 			r.b.remember(next.Token)
 			f.token = next.Token
@@ -219,9 +276,9 @@ func (r *faultRun) exchange(t *testing.T, ctx context.Context) (*faultFamily, er
 		return nil, nil
 	}
 	r.b.remember(code.Code)
-	opCtx, cancel := r.opContext(ctx)
-	defer cancel()
+	opCtx, done := r.opContext(ctx)
 	got, err := r.store.Exchange(opCtx, repository.ExchangeRequest{Code: code.Code.Reveal(), ClientID: "client-a", RedirectURI: redirectURI, CodeVerifier: verifier})
+	done(err)
 	if err != nil {
 		if !isFault(err) {
 			return nil, fmt.Errorf("exchange: %w", err)
@@ -237,8 +294,7 @@ func (r *faultRun) exchange(t *testing.T, ctx context.Context) (*faultFamily, er
 
 // shortLived creates a state and a family that expire within a second, for cleanup to remove.
 func (r *faultRun) shortLived(ctx context.Context) error {
-	opCtx, cancel := r.opContext(ctx)
-	defer cancel()
+	opCtx, done := r.opContext(ctx)
 	st, err := r.store.CreateState(opCtx, repository.StateRequest{ClientID: "client-a", RedirectURI: redirectURI, TTL: time.Second})
 	if err == nil {
 		r.b.remember(st.State)
@@ -248,6 +304,7 @@ func (r *faultRun) shortLived(ctx context.Context) error {
 			r.b.remember(tok.Token)
 		}
 	}
+	done(err)
 	switch {
 	case err == nil:
 		r.counts.other.Add(1)
@@ -261,9 +318,9 @@ func (r *faultRun) shortLived(ctx context.Context) error {
 }
 
 func (r *faultRun) cleanup(ctx context.Context) error {
-	opCtx, cancel := r.opContext(ctx)
-	defer cancel()
+	opCtx, done := r.opContext(ctx)
 	_, err := r.store.Cleanup(opCtx, repository.CleanupOptions{BatchSize: 20, Limit: 200})
+	done(err)
 	switch {
 	case err == nil:
 		r.counts.cleanups.Add(1)
@@ -356,27 +413,48 @@ func (r *faultRun) summary() string {
 		c.cleanups.Load(), c.cleanupFaults.Load(), c.other.Load(), c.otherFaults.Load(), len(r.held))
 }
 
+// faultQuota is what a fault run must reach before it may stop, and what it is held to: enough
+// acknowledged rotations and exchanges for "no acknowledged write lost" to mean something, and
+// enough of them hit by a fault for "a fault leaves no partial state" to mean something.
+func (r *faultRun) faultQuota(rotations, rotateFaults, exchanges, exchangeFaults int64) quota {
+	var q quota
+	q.need("rotations acknowledged", rotations, r.counts.rotations.Load)
+	q.need("rotations hit by a fault", rotateFaults, r.counts.rotateFaults.Load)
+	q.need("exchanges acknowledged", exchanges, r.counts.exchanges.Load)
+	q.need("exchanges hit by a fault", exchangeFaults, r.counts.exchangeFaults.Load)
+	return q
+}
+
 func TestFault_TerminatedBackendsAndCancelledCallsUnderLoadLoseNoAcknowledgedWrite(t *testing.T) {
 	t.Parallel()
 	b := setup(t, setupOptions{realClock: true})
-	r := newFaultRun(t, b, func() bool { return rand.IntN(8) == 0 })
+	r := newFaultRun(t, b, 8)
+	// The faults are timed from this server's latencies: a cancellation after a delay around one
+	// rotation's latency, adapted as the run goes; a termination after a few acknowledged
+	// operations, so that the workers always get work done between two faults, however long a
+	// new connection takes.
+	opLatency := r.calibrate(t)
+	connLatency := connectLatency(t, b.ctx, b.db.URL)
 
 	killer, err := pgx.Connect(b.ctx, b.db.URL)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer killer.Close(context.Background())
-	ctx, stop := context.WithTimeout(b.ctx, 4*time.Second)
+	ctx, stop := context.WithCancel(b.ctx)
 	defer stop()
 	var terminated atomic.Int64
+	q := r.faultQuota(400, 40, 60, 12)
+	q.need("backends terminated", 40, terminated.Load)
+	go q.runUntil(ctx, 2*time.Second, 2*time.Minute, stop)
 	killed := make(chan error, 1)
 	go func() {
 		defer close(killed)
 		for {
-			time.Sleep(time.Duration(rand.IntN(4000)) * time.Microsecond)
-			if ctx.Err() != nil {
+			if !r.waitProgress(ctx, 1+rand.Int64N(8), time.Minute) {
 				return
 			}
+			time.Sleep(time.Duration(rand.Int64N(int64(opLatency) + 1)))
 			var n int64
 			err := killer.QueryRow(b.ctx, `SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM (
 				SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()
@@ -388,6 +466,7 @@ func TestFault_TerminatedBackendsAndCancelledCallsUnderLoadLoseNoAcknowledgedWri
 			terminated.Add(n)
 		}
 	}()
+	start := time.Now()
 	r.run(t, ctx, 8)
 	if err := <-killed; err != nil {
 		t.Fatalf("terminating backends: %v", err)
@@ -396,10 +475,10 @@ func TestFault_TerminatedBackendsAndCancelledCallsUnderLoadLoseNoAcknowledgedWri
 		return
 	}
 	r.check(t)
-	t.Logf("%d backends terminated; %s", terminated.Load(), r.summary())
-	if terminated.Load() == 0 || r.counts.rotateFaults.Load() == 0 || r.counts.exchangeFaults.Load() == 0 {
-		t.Fatalf("the faults missed the workload (%d terminated; %s)", terminated.Load(), r.summary())
-	}
+	t.Logf("rotation %v, new connection %v, cancellation delay around %v at the end; in %v: %d backends terminated; %s",
+		opLatency.Round(time.Microsecond), connLatency.Round(time.Microsecond), r.delay, time.Since(start).Round(time.Millisecond),
+		terminated.Load(), r.summary())
+	q.check(t, "terminations and cancellations")
 }
 
 func TestFault_ServerCrashesAndRestartsUnderLoadLoseNoAcknowledgedWrite(t *testing.T) {
@@ -436,23 +515,34 @@ func TestFault_ServerCrashesAndRestartsUnderLoadLoseNoAcknowledgedWrite(t *testi
 	b := &bundle{ctx: ctx, pool: pool, logs: &syncBuffer{}, pepper: make([]byte, 32)}
 	_, _ = crand.Read(b.pepper)
 	t.Cleanup(func() { b.checkSecretHygiene(t) })
-	r := newFaultRun(t, b, nil)
+	r := newFaultRun(t, b, 0)
 	b.store = r.store
 
+	// Each crash comes after the workload has made progress since the last one, so that it always
+	// lands on a workload that recovered, however long the restart took; the workload then runs on
+	// after the last one.
 	const crashes = 4
 	runCtx, stop := context.WithCancel(ctx)
 	defer stop()
+	restarted := atomic.Int64{}
 	crashed := make(chan error, 1)
 	go func() {
 		defer stop()
 		for range crashes {
-			time.Sleep(time.Duration(300+rand.IntN(500)) * time.Millisecond)
+			if !r.waitProgress(runCtx, 150+rand.Int64N(150), time.Minute) {
+				crashed <- fmt.Errorf("no progress after %d crashes (%s)", restarted.Load(), r.summary())
+				return
+			}
 			if err := c.Restart(ctx, true); err != nil {
 				crashed <- err
 				return
 			}
+			restarted.Add(1)
 		}
-		time.Sleep(500 * time.Millisecond) // the workload runs on after the last restart
+		if !r.waitProgress(runCtx, 150, time.Minute) {
+			crashed <- fmt.Errorf("no progress after the last crash (%s)", r.summary())
+			return
+		}
 		crashed <- nil
 	}()
 	r.run(t, runCtx, 8)
@@ -463,8 +553,11 @@ func TestFault_ServerCrashesAndRestartsUnderLoadLoseNoAcknowledgedWrite(t *testi
 		return
 	}
 	r.check(t)
-	t.Logf("%d server crashes and restarts; %s", crashes, r.summary())
-	if r.counts.rotateFaults.Load() == 0 {
-		t.Fatalf("the crashes missed the rotations (%s)", r.summary())
-	}
+	t.Logf("%d server crashes and restarts; %s", restarted.Load(), r.summary())
+	q := r.faultQuota(300, crashes, 20, 0)
+	q.need("operations hit by a crash", 2*crashes, func() int64 {
+		c := &r.counts
+		return c.rotateFaults.Load() + c.exchangeFaults.Load() + c.cleanupFaults.Load() + c.otherFaults.Load()
+	})
+	q.check(t, "crashes")
 }

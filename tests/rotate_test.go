@@ -150,9 +150,13 @@ func TestRotate_ConcurrentRotationsOfOneTokenHaveOneWinner(t *testing.T) {
 func TestRotate_RacingFamilyRevocationNeverLeavesARotatableToken(t *testing.T) {
 	t.Parallel()
 	b := setup(t, setupOptions{realClock: true})
-	const trials = 200
-	rotated, revokedFirst := 0, 0
-	for range trials {
+	// Which of the two commits first depends on timing; the trials go on until each order has won
+	// often enough for both cases to be checked.
+	var rotated, revokedFirst, trials int64
+	var q quota
+	q.need("trials the rotation won", 20, func() int64 { return rotated })
+	q.need("trials the revocation won", 20, func() int64 { return revokedFirst })
+	for ; (trials < 200 || !q.met()) && trials < 3000; trials++ {
 		tok := b.issue(t)
 		var (
 			wg        sync.WaitGroup
@@ -205,6 +209,7 @@ func TestRotate_RacingFamilyRevocationNeverLeavesARotatableToken(t *testing.T) {
 		t.Fatalf("%d families with two live tokens", n)
 	}
 	t.Logf("%d trials: rotation first %d, revocation first %d", trials, rotated, revokedFirst)
+	q.check(t, "rotation racing revocation")
 }
 
 func TestRotate_ExpiredTokenRejectedWhileRowExists(t *testing.T) {
