@@ -83,7 +83,9 @@ func (d *faultDelay) observe(hit bool) {
 	}
 }
 
-func (d *faultDelay) String() string { return time.Duration(d.mean.Load()).Round(time.Microsecond).String() }
+func (d *faultDelay) String() string {
+	return time.Duration(d.mean.Load()).Round(time.Microsecond).String()
+}
 
 // quota is a set of named minimum counts a test's workload must reach: acknowledged operations and
 // operations its faults hit, so that it never passes having exercised nothing.
