@@ -102,6 +102,33 @@ func (q *Queries) AuthorizationCodeDeleteExpired(ctx context.Context, db DBTX, a
 	return result.RowsAffected(), nil
 }
 
+const authorizationCodeEndPending = `-- name: AuthorizationCodeEndPending :execrows
+DELETE FROM oauth_authorization_code c
+WHERE c.family_id IS NULL
+  AND c.expires_at > coalesce($1::timestamptz, statement_timestamp())
+  AND ($2::text IS NULL OR c.user_id = $2::text)
+  AND ($3::text IS NULL OR c.client_id = $3::text)
+`
+
+type AuthorizationCodeEndPendingParams struct {
+	Now      *time.Time
+	UserID   *string
+	ClientID *string
+}
+
+// AuthorizationCodeEndPending deletes the codes of a user, of a client, or of a user at one
+// client, that could still be exchanged: a bulk revocation runs it before it revokes families, so
+// that no code minted before it yields a new live family after it. A code being exchanged
+// meanwhile either commits first, and its family is then revoked by the revocation that follows, or
+// finds nothing to exchange. Consumed codes stay: they are the evidence of their families.
+func (q *Queries) AuthorizationCodeEndPending(ctx context.Context, db DBTX, arg AuthorizationCodeEndPendingParams) (int64, error) {
+	result, err := db.Exec(ctx, authorizationCodeEndPending, arg.Now, arg.UserID, arg.ClientID)
+	if err != nil {
+		return 0, err
+	}
+	return result.RowsAffected(), nil
+}
+
 const authorizationCodeExchange = `-- name: AuthorizationCodeExchange :one
 WITH new_family AS MATERIALIZED (
     SELECT gen_random_uuid() AS id
@@ -184,7 +211,7 @@ func (q *Queries) AuthorizationCodeExchange(ctx context.Context, db DBTX, arg Au
 }
 
 const authorizationCodeGet = `-- name: AuthorizationCodeGet :one
-SELECT c.digest, c.client_id, c.user_id, c.redirect_uri, c.scope, c.code_challenge,
+SELECT c.digest, c.pepper_id, c.client_id, c.user_id, c.redirect_uri, c.scope, c.code_challenge,
     c.code_challenge_method, c.nonce, c.resources, c.dpop_jkt, c.session, c.expires_at,
     c.consumed_at, c.family_id, f.revoked_at AS family_revoked_at,
     c.expires_at <= coalesce($1::timestamptz, statement_timestamp()) AS expired
@@ -200,6 +227,7 @@ type AuthorizationCodeGetParams struct {
 
 type AuthorizationCodeGetRow struct {
 	Digest              []byte
+	PepperID            string
 	ClientID            string
 	UserID              string
 	RedirectURI         string
@@ -223,6 +251,7 @@ func (q *Queries) AuthorizationCodeGet(ctx context.Context, db DBTX, arg Authori
 	var i AuthorizationCodeGetRow
 	err := row.Scan(
 		&i.Digest,
+		&i.PepperID,
 		&i.ClientID,
 		&i.UserID,
 		&i.RedirectURI,

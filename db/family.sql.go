@@ -252,35 +252,26 @@ func (q *Queries) FamilyListActiveByUser(ctx context.Context, db DBTX, arg Famil
 }
 
 const familyLockByToken = `-- name: FamilyLockByToken :one
-SELECT f.id, coalesce($1::timestamptz, statement_timestamp())::timestamptz AS now
+SELECT f.id
 FROM oauth_family f
 WHERE f.id = (
     SELECT t.family_id
     FROM oauth_refresh_token t
-    WHERE t.digest = ANY($2::bytea[])
+    WHERE t.digest = ANY($1::bytea[])
     LIMIT 1
 )
 FOR NO KEY UPDATE
 `
 
-type FamilyLockByTokenParams struct {
-	Now     *time.Time
-	Digests [][]byte
-}
-
-type FamilyLockByTokenRow struct {
-	ID  pgtype.UUID
-	Now time.Time
-}
-
-// FamilyLockByToken locks the family of a presented token and returns the statement's clock. The
-// statements that follow it in the same transaction see every change committed before the lock
-// was granted, and no rotation or revocation of the family can interleave with them.
-func (q *Queries) FamilyLockByToken(ctx context.Context, db DBTX, arg FamilyLockByTokenParams) (FamilyLockByTokenRow, error) {
-	row := db.QueryRow(ctx, familyLockByToken, arg.Now, arg.Digests)
-	var i FamilyLockByTokenRow
-	err := row.Scan(&i.ID, &i.Now)
-	return i, err
+// FamilyLockByToken locks the family of a presented token. The statements that follow it in the
+// same transaction see every change committed before the lock was granted, and no rotation or
+// revocation of the family can interleave with them. Its own clock was read before it waited for
+// the lock, so it returns none: the caller takes the time from the next statement.
+func (q *Queries) FamilyLockByToken(ctx context.Context, db DBTX, digests [][]byte) (pgtype.UUID, error) {
+	row := db.QueryRow(ctx, familyLockByToken, digests)
+	var id pgtype.UUID
+	err := row.Scan(&id)
+	return id, err
 }
 
 const familyRevoke = `-- name: FamilyRevoke :one
@@ -337,6 +328,7 @@ WITH batch AS MATERIALIZED (
     FROM oauth_family f
     WHERE f.client_id = $3::text
       AND f.revoked_at IS NULL
+    ORDER BY f.id
     LIMIT $4::integer
     FOR NO KEY UPDATE
 )
@@ -363,6 +355,7 @@ type FamilyRevokeByClientRow struct {
 
 // FamilyRevokeByClient revokes one batch of a client's live families and returns them; callers
 // repeat it until a batch comes back short, so that no statement holds many row locks for long.
+// Rows are locked in id order, so that two bulk revocations over the same families never deadlock.
 func (q *Queries) FamilyRevokeByClient(ctx context.Context, db DBTX, arg FamilyRevokeByClientParams) ([]FamilyRevokeByClientRow, error) {
 	rows, err := db.Query(ctx, familyRevokeByClient,
 		arg.Now,
@@ -395,6 +388,7 @@ WITH batch AS MATERIALIZED (
     WHERE f.user_id = $3::text
       AND f.client_id = coalesce($4::text, f.client_id)
       AND f.revoked_at IS NULL
+    ORDER BY f.id
     LIMIT $5::integer
     FOR NO KEY UPDATE
 )
@@ -421,7 +415,7 @@ type FamilyRevokeByUserRow struct {
 }
 
 // FamilyRevokeByUser revokes one batch of a user's live families, at every client or at one, and
-// returns them; callers repeat it until a batch comes back short.
+// returns them; callers repeat it until a batch comes back short. Rows are locked in id order.
 func (q *Queries) FamilyRevokeByUser(ctx context.Context, db DBTX, arg FamilyRevokeByUserParams) ([]FamilyRevokeByUserRow, error) {
 	rows, err := db.Query(ctx, familyRevokeByUser,
 		arg.Now,

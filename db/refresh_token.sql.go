@@ -13,11 +13,12 @@ import (
 )
 
 const refreshTokenGet = `-- name: RefreshTokenGet :one
-SELECT t.digest, t.family_id, t.parent_digest, t.scope, t.created_at, t.expires_at, t.consumed_at,
-    t.grace_uses,
+SELECT t.digest, t.pepper_id, t.family_id, t.parent_digest, t.scope, t.created_at, t.expires_at,
+    t.consumed_at, t.grace_uses,
     f.client_id, f.user_id, f.scope AS granted_scope, f.expires_at AS family_expires_at,
     f.sender_thumbprint, f.revoked_at, f.revoked_reason,
-    t.expires_at <= coalesce($1::timestamptz, statement_timestamp()) AS expired
+    t.expires_at <= coalesce($1::timestamptz, statement_timestamp()) AS expired,
+    coalesce($1::timestamptz, statement_timestamp())::timestamptz AS now
 FROM oauth_refresh_token t
 JOIN oauth_family f ON f.id = t.family_id
 WHERE t.digest = ANY($2::bytea[])
@@ -30,6 +31,7 @@ type RefreshTokenGetParams struct {
 
 type RefreshTokenGetRow struct {
 	Digest           []byte
+	PepperID         string
 	FamilyID         pgtype.UUID
 	ParentDigest     []byte
 	Scope            []string
@@ -45,15 +47,19 @@ type RefreshTokenGetRow struct {
 	RevokedAt        *time.Time
 	RevokedReason    *string
 	Expired          bool
+	Now              time.Time
 }
 
 // RefreshTokenGet reads a token with its family, without changing anything. The token may be
-// presented under any pepper of the ring, hence a digest per pepper.
+// presented under any pepper of the ring, hence a digest per pepper. now is the clock the statement
+// compared with: run after FamilyLockByToken, it is taken after the lock was granted, so that what
+// the caller writes under the lock is never dated before what it waited for.
 func (q *Queries) RefreshTokenGet(ctx context.Context, db DBTX, arg RefreshTokenGetParams) (RefreshTokenGetRow, error) {
 	row := db.QueryRow(ctx, refreshTokenGet, arg.Now, arg.Digests)
 	var i RefreshTokenGetRow
 	err := row.Scan(
 		&i.Digest,
+		&i.PepperID,
 		&i.FamilyID,
 		&i.ParentDigest,
 		&i.Scope,
@@ -69,6 +75,7 @@ func (q *Queries) RefreshTokenGet(ctx context.Context, db DBTX, arg RefreshToken
 		&i.RevokedAt,
 		&i.RevokedReason,
 		&i.Expired,
+		&i.Now,
 	)
 	return i, err
 }
@@ -141,8 +148,9 @@ rotated AS (
     UPDATE oauth_family f
     SET last_rotated_at = coalesce($2::timestamptz, statement_timestamp()),
         rotation_count = f.rotation_count + 1,
-        idle_expires_at = greatest(f.idle_expires_at,
-            least(coalesce($2::timestamptz, statement_timestamp()) + $7::interval, f.expires_at))
+        -- The family dies when its newest token expires, sooner or later than the one before.
+        idle_expires_at = least(coalesce($2::timestamptz, statement_timestamp()) + $7::interval,
+            f.expires_at)
     FROM consumed c
     WHERE f.id = c.family_id
     RETURNING f.id, f.client_id, f.user_id, f.scope AS granted_scope, f.expires_at AS family_expires_at,

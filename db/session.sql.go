@@ -9,6 +9,31 @@ import (
 	"context"
 )
 
+const sessionBlocks = `-- name: SessionBlocks :one
+SELECT pg_backend_pid() = ANY(pg_blocking_pids($1::integer)) AS blocks
+`
+
+// SessionBlocks reports whether this session holds a lock that the session with the given backend
+// pid is waiting for.
+func (q *Queries) SessionBlocks(ctx context.Context, db DBTX, pid int32) (bool, error) {
+	row := db.QueryRow(ctx, sessionBlocks, pid)
+	var blocks bool
+	err := row.Scan(&blocks)
+	return blocks, err
+}
+
+const sessionIsolation = `-- name: SessionIsolation :one
+SELECT current_setting('transaction_isolation')::text AS isolation
+`
+
+// SessionIsolation returns the isolation level of the current transaction.
+func (q *Queries) SessionIsolation(ctx context.Context, db DBTX) (string, error) {
+	row := db.QueryRow(ctx, sessionIsolation)
+	var isolation string
+	err := row.Scan(&isolation)
+	return isolation, err
+}
+
 const sessionSetLockTimeout = `-- name: SessionSetLockTimeout :exec
 SELECT set_config('lock_timeout', $1::text, true)
 `

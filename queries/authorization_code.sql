@@ -33,6 +33,18 @@ WHERE digest IN (
     FOR UPDATE SKIP LOCKED
 );
 
+-- AuthorizationCodeEndPending deletes the codes of a user, of a client, or of a user at one
+-- client, that could still be exchanged: a bulk revocation runs it before it revokes families, so
+-- that no code minted before it yields a new live family after it. A code being exchanged
+-- meanwhile either commits first, and its family is then revoked by the revocation that follows, or
+-- finds nothing to exchange. Consumed codes stay: they are the evidence of their families.
+-- name: AuthorizationCodeEndPending :execrows
+DELETE FROM oauth_authorization_code c
+WHERE c.family_id IS NULL
+  AND c.expires_at > coalesce(sqlc.narg('now')::timestamptz, statement_timestamp())
+  AND (sqlc.narg('user_id')::text IS NULL OR c.user_id = sqlc.narg('user_id')::text)
+  AND (sqlc.narg('client_id')::text IS NULL OR c.client_id = sqlc.narg('client_id')::text);
+
 -- AuthorizationCodeExchange consumes a code and creates the family of its grant with the first
 -- refresh token, recording the family on the code, all in one statement: either all of it
 -- happens or none of it. The code's row lock makes concurrent exchanges of one code wait here and
@@ -80,7 +92,7 @@ CROSS JOIN token t;
 
 -- AuthorizationCodeGet reads a code, whatever its state, with the state of the family it produced.
 -- name: AuthorizationCodeGet :one
-SELECT c.digest, c.client_id, c.user_id, c.redirect_uri, c.scope, c.code_challenge,
+SELECT c.digest, c.pepper_id, c.client_id, c.user_id, c.redirect_uri, c.scope, c.code_challenge,
     c.code_challenge_method, c.nonce, c.resources, c.dpop_jkt, c.session, c.expires_at,
     c.consumed_at, c.family_id, f.revoked_at AS family_revoked_at,
     c.expires_at <= coalesce(sqlc.narg('now')::timestamptz, statement_timestamp()) AS expired

@@ -91,11 +91,12 @@ WHERE f.user_id = @user_id::text
 ORDER BY f.created_at DESC, f.id
 LIMIT @max_rows::integer;
 
--- FamilyLockByToken locks the family of a presented token and returns the statement's clock. The
--- statements that follow it in the same transaction see every change committed before the lock
--- was granted, and no rotation or revocation of the family can interleave with them.
+-- FamilyLockByToken locks the family of a presented token. The statements that follow it in the
+-- same transaction see every change committed before the lock was granted, and no rotation or
+-- revocation of the family can interleave with them. Its own clock was read before it waited for
+-- the lock, so it returns none: the caller takes the time from the next statement.
 -- name: FamilyLockByToken :one
-SELECT f.id, coalesce(sqlc.narg('now')::timestamptz, statement_timestamp())::timestamptz AS now
+SELECT f.id
 FROM oauth_family f
 WHERE f.id = (
     SELECT t.family_id
@@ -129,12 +130,14 @@ FROM family f;
 
 -- FamilyRevokeByClient revokes one batch of a client's live families and returns them; callers
 -- repeat it until a batch comes back short, so that no statement holds many row locks for long.
+-- Rows are locked in id order, so that two bulk revocations over the same families never deadlock.
 -- name: FamilyRevokeByClient :many
 WITH batch AS MATERIALIZED (
     SELECT f.id
     FROM oauth_family f
     WHERE f.client_id = @client_id::text
       AND f.revoked_at IS NULL
+    ORDER BY f.id
     LIMIT @batch_size::integer
     FOR NO KEY UPDATE
 )
@@ -146,7 +149,7 @@ WHERE f.id = b.id
 RETURNING f.id, f.client_id, f.user_id;
 
 -- FamilyRevokeByUser revokes one batch of a user's live families, at every client or at one, and
--- returns them; callers repeat it until a batch comes back short.
+-- returns them; callers repeat it until a batch comes back short. Rows are locked in id order.
 -- name: FamilyRevokeByUser :many
 WITH batch AS MATERIALIZED (
     SELECT f.id
@@ -154,6 +157,7 @@ WITH batch AS MATERIALIZED (
     WHERE f.user_id = @user_id::text
       AND f.client_id = coalesce(sqlc.narg('client_id')::text, f.client_id)
       AND f.revoked_at IS NULL
+    ORDER BY f.id
     LIMIT @batch_size::integer
     FOR NO KEY UPDATE
 )

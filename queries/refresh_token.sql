@@ -1,11 +1,14 @@
 -- RefreshTokenGet reads a token with its family, without changing anything. The token may be
--- presented under any pepper of the ring, hence a digest per pepper.
+-- presented under any pepper of the ring, hence a digest per pepper. now is the clock the statement
+-- compared with: run after FamilyLockByToken, it is taken after the lock was granted, so that what
+-- the caller writes under the lock is never dated before what it waited for.
 -- name: RefreshTokenGet :one
-SELECT t.digest, t.family_id, t.parent_digest, t.scope, t.created_at, t.expires_at, t.consumed_at,
-    t.grace_uses,
+SELECT t.digest, t.pepper_id, t.family_id, t.parent_digest, t.scope, t.created_at, t.expires_at,
+    t.consumed_at, t.grace_uses,
     f.client_id, f.user_id, f.scope AS granted_scope, f.expires_at AS family_expires_at,
     f.sender_thumbprint, f.revoked_at, f.revoked_reason,
-    t.expires_at <= coalesce(sqlc.narg('now')::timestamptz, statement_timestamp()) AS expired
+    t.expires_at <= coalesce(sqlc.narg('now')::timestamptz, statement_timestamp()) AS expired,
+    coalesce(sqlc.narg('now')::timestamptz, statement_timestamp())::timestamptz AS now
 FROM oauth_refresh_token t
 JOIN oauth_family f ON f.id = t.family_id
 WHERE t.digest = ANY(@digests::bytea[]);
@@ -86,8 +89,9 @@ rotated AS (
     UPDATE oauth_family f
     SET last_rotated_at = coalesce(sqlc.narg('now')::timestamptz, statement_timestamp()),
         rotation_count = f.rotation_count + 1,
-        idle_expires_at = greatest(f.idle_expires_at,
-            least(coalesce(sqlc.narg('now')::timestamptz, statement_timestamp()) + @ttl::interval, f.expires_at))
+        -- The family dies when its newest token expires, sooner or later than the one before.
+        idle_expires_at = least(coalesce(sqlc.narg('now')::timestamptz, statement_timestamp()) + @ttl::interval,
+            f.expires_at)
     FROM consumed c
     WHERE f.id = c.family_id
     RETURNING f.id, f.client_id, f.user_id, f.scope AS granted_scope, f.expires_at AS family_expires_at,

@@ -14,7 +14,7 @@ func BenchmarkDigestPresented(b *testing.B) {
 	for _, peppers := range []int{1, 2} {
 		r := ring(testPepper())
 		if peppers == 2 {
-			r = append(r, Pepper{ID: "old", Secret: append(testPepper(), 1)})
+			r = append(r, Pepper{ID: "old", Secret: NewKey(append(testPepper(), 1))})
 		}
 		d := newDigester(r, "refresh-token")
 		tok, _, _ := d.mint()

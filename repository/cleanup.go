@@ -107,21 +107,33 @@ func (s *Store) Cleanup(ctx context.Context, opts CleanupOptions) (CleanupResult
 	// family); more may be left while it deleted some, but not all, of what it looked at, or as
 	// many as it looked for.
 	err := run(&res.Families, func(n int) (int64, bool, error) {
-		row, err := s.q.FamilyDeleteExpired(ctx, s.db, db.FamilyDeleteExpiredParams{
-			Now: s.now(), Retain: retain, MaxFamilies: int32(n), MaxTokens: int64(batch)})
+		var row db.FamilyDeleteExpiredRow
+		err := s.readCommitted(ctx, "cleanup", func(q DBTX) (err error) {
+			row, err = s.q.FamilyDeleteExpired(ctx, q, db.FamilyDeleteExpiredParams{
+				Now: s.now(), Retain: retain, MaxFamilies: int32(n), MaxTokens: int64(batch)})
+			return err
+		})
 		res.RefreshTokens += row.TokensDeleted
 		more := row.FamiliesDeleted > 0 && (row.FamiliesDeleted < row.Candidates || row.Candidates == int64(n))
 		return row.FamiliesDeleted, more, err
 	})
 	if err == nil {
 		err = run(&res.AuthorizationCodes, func(n int) (int64, bool, error) {
-			deleted, err := s.q.AuthorizationCodeDeleteExpired(ctx, s.db, db.AuthorizationCodeDeleteExpiredParams{Now: s.now(), Retain: retain, BatchSize: int32(n)})
+			var deleted int64
+			err := s.readCommitted(ctx, "cleanup", func(q DBTX) (err error) {
+				deleted, err = s.q.AuthorizationCodeDeleteExpired(ctx, q, db.AuthorizationCodeDeleteExpiredParams{Now: s.now(), Retain: retain, BatchSize: int32(n)})
+				return err
+			})
 			return deleted, deleted == int64(n), err
 		})
 	}
 	if err == nil {
 		err = run(&res.States, func(n int) (int64, bool, error) {
-			deleted, err := s.q.StateDeleteExpired(ctx, s.db, db.StateDeleteExpiredParams{Now: s.now(), Retain: retain, BatchSize: int32(n)})
+			var deleted int64
+			err := s.readCommitted(ctx, "cleanup", func(q DBTX) (err error) {
+				deleted, err = s.q.StateDeleteExpired(ctx, q, db.StateDeleteExpiredParams{Now: s.now(), Retain: retain, BatchSize: int32(n)})
+				return err
+			})
 			return deleted, deleted == int64(n), err
 		})
 	}

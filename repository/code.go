@@ -193,8 +193,9 @@ func (s *Store) Exchange(ctx context.Context, req ExchangeRequest) (*CodeExchang
 		RefreshDigest:    refreshDigest,
 		RefreshPepperID:  pepperID,
 	})
-	if errors.Is(err, pgx.ErrNoRows) {
-		// Another exchange consumed it meanwhile, or it expired: read again and say which.
+	if errors.Is(err, pgx.ErrNoRows) || isSerializationFailure(err) {
+		// Another exchange consumed it meanwhile, or it expired: read again and say which. (Under a
+		// stricter default isolation level, losing that race is a serialization failure.)
 		if _, err := s.verifyCode(ctx, digests, req); err != nil {
 			return nil, err
 		}
@@ -233,6 +234,8 @@ func (s *Store) verifyCode(ctx context.Context, digests [][]byte, req ExchangeRe
 		return c, dbError("exchange code: read", err)
 	}
 	switch {
+	case c.ConsumedAt == nil && s.code.retired(c.PepperID):
+		return c, ErrCodeNotFound // recognise-only: a pending code under a retired pepper is unknown
 	case c.ClientID != req.ClientID:
 		return c, ErrWrongClient
 	case c.RedirectURI != req.RedirectURI:
@@ -252,24 +255,29 @@ func (s *Store) verifyCode(ctx context.Context, digests [][]byte, req ExchangeRe
 // codeReplayed revokes the family a replayed code produced (RFC 6749 §4.1.2, RFC 9700 §4.2.4).
 func (s *Store) codeReplayed(ctx context.Context, c db.AuthorizationCodeGetRow) error {
 	e := Event{Kind: EventCodeReplayDetected, ClientID: c.ClientID, UserID: c.UserID, Reason: ReasonCodeReplayDetected}
-	if c.FamilyID.Valid {
+	switch {
+	case !c.FamilyID.Valid:
+		s.emit(ctx, e)
+		return ErrCodeReplayDetected
+	case c.FamilyRevokedAt != nil:
 		e.FamilyID = familyIDString(c.FamilyID)
-		if c.FamilyRevokedAt == nil {
-			var err error
-			if s.callerTx {
-				e.FamilyRevoked, err = s.revokeOutsideCallerTx(ctx, c.FamilyID, ReasonCodeReplayDetected)
-			} else {
-				var row db.FamilyRevokeRow
-				row, err = s.q.FamilyRevoke(ctx, s.db, db.FamilyRevokeParams{ID: c.FamilyID, Now: s.now(), Reason: ReasonCodeReplayDetected})
-				e.FamilyRevoked = row.RevokedNow
-				if errors.Is(err, pgx.ErrNoRows) {
-					err = nil
-				}
-			}
-			if err != nil {
-				return dbError("exchange code: revoke on replay", err)
-			}
+		// Revoked before: reported once a minute per family, however often the code comes back.
+		if first := s.replays.firstSince(&e); first != nil {
+			s.emit(ctx, *first)
 		}
+		return ErrCodeReplayDetected
+	}
+	e.FamilyID = familyIDString(c.FamilyID)
+	if s.callerTx {
+		return s.revokeReplayed(ctx, c.FamilyID, &e, ErrCodeReplayDetected)
+	}
+	err := s.readCommitted(ctx, "exchange code: revoke on replay", func(q DBTX) error {
+		row, err := s.q.FamilyRevoke(ctx, q, db.FamilyRevokeParams{ID: c.FamilyID, Now: s.now(), Reason: ReasonCodeReplayDetected})
+		e.FamilyRevoked = row.RevokedNow
+		return err
+	})
+	if err != nil && !errors.Is(err, pgx.ErrNoRows) {
+		return dbError("exchange code: revoke on replay", err)
 	}
 	s.emit(ctx, e)
 	return ErrCodeReplayDetected

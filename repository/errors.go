@@ -114,3 +114,9 @@ func ErrorCode(err error) string {
 	}
 	return "server_error"
 }
+
+// ErrNotReadCommitted is returned by every call on a Store made by WithDB (or New given a pgx.Tx)
+// whose transaction is not READ COMMITTED. Such a call changes nothing. Begin the transaction
+// with pgx.TxOptions{IsoLevel: pgx.ReadCommitted} when the database or role defaults to a
+// stricter level.
+var ErrNotReadCommitted = errors.New("oauthstore: the caller's transaction must be READ COMMITTED")

@@ -11,7 +11,8 @@ type EventKind string
 // The events a Store reports to Config.Logger and Config.OnEvent.
 const (
 	// EventReplayDetected: a consumed token was presented again by its client. Its family is
-	// revoked (FamilyRevoked tells whether by this replay or earlier).
+	// revoked (FamilyRevoked tells whether by this replay or earlier). A replay of a family that
+	// was already revoked is reported at most once a minute per family.
 	EventReplayDetected EventKind = "replay_detected"
 	// EventFamilyRevoked: a family was revoked by RevokeToken, RevokeFamily or RevokeFamilies.
 	EventFamilyRevoked EventKind = "family_revoked"
@@ -31,9 +32,13 @@ type Event struct {
 	UserID   string
 	// Reason is the revocation reason, for EventFamilyRevoked and EventReplayDetected.
 	Reason string
-	// FamilyRevoked reports, for the replay events, whether this replay revoked the family (it
-	// may have been revoked before).
+	// FamilyRevoked reports, for the replay events, whether this replay revoked the family and the
+	// revocation is committed (the family may have been revoked before).
 	FamilyRevoked bool
+	// InCallerTx reports, for the replay events, that the revocation was made inside the caller's
+	// transaction (Store.WithDB), because that transaction held or created the family; it
+	// commits or rolls back with it.
+	InCallerTx bool
 }
 
 func (s *Store) emit(ctx context.Context, e Event) {
@@ -53,6 +58,9 @@ func (s *Store) emit(ctx context.Context, e Event) {
 	}
 	if replay {
 		attrs = append(attrs, slog.Bool("family_revoked_now", e.FamilyRevoked))
+		if e.InCallerTx {
+			attrs = append(attrs, slog.Bool("in_caller_tx", true))
+		}
 	}
 	s.log.LogAttrs(ctx, level, "oauthstore: "+string(e.Kind), attrs...)
 	if s.onEvent != nil {

@@ -23,6 +23,8 @@ type TokenInfo struct {
 	RevokedReason   string
 	// SenderThumbprint is the key the family is bound to, if any.
 	SenderThumbprint string
+	// PepperID names the pepper of the ring the token's digest was made with.
+	PepperID string
 	// Expired reports whether ExpiresAt has passed by the database clock (or Config.Clock).
 	Expired bool
 }
@@ -60,6 +62,7 @@ func (s *Store) Lookup(ctx context.Context, token string) (*TokenInfo, error) {
 		FamilyRevokedAt:  utcPtr(row.RevokedAt),
 		RevokedReason:    deref(row.RevokedReason),
 		SenderThumbprint: deref(row.SenderThumbprint),
+		PepperID:         row.PepperID,
 		Expired:          row.Expired,
 	}, nil
 }
@@ -82,6 +85,8 @@ func (s *Store) Peek(ctx context.Context, token, clientID string) (*TokenInfo, e
 		return nil, ErrFamilyRevoked
 	case info.ConsumedAt != nil:
 		return nil, ErrTokenConsumed
+	case s.refresh.retired(info.PepperID):
+		return nil, ErrTokenNotFound
 	case info.Expired:
 		return nil, ErrTokenExpired
 	}
@@ -123,7 +128,11 @@ func (s *Store) RevokeFamily(ctx context.Context, familyID, reason string) error
 	if err := validateReason(reason); err != nil {
 		return err
 	}
-	row, err := s.q.FamilyRevoke(ctx, s.db, db.FamilyRevokeParams{ID: id, Now: s.now(), Reason: reason})
+	var row db.FamilyRevokeRow
+	err = s.readCommitted(ctx, "revoke family", func(q DBTX) (err error) {
+		row, err = s.q.FamilyRevoke(ctx, q, db.FamilyRevokeParams{ID: id, Now: s.now(), Reason: reason})
+		return err
+	})
 	if errors.Is(err, pgx.ErrNoRows) {
 		return ErrFamilyNotFound
 	}
@@ -147,7 +156,9 @@ const revokeBatchSize = 500
 
 // RevokeFamilies revokes every live family of a user (logout everywhere), of a client (the client
 // was deleted), or of a user at one client, in batches of short statements, and returns how many
-// it revoked. Each revoked family is reported as an EventFamilyRevoked.
+// it revoked. Each revoked family is reported as an EventFamilyRevoked. It first ends the
+// authorization codes the filter covers that could still be exchanged, so that no code minted
+// before the call yields a live family after it.
 func (s *Store) RevokeFamilies(ctx context.Context, filter FamilyFilter, reason string) (int64, error) {
 	if filter.UserID == "" && filter.ClientID == "" {
 		return 0, inputError("filter", "neither user_id nor client_id")
@@ -168,32 +179,42 @@ func (s *Store) RevokeFamilies(ctx context.Context, filter FamilyFilter, reason 
 	revoked := func(id pgtype.UUID, clientID, userID string) {
 		s.emit(ctx, Event{Kind: EventFamilyRevoked, FamilyID: familyIDString(id), ClientID: clientID, UserID: userID, Reason: reason})
 	}
+	// Codes first: an exchange that commits before this statement made a family that the batches
+	// below revoke; one that comes after finds no code.
+	if err := s.readCommitted(ctx, "revoke families: end pending codes", func(q DBTX) error {
+		_, err := s.q.AuthorizationCodeEndPending(ctx, q, db.AuthorizationCodeEndPendingParams{
+			Now: s.now(), UserID: optionalText(filter.UserID), ClientID: optionalText(filter.ClientID),
+		})
+		return err
+	}); err != nil {
+		return 0, dbError("revoke families: end pending codes", err)
+	}
 	var total int64
 	for {
-		var n int
-		if filter.UserID != "" {
-			rows, err := s.q.FamilyRevokeByUser(ctx, s.db, db.FamilyRevokeByUserParams{
-				UserID: filter.UserID, ClientID: optionalText(filter.ClientID), BatchSize: revokeBatchSize, Now: s.now(), Reason: reason,
-			})
-			if err != nil {
-				return total, dbError("revoke families", err)
+		var batch []db.FamilyRevokeByUserRow // the rows of either query: id, client, user
+		err := s.readCommitted(ctx, "revoke families", func(q DBTX) (err error) {
+			if filter.UserID != "" {
+				batch, err = s.q.FamilyRevokeByUser(ctx, q, db.FamilyRevokeByUserParams{
+					UserID: filter.UserID, ClientID: optionalText(filter.ClientID), BatchSize: revokeBatchSize, Now: s.now(), Reason: reason,
+				})
+				return err
 			}
-			for _, r := range rows {
-				revoked(r.ID, r.ClientID, r.UserID)
-			}
-			n = len(rows)
-		} else {
-			rows, err := s.q.FamilyRevokeByClient(ctx, s.db, db.FamilyRevokeByClientParams{
+			rows, err := s.q.FamilyRevokeByClient(ctx, q, db.FamilyRevokeByClientParams{
 				ClientID: filter.ClientID, BatchSize: revokeBatchSize, Now: s.now(), Reason: reason,
 			})
-			if err != nil {
-				return total, dbError("revoke families", err)
-			}
+			batch = batch[:0]
 			for _, r := range rows {
-				revoked(r.ID, r.ClientID, r.UserID)
+				batch = append(batch, db.FamilyRevokeByUserRow(r))
 			}
-			n = len(rows)
+			return err
+		})
+		if err != nil {
+			return total, dbError("revoke families", err)
 		}
+		for _, r := range batch {
+			revoked(r.ID, r.ClientID, r.UserID)
+		}
+		n := len(batch)
 		total += int64(n)
 		if n < revokeBatchSize {
 			return total, nil

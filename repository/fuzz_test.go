@@ -28,7 +28,7 @@ func fuzzPepper(b byte) []byte { return bytes.Repeat([]byte{b}, MinPepperBytes) 
 // base64url encodings of 32 bytes, which re-encode to themselves; an accepted token digests, under
 // every pepper of the ring, to the HMAC-SHA-256 the package defines.
 func FuzzDigestPresented(f *testing.F) {
-	ring := []Pepper{{ID: "k2", Secret: fuzzPepper(2)}, {ID: DefaultPepperID, Secret: fuzzPepper(1)}}
+	ring := []Pepper{{ID: "k2", Secret: NewKey(fuzzPepper(2))}, {ID: DefaultPepperID, Secret: NewKey(fuzzPepper(1))}}
 	d := newDigester(ring, "refresh-token")
 	f.Fuzz(func(t *testing.T, token string) {
 		digests, ok := d.digestPresented(token)
@@ -47,7 +47,7 @@ func FuzzDigestPresented(f *testing.F) {
 			t.Fatalf("%d digests for a ring of %d", len(digests), len(ring))
 		}
 		for i, p := range ring {
-			kind := hmac.New(sha256.New, p.Secret)
+			kind := hmac.New(sha256.New, p.Secret.Bytes())
 			kind.Write([]byte("oauthstore/v1/refresh-token"))
 			mac := hmac.New(sha256.New, kind.Sum(nil))
 			mac.Write(raw)
@@ -173,14 +173,20 @@ func FuzzParsePepperRing(f *testing.F) {
 		seen := map[string]bool{}
 		var parts []string
 		for _, p := range ring {
-			if !validPepperID(p.ID) || seen[p.ID] || len(p.Secret) < MinPepperBytes {
-				t.Fatalf("accepted a malformed ring entry: ID %q, %d-byte secret, duplicate %v", p.ID, len(p.Secret), seen[p.ID])
+			if !validPepperID(p.ID) || seen[p.ID] || p.Secret.Len() < MinPepperBytes {
+				t.Fatalf("accepted a malformed ring entry: ID %q, %d-byte secret, duplicate %v", p.ID, p.Secret.Len(), seen[p.ID])
 			}
 			seen[p.ID] = true
-			parts = append(parts, p.ID+":"+base64.StdEncoding.EncodeToString(p.Secret))
+			part := p.ID + ":" + base64.StdEncoding.EncodeToString(p.Secret.Bytes())
+			if p.Retired {
+				part += ":retired"
+			}
+			parts = append(parts, part)
 		}
 		again, err := ParsePepperRing(strings.Join(parts, ","))
-		if err != nil || !slices.EqualFunc(again, ring, func(a, b Pepper) bool { return a.ID == b.ID && bytes.Equal(a.Secret, b.Secret) }) {
+		if err != nil || !slices.EqualFunc(again, ring, func(a, b Pepper) bool {
+			return a.ID == b.ID && a.Retired == b.Retired && bytes.Equal(a.Secret.Bytes(), b.Secret.Bytes())
+		}) {
 			t.Fatalf("ring of %q does not round-trip: %v", s, err)
 		}
 	})

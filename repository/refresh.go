@@ -4,12 +4,9 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"log/slog"
 	"time"
 
-	"github.com/jackc/pgerrcode"
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgtype"
 
 	"github.com/oauthstore/oauthstore/db"
@@ -160,7 +157,10 @@ func (s *Store) Rotate(ctx context.Context, req RotateRequest) (*RefreshToken, e
 		PepperID:         pepperID,
 	}
 	row, err := s.q.RefreshTokenRotate(ctx, s.db, params)
-	if errors.Is(err, pgx.ErrNoRows) {
+	// Under a stricter default isolation level than READ COMMITTED, a rotation that waited for a
+	// concurrent one of the same family fails to serialize: it lost the race, as a READ COMMITTED
+	// one that found the token consumed, and is settled the same way.
+	if errors.Is(err, pgx.ErrNoRows) || isSerializationFailure(err) {
 		return s.rotateRefused(ctx, digests, params, token)
 	}
 	if err != nil {
@@ -185,8 +185,8 @@ func rotated(token Secret, familyID pgtype.UUID, clientID, userID string, scope 
 
 // refusedRotation is what a refused rotation comes to: a successor after all (grace reuse, or a
 // rotation that rolled back under the first attempt), or a refusal; whether the transaction
-// commits; the event to report; and a family whose revocation for replay must outlive the
-// caller's transaction.
+// commits; the event to report; and, inside a caller's transaction, a family whose revocation for
+// replay must outlive that transaction.
 type refusedRotation struct {
 	successor     *RefreshToken
 	refusal       error
@@ -221,11 +221,9 @@ func (s *Store) rotateRefused(ctx context.Context, digests [][]byte, p db.Refres
 		return nil, err
 	}
 	if out.revokeOutside.Valid {
-		revokedNow, err := s.revokeOutsideCallerTx(ctx, out.revokeOutside, ReasonReplayDetected)
-		if err != nil {
-			return nil, err
-		}
-		out.event.FamilyRevoked = revokedNow
+		// The savepoint has let go of the family: the revocation is committed on a connection of
+		// the store's own, unless only the caller's transaction can make it.
+		return nil, s.revokeReplayed(ctx, out.revokeOutside, out.event, ErrReplayDetected)
 	}
 	if out.event != nil {
 		s.emit(ctx, *out.event)
@@ -249,24 +247,26 @@ func refuseForeign(t db.RefreshTokenGetRow, p db.RefreshTokenRotateParams) error
 }
 
 func (s *Store) settleRefused(ctx context.Context, tx pgx.Tx, digests [][]byte, p db.RefreshTokenRotateParams, token Secret) (refusedRotation, error) {
-	lock, err := s.q.FamilyLockByToken(ctx, tx, db.FamilyLockByTokenParams{Now: p.Now, Digests: digests})
-	if errors.Is(err, pgx.ErrNoRows) {
+	if _, err := s.q.FamilyLockByToken(ctx, tx, digests); errors.Is(err, pgx.ErrNoRows) {
 		return refusedRotation{refusal: ErrTokenNotFound}, nil // deleted meanwhile
-	}
-	if err != nil {
+	} else if err != nil {
 		return refusedRotation{}, dbError("rotate: lock family", err)
 	}
-	now := lock.Now
-	p.Now = &now
-	t, err := s.q.RefreshTokenGet(ctx, tx, db.RefreshTokenGetParams{Now: &now, Digests: digests})
+	// Read after the lock was granted: the state it shows is the latest, and its clock is later
+	// than anything committed while this transaction waited. Every time written or compared from
+	// here on is that one.
+	t, err := s.q.RefreshTokenGet(ctx, tx, db.RefreshTokenGetParams{Now: p.Now, Digests: digests})
 	if err != nil {
 		return refusedRotation{}, dbError("rotate: read token", err)
 	}
+	p.Now = &t.Now
 	switch {
 	case t.ConsumedAt != nil:
 		return s.settleConsumed(ctx, tx, p, t, token)
 	case t.RevokedAt != nil:
 		return refusedRotation{refusal: ErrFamilyRevoked}, nil
+	case s.refresh.retired(t.PepperID):
+		return refusedRotation{refusal: ErrTokenNotFound}, nil // recognise-only: never rotates
 	case t.Expired:
 		return refusedRotation{refusal: ErrTokenExpired}, nil
 	case p.Scope != nil && !isSubset(p.Scope, t.GrantedScope):
@@ -290,7 +290,10 @@ func (s *Store) settleRefused(ctx context.Context, tx pgx.Tx, digests [][]byte, 
 func (s *Store) settleConsumed(ctx context.Context, tx pgx.Tx, p db.RefreshTokenRotateParams, t db.RefreshTokenGetRow, token Secret) (refusedRotation, error) {
 	now := *p.Now
 	e := Event{FamilyID: familyIDString(t.FamilyID), ClientID: t.ClientID, UserID: t.UserID}
-	if t.RevokedAt == nil && s.graceWindow > 0 && int(t.GraceUses) < s.graceReuses && now.Before(t.ConsumedAt.Add(s.graceWindow)) {
+	// A grace reuse needs a parent that is still within its own lifetime and the window, was made
+	// under a pepper that is not retired, and has reuses left.
+	if t.RevokedAt == nil && s.graceWindow > 0 && int(t.GraceUses) < s.graceReuses && !t.Expired &&
+		now.Before(t.ConsumedAt.Add(s.graceWindow)) && !s.refresh.retired(t.PepperID) {
 		live, err := s.q.RefreshTokenGetLive(ctx, tx, t.FamilyID)
 		switch {
 		case errors.Is(err, pgx.ErrNoRows):
@@ -317,9 +320,10 @@ func (s *Store) settleConsumed(ctx context.Context, tx pgx.Tx, p db.RefreshToken
 	}
 	e.Kind = EventReplayDetected
 	if t.RevokedAt != nil {
-		// Revoked before: still a replay, recognised and reported, with nothing left to change.
+		// Revoked before: still a replay, recognised, with nothing left to change; reported once
+		// a minute per family, however often the token comes back.
 		e.Reason = deref(t.RevokedReason)
-		return refusedRotation{refusal: ErrReplayDetected, event: &e}, nil
+		return refusedRotation{refusal: ErrReplayDetected, event: s.replays.firstSince(&e)}, nil
 	}
 	e.Reason = ReasonReplayDetected
 	if s.callerTx {
@@ -333,36 +337,4 @@ func (s *Store) settleConsumed(ctx context.Context, tx pgx.Tx, p db.RefreshToken
 	}
 	e.FamilyRevoked = row.RevokedNow
 	return refusedRotation{refusal: ErrReplayDetected, event: &e, commit: true}, nil
-}
-
-// replayRevokeLockTimeout bounds the wait of a replay's revocation made outside the caller's
-// transaction. It waits only when that very transaction holds the family's lock, for example after
-// rotating a token of the same family; the revocation then joins the caller's transaction.
-const replayRevokeLockTimeout = "2s"
-
-// revokeOutsideCallerTx revokes a family on the handle given to New, committed independently of
-// the caller's transaction, and reports whether this call revoked it.
-func (s *Store) revokeOutsideCallerTx(ctx context.Context, id pgtype.UUID, reason string) (bool, error) {
-	var revokedNow bool
-	err := pgx.BeginFunc(ctx, s.root, func(tx pgx.Tx) error {
-		if err := s.q.SessionSetLockTimeout(ctx, tx, replayRevokeLockTimeout); err != nil {
-			return err
-		}
-		row, err := s.q.FamilyRevoke(ctx, tx, db.FamilyRevokeParams{ID: id, Now: s.now(), Reason: reason})
-		revokedNow = row.RevokedNow
-		return err
-	})
-	var pgErr *pgconn.PgError
-	if errors.As(err, &pgErr) && pgErr.Code == pgerrcode.LockNotAvailable {
-		s.log.LogAttrs(ctx, slog.LevelWarn, "oauthstore: the caller's transaction holds the replayed family's lock; "+
-			"the revocation is part of that transaction and is lost if it rolls back",
-			slog.String("family_id", familyIDString(id)))
-		var row db.FamilyRevokeRow
-		row, err = s.q.FamilyRevoke(ctx, s.db, db.FamilyRevokeParams{ID: id, Now: s.now(), Reason: reason})
-		revokedNow = row.RevokedNow
-	}
-	if err != nil && !errors.Is(err, pgx.ErrNoRows) {
-		return false, dbError("revoke family on replay", err)
-	}
-	return revokedNow, nil
 }

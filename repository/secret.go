@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/base64"
+	"encoding/json"
 	"fmt"
 	"hash"
 	"log/slog"
@@ -29,10 +30,35 @@ var tokenLen = base64.RawURLEncoding.EncodedLen(tokenBytes)
 var tokenEncoding = base64.RawURLEncoding.Strict()
 
 // Pepper is one key of the pepper ring. Its ID is recorded next to each digest made with it, so
-// that an operator can see when no live token depends on a retired pepper.
+// that an operator can see what still depends on it (Store.PepperUsage).
 type Pepper struct {
 	ID     string
-	Secret []byte
+	Secret Key
+	// Retired makes the pepper recognise-only: a consumed refresh token or code made under it is
+	// still recognised, so that its replay revokes its family (I4), but nothing made under it is
+	// accepted any more — a live token, a pending code or a state found only under it is
+	// unknown. The current pepper (the first of the ring) cannot be retired.
+	Retired bool
+}
+
+// The ways a Pepper prints: its ID, never its secret.
+func (p Pepper) String() string {
+	if p.Retired {
+		return "Pepper{" + p.ID + " retired " + redacted + "}"
+	}
+	return "Pepper{" + p.ID + " " + redacted + "}"
+}
+func (p Pepper) GoString() string           { return p.String() }
+func (p Pepper) Format(f fmt.State, _ rune) { _, _ = f.Write([]byte(p.String())) }
+func (p Pepper) LogValue() slog.Value {
+	return slog.GroupValue(slog.String("id", p.ID), slog.Bool("retired", p.Retired), slog.String("secret", redacted))
+}
+func (p Pepper) MarshalJSON() ([]byte, error) {
+	return json.Marshal(struct {
+		ID      string `json:"id"`
+		Retired bool   `json:"retired,omitempty"`
+		Secret  string `json:"secret"`
+	}{p.ID, p.Retired, redacted})
 }
 
 // DefaultPepperID names the pepper of a one-key ring given as a bare base64 value.
@@ -53,9 +79,10 @@ func PepperFromEnv() ([]Pepper, error) {
 
 // ParsePepperRing parses a pepper ring: either one base64 value (standard or URL alphabet, padded
 // or not) of at least MinPepperBytes random bytes, which is a ring of one pepper with ID "default",
-// or comma-separated ID:base64 pairs, the first of which is current:
+// or comma-separated ID:base64 pairs, the first of which is current; a pair followed by ":retired"
+// is a retired, recognise-only pepper (Pepper.Retired):
 //
-//	OAUTH_AT_REST_PEPPER=2027-01:Zm9v…,default:YmFy…
+//	OAUTH_AT_REST_PEPPER=2027-01:Zm9v…,default:YmFy…:retired
 //
 // IDs are 1–32 characters of [A-Za-z0-9._-]. Errors name an entry by its position and never
 // repeat any part of the input: an ID shares the variable with the secrets and may be one of them
@@ -75,11 +102,12 @@ func ParsePepperRing(s string) ([]Pepper, error) {
 		if !ok {
 			return nil, inputError("pepper ring", fmt.Sprintf("entry %d is not ID:base64", i+1))
 		}
+		value, retired := strings.CutSuffix(value, ":retired")
 		p, err := ParsePepper(value)
 		if err != nil {
 			return nil, fmt.Errorf("pepper ring entry %d: %w", i+1, err)
 		}
-		ring = append(ring, Pepper{ID: id, Secret: p})
+		ring = append(ring, Pepper{ID: id, Secret: p, Retired: retired})
 	}
 	if err := validateRing(ring); err != nil {
 		return nil, err
@@ -113,8 +141,11 @@ func validateRing(ring []Pepper) error {
 			return inputError("pepper ring", fmt.Sprintf("entries %d and %d have the same ID", first+1, i+1))
 		}
 		seen[p.ID] = i
-		if len(p.Secret) < MinPepperBytes {
+		if p.Secret.Len() < MinPepperBytes {
 			return fmt.Errorf("pepper ring entry %d: %w", i+1, ErrPepperTooShort)
+		}
+		if i == 0 && p.Retired {
+			return inputError("pepper ring", "entry 1 is the current pepper and cannot be retired")
 		}
 	}
 	return nil
@@ -122,28 +153,70 @@ func validateRing(ring []Pepper) error {
 
 // ParsePepper decodes one base64 pepper (standard or URL alphabet, padded or not) and checks its
 // length. The error never contains the value.
-func ParsePepper(s string) ([]byte, error) {
+func ParsePepper(s string) (Key, error) {
 	s = strings.TrimSpace(s)
 	for _, enc := range []*base64.Encoding{base64.StdEncoding, base64.RawStdEncoding, base64.URLEncoding, base64.RawURLEncoding} {
 		if p, err := enc.DecodeString(s); err == nil {
 			if len(p) < MinPepperBytes {
-				return nil, ErrPepperTooShort
+				return Key{}, ErrPepperTooShort
 			}
-			return p, nil
+			return NewKey(p), nil
 		}
 	}
-	return nil, inputError("pepper", "not base64")
+	return Key{}, inputError("pepper", "not base64")
 }
+
+// Key is secret key material: a pepper. Like Secret, it prints, logs and marshals as
+// "[REDACTED]", and its bytes sit behind a pointer so that no fmt verb and no nesting prints them.
+type Key struct{ b *[]byte }
+
+// NewKey returns a Key holding a copy of b.
+func NewKey(b []byte) Key {
+	c := append([]byte(nil), b...)
+	return Key{b: &c}
+}
+
+// Bytes returns the key material.
+func (k Key) Bytes() []byte {
+	if k.b == nil {
+		return nil
+	}
+	return *k.b
+}
+
+// Len returns the length of the key material in bytes.
+func (k Key) Len() int { return len(k.Bytes()) }
+
+// IsZero reports whether the key is unset.
+func (k Key) IsZero() bool { return k.b == nil }
+
+func (Key) String() string               { return redacted }
+func (Key) GoString() string             { return redacted }
+func (Key) Format(f fmt.State, _ rune)   { _, _ = f.Write([]byte(redacted)) }
+func (Key) LogValue() slog.Value         { return slog.StringValue(redacted) }
+func (Key) MarshalText() ([]byte, error) { return []byte(redacted), nil }
+func (Key) MarshalJSON() ([]byte, error) { return []byte(`"` + redacted + `"`), nil }
 
 // Secret is a raw credential to hand to a client exactly once. It prints, logs and marshals as
 // "[REDACTED]" so that it cannot reach a log line by accident; Reveal returns the value.
-type Secret struct{ value string }
+//
+// The value sits behind a pointer: where fmt prints a value without calling its methods (a bad
+// verb on a struct holding a Secret prints the struct again with them turned off), a nested
+// pointer prints as an address, never as what it points to.
+type Secret struct{ value *string }
+
+func newSecret(v string) Secret { return Secret{value: &v} }
 
 // Reveal returns the raw credential, to be written into the token response and nowhere else.
-func (s Secret) Reveal() string { return s.value }
+func (s Secret) Reveal() string {
+	if s.value == nil {
+		return ""
+	}
+	return *s.value
+}
 
 // IsZero reports whether the secret is empty.
-func (s Secret) IsZero() bool { return s.value == "" }
+func (s Secret) IsZero() bool { return s.Reveal() == "" }
 
 const redacted = "[REDACTED]"
 
@@ -161,6 +234,7 @@ type digester struct{ keys []digestKey }
 
 type digestKey struct {
 	pepperID string
+	retired  bool
 	pool     sync.Pool
 }
 
@@ -170,10 +244,11 @@ func newDigester(ring []Pepper, label string) *digester {
 	}
 	d := &digester{keys: make([]digestKey, len(ring))}
 	for i, p := range ring {
-		mac := hmac.New(sha256.New, p.Secret)
+		mac := hmac.New(sha256.New, p.Secret.Bytes())
 		mac.Write([]byte("oauthstore/v1/" + label))
 		key := mac.Sum(nil)
 		d.keys[i].pepperID = p.ID
+		d.keys[i].retired = p.Retired
 		d.keys[i].pool.New = func() any { return hmac.New(sha256.New, key) }
 	}
 	return d
@@ -194,7 +269,7 @@ func (d *digester) mint() (Secret, []byte, string) {
 	var raw [tokenBytes]byte
 	_, _ = rand.Read(raw[:]) // never returns an error (crypto/rand, Go 1.24+)
 	k := &d.keys[0]
-	return Secret{value: tokenEncoding.EncodeToString(raw[:])}, k.sum(raw[:]), k.pepperID
+	return newSecret(tokenEncoding.EncodeToString(raw[:])), k.sum(raw[:]), k.pepperID
 }
 
 // digestPresented returns the digests of a credential a client presented, one per pepper of the
@@ -213,4 +288,26 @@ func (d *digester) digestPresented(token string) ([][]byte, bool) {
 		out[i] = d.keys[i].sum(raw[:])
 	}
 	return out, true
+}
+
+// retired reports whether pepperID names a retired pepper of the ring: what was made under it is
+// recognised as evidence but accepted no more.
+func (d *digester) retired(pepperID string) bool {
+	for i := range d.keys {
+		if d.keys[i].pepperID == pepperID {
+			return d.keys[i].retired
+		}
+	}
+	return false
+}
+
+// accepted drops from digests, as digestPresented returned them, those of retired peppers.
+func (d *digester) accepted(digests [][]byte) [][]byte {
+	out := digests[:0:0]
+	for i := range d.keys {
+		if !d.keys[i].retired {
+			out = append(out, digests[i])
+		}
+	}
+	return out
 }

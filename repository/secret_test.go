@@ -2,6 +2,7 @@ package repository
 
 import (
 	"bytes"
+	"context"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -10,11 +11,13 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/jackc/pgx/v5"
 )
 
 func testPepper() []byte { return bytes.Repeat([]byte{7}, MinPepperBytes) }
 
-func ring(secret []byte) []Pepper { return []Pepper{{ID: DefaultPepperID, Secret: secret}} }
+func ring(secret []byte) []Pepper { return []Pepper{{ID: DefaultPepperID, Secret: NewKey(secret)}} }
 
 func TestMint_TokenIs256BitsURLSafeAndDigestIsKeyed(t *testing.T) {
 	d := newDigester(ring(testPepper()), "refresh-token")
@@ -78,7 +81,7 @@ func TestDigestPresented_RefusesWhatCannotBeAToken(t *testing.T) {
 }
 
 func TestSecret_RedactsEverywhere(t *testing.T) {
-	s := Secret{value: "very-secret-value"}
+	s := newSecret("very-secret-value")
 	var buf bytes.Buffer
 	log := slog.New(slog.NewJSONHandler(&buf, nil))
 	log.Info("issued", "token", s, "struct", RefreshToken{Token: s})
@@ -103,7 +106,7 @@ func TestParsePepper(t *testing.T) {
 	p := bytes.Repeat([]byte{0xfb}, 32)
 	for _, enc := range []*base64.Encoding{base64.StdEncoding, base64.RawStdEncoding, base64.URLEncoding, base64.RawURLEncoding} {
 		got, err := ParsePepper(" " + enc.EncodeToString(p) + "\n")
-		if err != nil || !bytes.Equal(got, p) {
+		if err != nil || !bytes.Equal(got.Bytes(), p) {
 			t.Fatalf("%v: %v", enc, err)
 		}
 	}
@@ -125,7 +128,7 @@ func TestParsePepper(t *testing.T) {
 		t.Fatalf("short env pepper: %v", err)
 	}
 	t.Setenv(PepperEnv, base64.StdEncoding.EncodeToString(p))
-	if got, err := PepperFromEnv(); err != nil || len(got) != 1 || got[0].ID != DefaultPepperID || !bytes.Equal(got[0].Secret, p) {
+	if got, err := PepperFromEnv(); err != nil || len(got) != 1 || got[0].ID != DefaultPepperID || !bytes.Equal(got[0].Secret.Bytes(), p) {
 		t.Fatalf("env pepper: %v", err)
 	}
 }
@@ -137,7 +140,7 @@ func TestParsePepperRing(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(got) != 2 || got[0].ID != "k2" || !bytes.Equal(got[0].Secret, b) || got[1].ID != "default" || !bytes.Equal(got[1].Secret, a) {
+	if len(got) != 2 || got[0].ID != "k2" || !bytes.Equal(got[0].Secret.Bytes(), b) || got[1].ID != "default" || !bytes.Equal(got[1].Secret.Bytes(), a) {
 		t.Fatalf("ring: %+v", got)
 	}
 	secret := enc(a)
@@ -164,18 +167,24 @@ func TestParsePepperRing(t *testing.T) {
 func TestNew_RefusesShortPepperAndBadTTL(t *testing.T) {
 	// Construction runs no statement; the DBTX is never called.
 	var db DBTX = unusedDB{}
-	if _, err := New(db, Config{Pepper: make([]byte, 31)}); !errors.Is(err, ErrPepperTooShort) {
+	if _, err := New(db, Config{Pepper: NewKey(make([]byte, 31))}); !errors.Is(err, ErrPepperTooShort) {
 		t.Fatalf("31-byte pepper: %v", err)
 	}
-	if _, err := New(nil, Config{Pepper: testPepper()}); !errors.Is(err, ErrInvalidInput) {
+	if _, err := New(nil, Config{Pepper: NewKey(testPepper())}); !errors.Is(err, ErrInvalidInput) {
 		t.Fatalf("nil db: %v", err)
 	}
 	for _, ttl := range []int64{-1, 1, int64(MaxTTL) + 1} {
-		if _, err := New(db, Config{Pepper: testPepper(), RefreshTokenTTL: time.Duration(ttl)}); !errors.Is(err, ErrInvalidInput) {
+		if _, err := New(db, Config{Pepper: NewKey(testPepper()), RefreshTokenTTL: time.Duration(ttl)}); !errors.Is(err, ErrInvalidInput) {
 			t.Fatalf("ttl %d: %v", ttl, err)
 		}
 	}
-	if _, err := New(db, Config{Pepper: testPepper()}); err != nil {
+	// A DBTX the store cannot open a connection of its own from needs Config.RevocationConnect:
+	// without it, a replay inside a caller's transaction could not be revoked independently.
+	if _, err := New(db, Config{Pepper: NewKey(testPepper())}); !errors.Is(err, ErrInvalidInput) {
+		t.Fatalf("custom DBTX without RevocationConnect: %v", err)
+	}
+	connect := func(context.Context) (*pgx.Conn, error) { return nil, errors.New("unused") }
+	if _, err := New(db, Config{Pepper: NewKey(testPepper()), RevocationConnect: connect}); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -200,5 +209,73 @@ func TestNewAdmin_RefusesCredentialOperations(t *testing.T) {
 		if !errors.Is(err, ErrNoPepper) {
 			t.Errorf("operation %d on an admin store: %v, want ErrNoPepper", i+1, err)
 		}
+	}
+}
+
+// TestSecret_NoVerbNestingOrEncoderPrintsACredential prints every exported type that holds a
+// secret, by value and by pointer, embedded, in slices, maps and structs of the caller's, with
+// every fmt verb, and through JSON, slog and errors: the raw value never appears. fmt prints a
+// value again with its methods turned off when a verb does not fit (%s of a struct pointer), so
+// the test covers that path as well as the ones that call Format.
+func TestSecret_NoVerbNestingOrEncoderPrintsACredential(t *testing.T) {
+	const raw = "raw-credential-value-0123456789abcdefghijklm"
+	pepper := bytes.Repeat([]byte("P"), 32)
+	s := newSecret(raw)
+	tok := &RefreshToken{Token: s, Grant: Grant{FamilyID: "f", ClientID: "c"}}
+	exchange := &CodeExchange{RefreshToken: tok, Nonce: "n"}
+	code := &AuthorizationCode{Code: s}
+	state := &IssuedState{State: s}
+	ring := []Pepper{{ID: "p", Secret: NewKey(pepper)}}
+	type callers struct {
+		Exchange *CodeExchange
+		Token    RefreshToken
+		inner    *RefreshToken
+		Any      any
+	}
+	values := map[string]any{
+		"Secret": s, "*Secret": &s,
+		"RefreshToken": *tok, "*RefreshToken": tok,
+		"CodeExchange": *exchange, "*CodeExchange": exchange,
+		"AuthorizationCode": *code, "*AuthorizationCode": code,
+		"IssuedState": *state, "*IssuedState": state,
+		"[]*RefreshToken":          []*RefreshToken{tok},
+		"map[string]*CodeExchange": map[string]*CodeExchange{"k": exchange},
+		"[]Secret":                 []Secret{s},
+		"struct of the caller's":   callers{Exchange: exchange, Token: *tok, inner: tok, Any: code},
+		"*struct of the caller's":  &callers{Exchange: exchange, Token: *tok, inner: tok, Any: state},
+		"Pepper":                   ring[0],
+		"[]Pepper":                 ring,
+		"*Pepper":                  &ring[0],
+	}
+	verbs := []string{"%v", "%+v", "%#v", "%s", "%q", "%x", "%X", "%d", "%t", "%p", "%T", "%10.3s", "%-v", "%e", "%U", "%c"}
+	secrets := []string{raw, string(pepper), base64.StdEncoding.EncodeToString(pepper), fmt.Sprintf("%x", raw), fmt.Sprintf("%X", raw),
+		fmt.Sprintf("%x", pepper), fmt.Sprint([]byte(raw)), fmt.Sprint(pepper)}
+	check := func(what, out string) {
+		t.Helper()
+		for _, secret := range secrets {
+			if strings.Contains(out, secret) {
+				t.Errorf("%s printed a secret: %s", what, out)
+				return
+			}
+		}
+	}
+	for name, v := range values {
+		for _, verb := range verbs {
+			check(name+" with "+verb, fmt.Sprintf(verb, v))
+		}
+		check(name+" through fmt.Sprint", fmt.Sprint(v))
+		check(name+" through fmt.Errorf %w-less", fmt.Errorf("failed: %v", v).Error())
+		check(name+" through errors.Join", errors.Join(fmt.Errorf("%+v", v)).Error())
+		js, err := json.Marshal(v)
+		if err == nil {
+			check(name+" through JSON", string(js))
+		}
+		var buf bytes.Buffer
+		slog.New(slog.NewJSONHandler(&buf, nil)).Info("x", "v", v)
+		slog.New(slog.NewTextHandler(&buf, nil)).Info("x", "v", v, slog.Any("any", v), slog.Group("g", "v", v))
+		check(name+" through slog", buf.String())
+	}
+	if s.Reveal() != raw || tok.Token.Reveal() != raw {
+		t.Fatal("Reveal lost the value")
 	}
 }

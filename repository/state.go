@@ -100,7 +100,14 @@ func (s *Store) ConsumeState(ctx context.Context, state string) (*StateBinding, 
 	if !ok {
 		return nil, ErrStateNotFound
 	}
-	row, err := s.q.StateConsume(ctx, s.db, db.StateConsumeParams{Digests: digests, Now: s.now()})
+	// A state made under a retired pepper is not accepted; a concurrent consume that wins under a
+	// stricter default isolation level leaves this one a serialization failure, which the READ
+	// COMMITTED retry turns into "not found".
+	var row db.StateConsumeRow
+	err := s.readCommitted(ctx, "consume state", func(q DBTX) (err error) {
+		row, err = s.q.StateConsume(ctx, q, db.StateConsumeParams{Digests: s.state.accepted(digests), Now: s.now()})
+		return err
+	})
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, ErrStateNotFound
 	}

@@ -2,6 +2,7 @@ package repository
 
 import (
 	"context"
+	"time"
 
 	"github.com/oauthstore/oauthstore/db"
 )
@@ -69,4 +70,56 @@ func (s *Store) CleanupBacklog(ctx context.Context, opts CleanupOptions) (Cleanu
 		return CleanupResult{}, dbError("cleanup backlog", err)
 	}
 	return CleanupResult{Families: r.Families, RefreshTokens: r.RefreshTokens, AuthorizationCodes: r.AuthorizationCodes, States: r.States}, nil
+}
+
+// PepperUse is what still depends on one pepper of the ring, by the database clock.
+type PepperUse struct {
+	PepperID string `json:"pepper_id"`
+	// LiveTokens are unused, unexpired refresh tokens of live families: their sessions end if the
+	// pepper is retired or leaves the ring.
+	LiveTokens int64 `json:"live_tokens"`
+	// Tombstones are consumed refresh tokens of live families (not revoked, newest token not
+	// expired): a replay of one revokes its family only while the pepper is in the ring, if
+	// only as retired.
+	Tombstones int64 `json:"tombstones"`
+	// PendingCodes are authorization codes not exchanged yet and unexpired.
+	PendingCodes int64 `json:"pending_codes"`
+	// UsedCodes are exchanged codes whose family lives: a replay of one revokes the family only
+	// while the pepper is in the ring.
+	UsedCodes int64 `json:"used_codes"`
+	// PendingStates are unexpired state bindings.
+	PendingStates int64 `json:"pending_states"`
+	// DependsUntil is when the last of these stops depending on the pepper unless something
+	// changes: the latest expiry among them and their families. A rotation moves it later.
+	DependsUntil time.Time `json:"depends_until"`
+}
+
+// Retirable reports whether the pepper can be retired (kept in the ring as recognise-only)
+// without ending a session or refusing a pending code or state.
+func (u PepperUse) Retirable() bool {
+	return u.LiveTokens == 0 && u.PendingCodes == 0 && u.PendingStates == 0
+}
+
+// Removable reports whether the pepper can leave the ring without losing anything: no session, no
+// pending code or state, and no evidence of a live family (I4).
+func (u PepperUse) Removable() bool {
+	return u.Retirable() && u.Tombstones == 0 && u.UsedCodes == 0
+}
+
+// PepperUsage answers "may I retire or remove this pepper?": for every pepper ID that anything in
+// the database still depends on, what depends on it. A pepper ID it does not list has nothing
+// left and may leave the ring. It scans the tables: an operator's question, not a hot path.
+func (s *Store) PepperUsage(ctx context.Context) ([]PepperUse, error) {
+	rows, err := s.q.PepperUsage(ctx, s.db, s.now())
+	if err != nil {
+		return nil, dbError("pepper usage", err)
+	}
+	out := make([]PepperUse, len(rows))
+	for i, r := range rows {
+		out[i] = PepperUse{
+			PepperID: r.PepperID, LiveTokens: r.LiveTokens, Tombstones: r.Tombstones, PendingCodes: r.PendingCodes,
+			UsedCodes: r.UsedCodes, PendingStates: r.PendingStates, DependsUntil: utc(r.DependsUntil),
+		}
+	}
+	return out, nil
 }

@@ -6,21 +6,25 @@ package repository
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
 	"time"
 
+	"github.com/jackc/pgerrcode"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgtype"
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/oauthstore/oauthstore/db"
 )
 
 // DBTX is what a Store runs its statements on: a *pgxpool.Pool, a *pgx.Conn, or a pgx.Tx that
 // the caller commits. The happy paths are single statements; the rare paths that need several
-// (a refused rotation, a grace reuse) run them in a transaction of their own, which inside the
-// caller's transaction is a savepoint.
+// (a refused rotation, a grace reuse) run them in a READ COMMITTED transaction of their own, which
+// inside the caller's transaction is a savepoint.
 type DBTX interface {
 	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
 	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
@@ -44,10 +48,11 @@ type Config struct {
 	// Pepper keys the digests of every stored credential: at least MinPepperBytes of random data,
 	// kept outside the database. It is a one-key ring with ID "default"; set Peppers instead to
 	// rotate peppers. Exactly one of Pepper and Peppers must be set.
-	Pepper []byte
+	Pepper Key
 	// Peppers is the pepper ring, the current pepper first. New digests use the current pepper;
 	// presented credentials are looked up under every pepper of the ring, and a rotation moves the
-	// family to the current one. A credential made with a pepper no longer in the ring is unknown.
+	// family to the current one. A credential made with a pepper no longer in the ring is unknown;
+	// one made with a retired pepper (Pepper.Retired) is recognised as evidence, never accepted.
 	// PepperFromEnv reads a ring from OAUTH_AT_REST_PEPPER.
 	Peppers []Pepper
 	// RefreshTokenTTL is the idle lifetime of each refresh token: a family whose current token is
@@ -83,13 +88,21 @@ type Config struct {
 	// Clock, when set, replaces the database clock in every statement. For tests; production
 	// leaves it nil so that PostgreSQL's now() rules.
 	Clock func() time.Time
+	// RevocationConnect opens a connection of the store's own, used for one thing: committing the
+	// revocation of a family whose consumed token or code was replayed inside a caller's
+	// transaction, independently of that transaction (see WithDB). Nil derives it from the handle
+	// given to New — a *pgxpool.Pool (its connection settings and BeforeConnect/AfterConnect
+	// hooks), a *pgx.Conn or a pgx.Tx — and New refuses any other DBTX without it.
+	RevocationConnect func(ctx context.Context) (*pgx.Conn, error)
 }
 
 // Store is the refresh-token repository. It is safe for concurrent use.
 type Store struct {
 	db             DBTX
-	root           DBTX // what New was given; WithDB changes db only
-	callerTx       bool // db is a caller's transaction (WithDB)
+	callerTx       bool                                     // db is a caller's transaction (WithDB, or New given a pgx.Tx)
+	connect        func(context.Context) (*pgx.Conn, error) // a connection outside any caller's transaction
+	revocations    chan struct{}                            // bounds the independent revocations in flight
+	replays        *replayLog
 	q              *db.Queries
 	refresh        *digester
 	code           *digester
@@ -115,7 +128,7 @@ func New(dbtx DBTX, cfg Config) (*Store, error) {
 // ActiveFamilies, RevokeFamily, RevokeFamilies, DeleteFamily, Cleanup, CleanupBacklog and Stats.
 // Its operations on credentials return ErrNoPepper. A pepper in cfg is ignored.
 func NewAdmin(dbtx DBTX, cfg Config) (*Store, error) {
-	cfg.Pepper, cfg.Peppers = nil, nil
+	cfg.Pepper, cfg.Peppers = Key{}, nil
 	return newStore(dbtx, cfg, false)
 }
 
@@ -126,10 +139,10 @@ func newStore(dbtx DBTX, cfg Config, withPepper bool) (*Store, error) {
 	ring := cfg.Peppers
 	switch {
 	case !withPepper:
-	case cfg.Pepper != nil && ring != nil:
+	case !cfg.Pepper.IsZero() && ring != nil:
 		return nil, inputError("pepper", "set Pepper or Peppers, not both")
-	case cfg.Pepper != nil:
-		if len(cfg.Pepper) < MinPepperBytes {
+	case !cfg.Pepper.IsZero():
+		if cfg.Pepper.Len() < MinPepperBytes {
 			return nil, ErrPepperTooShort
 		}
 		ring = []Pepper{{ID: DefaultPepperID, Secret: cfg.Pepper}}
@@ -171,9 +184,18 @@ func newStore(dbtx DBTX, cfg Config, withPepper bool) (*Store, error) {
 	if log == nil {
 		log = slog.Default()
 	}
-	return &Store{
+	connect := cfg.RevocationConnect
+	if connect == nil {
+		// An admin store detects no replays and needs no connection of its own.
+		if connect = connectorOf(dbtx); connect == nil && withPepper {
+			return nil, inputError("dbtx", "not a *pgxpool.Pool, *pgx.Conn or pgx.Tx: set Config.RevocationConnect")
+		}
+	}
+	s := &Store{
 		db:             dbtx,
-		root:           dbtx,
+		connect:        connect,
+		revocations:    make(chan struct{}, maxRevocationConns),
+		replays:        &replayLog{seen: map[string]time.Time{}},
 		q:              db.New(),
 		refresh:        newDigester(ring, "refresh-token"),
 		code:           newDigester(ring, "authorization-code"),
@@ -188,25 +210,134 @@ func newStore(dbtx DBTX, cfg Config, withPepper bool) (*Store, error) {
 		log:            log,
 		onEvent:        cfg.OnEvent,
 		clock:          cfg.Clock,
-	}, nil
+	}
+	if tx, ok := dbtx.(pgx.Tx); ok {
+		return s.WithDB(tx), nil
+	}
+	return s, nil
+}
+
+// maxRevocationConns bounds the connections a Store opens at once for independent revocations.
+const maxRevocationConns = 4
+
+// connectorOf returns how to open a connection to the server behind dbtx, with its settings, or nil.
+func connectorOf(dbtx DBTX) func(context.Context) (*pgx.Conn, error) {
+	switch h := dbtx.(type) {
+	case *pgxpool.Pool:
+		return func(ctx context.Context) (*pgx.Conn, error) {
+			cfg := h.Config()
+			cc := cfg.ConnConfig.Copy()
+			if cfg.BeforeConnect != nil {
+				if err := cfg.BeforeConnect(ctx, cc); err != nil {
+					return nil, err
+				}
+			}
+			conn, err := pgx.ConnectConfig(ctx, cc)
+			if err != nil {
+				return nil, err
+			}
+			if cfg.AfterConnect != nil {
+				if err := cfg.AfterConnect(ctx, conn); err != nil {
+					_ = conn.Close(context.Background())
+					return nil, err
+				}
+			}
+			return conn, nil
+		}
+	case *pgx.Conn:
+		cfg := h.Config()
+		return func(ctx context.Context) (*pgx.Conn, error) { return pgx.ConnectConfig(ctx, cfg) }
+	case pgx.Tx:
+		if h.Conn() != nil {
+			return connectorOf(h.Conn())
+		}
+	}
+	return nil
 }
 
 // WithDB returns a Store that shares s's keys and configuration but runs its statements on dbtx,
-// the caller's transaction, so that they commit or roll back with the caller's own writes.
+// the caller's transaction, so that they commit or roll back with the caller's own writes. New
+// given a pgx.Tx behaves the same.
 //
-// One change never rolls back with it: the revocation of a family whose consumed token was
-// replayed. It is committed on the handle given to New (normally the pool), so that a caller that
-// rolls back on ErrReplayDetected does not undo it.
+// One change never rolls back with it: the revocation of a family whose consumed token or code
+// was replayed (I7). The store commits it on a connection of its own (Config.RevocationConnect;
+// never one of the caller's pool, so a pool whose every connection is in a request transaction
+// cannot stall it) and never begins, commits or rolls back anything on the caller's connection.
+// The call waits for that commit, at most ReplayRevocationTimeout, whatever the caller's context
+// says; the event reports FamilyRevoked only once it is committed. Two cases join the caller's
+// transaction instead, because nothing outside it can do the job: the caller's transaction itself
+// holds the family's lock (it rotated or revoked the same family earlier) or created the family
+// (it is not visible outside yet). The event then says InCallerTx, and the revocation commits or
+// rolls back with the caller — as does, in the second case, the family itself.
 //
 // The transaction must be READ COMMITTED, PostgreSQL's default: the rotation's guarantees rest on
-// each statement seeing what committed before it, and under REPEATABLE READ or SERIALIZABLE a
-// rotation that loses a race fails with a serialization error instead.
+// each statement seeing what committed before it. The first statement on the returned Store
+// checks it (one round trip) and every call on a transaction of another level returns
+// ErrNotReadCommitted and changes nothing.
 func (s *Store) WithDB(dbtx DBTX) *Store {
 	c := *s
-	c.db = dbtx
+	c.db = &checkedTx{DBTX: dbtx, q: s.q}
 	c.callerTx = true
 	return &c
 }
+
+// checkedTx is a caller's transaction, checked to be READ COMMITTED before its first statement.
+type checkedTx struct {
+	DBTX
+	q       *db.Queries
+	mu      sync.Mutex
+	checked bool
+	err     error // ErrNotReadCommitted, once found
+}
+
+func (c *checkedTx) check(ctx context.Context) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.checked {
+		return c.err
+	}
+	level, err := c.q.SessionIsolation(ctx, c.DBTX)
+	if err != nil {
+		return dbError("read the transaction's isolation level", err)
+	}
+	c.checked = true
+	if level != "read committed" {
+		c.err = fmt.Errorf("%w (it is %s)", ErrNotReadCommitted, level)
+	}
+	return c.err
+}
+
+func (c *checkedTx) Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error) {
+	if err := c.check(ctx); err != nil {
+		return pgconn.CommandTag{}, err
+	}
+	return c.DBTX.Exec(ctx, sql, args...)
+}
+
+func (c *checkedTx) Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error) {
+	if err := c.check(ctx); err != nil {
+		return nil, err
+	}
+	return c.DBTX.Query(ctx, sql, args...)
+}
+
+func (c *checkedTx) QueryRow(ctx context.Context, sql string, args ...any) pgx.Row {
+	if err := c.check(ctx); err != nil {
+		return errRow{err}
+	}
+	return c.DBTX.QueryRow(ctx, sql, args...)
+}
+
+func (c *checkedTx) Begin(ctx context.Context) (pgx.Tx, error) {
+	if err := c.check(ctx); err != nil {
+		return nil, err
+	}
+	return c.DBTX.Begin(ctx)
+}
+
+type errRow struct{ err error }
+
+func (r errRow) Scan(...any) error { return r.err }
 
 // errNoCredentials is what an admin store (NewAdmin) answers to an operation on credentials.
 var errNoCredentials = fmt.Errorf("%w: this store was made by NewAdmin and cannot mint or check credentials", ErrNoPepper)
@@ -266,10 +397,11 @@ func deref(s *string) string {
 	return *s
 }
 
-// inTx runs fn in a transaction of its own (a savepoint inside the caller's) and commits it when fn
-// asks to, whatever else fn returns: a replay's revocation must commit although the call fails.
+// inTx runs fn in a READ COMMITTED transaction of its own (a savepoint inside the caller's) and
+// commits it when fn asks to, whatever else fn returns: a replay's revocation must commit although
+// the call fails.
 func (s *Store) inTx(ctx context.Context, op string, fn func(tx pgx.Tx) (commit bool, err error)) error {
-	tx, err := s.db.Begin(ctx)
+	tx, err := s.begin(ctx)
 	if err != nil {
 		return dbError(op, err)
 	}
@@ -284,6 +416,38 @@ func (s *Store) inTx(ctx context.Context, op string, fn func(tx pgx.Tx) (commit 
 		return dbError(op, cErr)
 	}
 	return err
+}
+
+// begin opens a transaction pinned to READ COMMITTED whatever the database's or role's default
+// (default_transaction_isolation), or a savepoint inside the caller's transaction.
+func (s *Store) begin(ctx context.Context) (pgx.Tx, error) {
+	type txBeginner interface {
+		BeginTx(context.Context, pgx.TxOptions) (pgx.Tx, error)
+	}
+	if b, ok := s.db.(txBeginner); ok && !s.callerTx {
+		return b.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.ReadCommitted})
+	}
+	return s.db.Begin(ctx)
+}
+
+// readCommitted runs one statement. Alone it runs in an implicit transaction at the database's
+// default isolation level; should that be stricter and the statement meet a concurrent change
+// (a serialization failure), it runs again in a READ COMMITTED transaction, where it waits for
+// the change and sees its outcome.
+func (s *Store) readCommitted(ctx context.Context, op string, fn func(DBTX) error) error {
+	err := fn(s.db)
+	if !isSerializationFailure(err) || s.callerTx {
+		return err
+	}
+	return s.inTx(ctx, op, func(tx pgx.Tx) (bool, error) {
+		err := fn(tx)
+		return err == nil, err
+	})
+}
+
+func isSerializationFailure(err error) bool {
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) && pgErr.Code == pgerrcode.SerializationFailure
 }
 
 func familyIDString(id pgtype.UUID) string { return id.String() }

@@ -112,7 +112,7 @@ func TestCLI_MigrateUpDownVersionForce(t *testing.T) {
 func (b *bundle) pastStore(t *testing.T) *repository.Store {
 	t.Helper()
 	past := func() time.Time { return time.Now().Add(-48 * time.Hour) }
-	s, err := repository.New(b.pool, repository.Config{Pepper: b.pepper, RefreshTokenTTL: time.Hour, Clock: past})
+	s, err := repository.New(b.pool, repository.Config{Pepper: repository.NewKey(b.pepper), RefreshTokenTTL: time.Hour, Clock: past})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -264,7 +264,7 @@ func TestCLI_PepperGenerateWritesAValidRingEntry(t *testing.T) {
 		t.Fatalf("pepper generate: %+v / %+v", r1, r2)
 	}
 	ring, err := repository.ParsePepperRing(r1.stdout)
-	if err != nil || len(ring) != 1 || ring[0].ID != "k2" || len(ring[0].Secret) != 32 {
+	if err != nil || len(ring) != 1 || ring[0].ID != "k2" || ring[0].Secret.Len() != 32 {
 		t.Fatalf("generated entry: %v %+v", err, ring)
 	}
 	if r := b.cli(t, "pepper", "generate", "--id", "bad id"); r.code != 2 {

@@ -373,7 +373,7 @@ func TestExchange_AFaultMidExchangeNeverLeavesACodeWithoutItsFamily(t *testing.T
 		t.Fatal(err)
 	}
 	defer faultPool.Close()
-	faulty, err := repository.New(faultPool, repository.Config{Pepper: b.pepper, Logger: slog.New(slog.DiscardHandler)})
+	faulty, err := repository.New(faultPool, repository.Config{Pepper: repository.NewKey(b.pepper), Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -61,7 +61,7 @@ type faultRun struct {
 func newFaultRun(t *testing.T, b *bundle, cancelOneIn int) *faultRun {
 	r := &faultRun{b: b, cancelOneIn: cancelOneIn}
 	store, err := repository.New(b.pool, repository.Config{
-		Pepper: b.pepper, GraceWindow: repository.MaxGraceWindow, GraceMaxReuses: repository.MaxGraceReuses,
+		Pepper: repository.NewKey(b.pepper), GraceWindow: repository.MaxGraceWindow, GraceMaxReuses: repository.MaxGraceReuses,
 		Logger: slog.New(slog.NewJSONHandler(b.logs, nil)),
 		OnEvent: func(_ context.Context, e repository.Event) {
 			if e.Kind == repository.EventGraceReuse {

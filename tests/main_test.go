@@ -112,7 +112,7 @@ func setup(t *testing.T, opts ...setupOptions) *bundle {
 	b.pepper = make([]byte, 32)
 	_, _ = rand.Read(b.pepper)
 	cfg := repository.Config{
-		Pepper:          b.pepper,
+		Pepper:          repository.NewKey(b.pepper),
 		RefreshTokenTTL: 24 * time.Hour,
 		Logger:          slog.New(slog.NewJSONHandler(b.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
 	}
@@ -137,7 +137,7 @@ func setupBench(tb testing.TB) *bundle {
 	d := dbtest.NewDB(tb)
 	b := &bundle{ctx: context.Background(), db: d, pool: d.Pool, logs: &syncBuffer{}, pepper: make([]byte, 32)}
 	_, _ = rand.Read(b.pepper)
-	store, err := repository.New(d.Pool, repository.Config{Pepper: b.pepper, Logger: slog.New(slog.DiscardHandler)})
+	store, err := repository.New(d.Pool, repository.Config{Pepper: repository.NewKey(b.pepper), Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		tb.Fatal(err)
 	}

@@ -108,16 +108,9 @@ func (f *mFamily) live() *mToken {
 
 func (f *mFamily) latest() *mToken { return f.tokens[len(f.tokens)-1] }
 
-// idleExpires is the expiry of the family's newest token (the family's idle_expires_at).
-func (f *mFamily) idleExpires() time.Time {
-	var max time.Time
-	for _, t := range f.tokens {
-		if t.expires.After(max) {
-			max = t.expires
-		}
-	}
-	return max
-}
+// idleExpires is the expiry of the family's newest token (the family's idle_expires_at), sooner
+// or later than the ones before it.
+func (f *mFamily) idleExpires() time.Time { return f.latest().expires }
 
 func (f *mFamily) liveCount() int {
 	n := 0
@@ -544,6 +537,12 @@ func (m *modelRun) revokeUser(rt *rapid.T) {
 	}
 	for _, f := range want {
 		m.revoke(f, reasonLogoutAll)
+	}
+	// It also ends the user's codes that could still be exchanged.
+	for _, c := range m.codes {
+		if c.user == user && !c.consumed && !c.deleted && m.now().Before(c.expires) {
+			c.deleted = true
+		}
 	}
 }
 

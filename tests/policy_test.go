@@ -288,8 +288,8 @@ func TestScope_NarrowingCarriesTheSubsetAndWiderScopeConsumesNothing(t *testing.
 func TestPepper_OldPepperTokenRotatesIntoTheCurrentPepperAndARetiredPepperIsRefused(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
-	k1 := repository.Pepper{ID: "k1", Secret: bytes.Repeat([]byte{1}, 32)}
-	k2 := repository.Pepper{ID: "k2", Secret: bytes.Repeat([]byte{2}, 32)}
+	k1 := repository.Pepper{ID: "k1", Secret: repository.NewKey(bytes.Repeat([]byte{1}, 32))}
+	k2 := repository.Pepper{ID: "k2", Secret: repository.NewKey(bytes.Repeat([]byte{2}, 32))}
 	store := func(ring ...repository.Pepper) *repository.Store {
 		s, err := repository.New(b.pool, repository.Config{Peppers: ring, Clock: b.clock.Now, Logger: slog.New(slog.DiscardHandler)})
 		if err != nil {

@@ -306,7 +306,7 @@ func TestRotate_IsOneStatement(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer pool.Close()
-	store, err := repository.New(pool, repository.Config{Pepper: b.pepper, Clock: b.clock.Now})
+	store, err := repository.New(pool, repository.Config{Pepper: repository.NewKey(b.pepper), Clock: b.clock.Now})
 	if err != nil {
 		t.Fatal(err)
 	}

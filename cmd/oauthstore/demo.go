@@ -106,6 +106,6 @@ func demoPepper() ([]repository.Pepper, string) {
 	}
 	p := make([]byte, repository.MinPepperBytes)
 	_, _ = rand.Read(p)
-	return []repository.Pepper{{ID: repository.DefaultPepperID, Secret: p}},
+	return []repository.Pepper{{ID: repository.DefaultPepperID, Secret: repository.NewKey(p)}},
 		"random for this run (" + repository.PepperEnv + " is unset or invalid)"
 }

@@ -38,6 +38,7 @@ Usage:
   oauthstore sessions --user ID [--json]               a user's active families
   oauthstore stats [--json]                            rows by state and sizes, per table
   oauthstore pepper generate [--id ID]                 a new random pepper in the ring format
+  oauthstore pepper status [--json]                    what depends on each pepper: may it be retired?
   oauthstore demo                                      walk issue → rotate → replay → revoked
   oauthstore bench [flags]                             measure rotation throughput and latency
 
@@ -73,7 +74,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	case "stats":
 		err = runStats(ctx, args[1:], stdout, stderr)
 	case "pepper":
-		err = runPepper(args[1:], stdout, stderr)
+		err = runPepper(ctx, args[1:], stdout, stderr)
 	case "bench":
 		err = runBench(ctx, args[1:], stdout, stderr)
 	case "help", "-h", "--help":

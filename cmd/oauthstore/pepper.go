@@ -1,23 +1,31 @@
 package main
 
 import (
+	"context"
 	"crypto/rand"
 	"encoding/base64"
 	"flag"
 	"fmt"
 	"io"
+	"os"
+	"text/tabwriter"
 	"time"
 
 	"github.com/oauthstore/oauthstore/repository"
 )
 
-func runPepper(args []string, stdout, stderr io.Writer) error {
-	if len(args) == 0 || args[0] != "generate" {
+const pepperUsage = "usage: oauthstore pepper generate [--id ID] | oauthstore pepper status [--json]"
+
+func runPepper(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	switch {
+	case len(args) > 0 && args[0] == "status":
+		return runPepperStatus(ctx, args[1:], stdout, stderr)
+	case len(args) == 0 || args[0] != "generate":
 		if len(args) > 0 && (args[0] == "-h" || args[0] == "--help") {
-			fmt.Fprintln(stderr, "usage: oauthstore pepper generate [--id ID]")
+			fmt.Fprintln(stderr, pepperUsage)
 			return flag.ErrHelp
 		}
-		return usageError{"usage: oauthstore pepper generate [--id ID]"}
+		return usageError{pepperUsage}
 	}
 	fs := newFlagSet("pepper generate", stderr)
 	id := fs.String("id", time.Now().UTC().Format("2006-01-02"), "the new pepper's ID in the ring")
@@ -32,6 +40,111 @@ func runPepper(args []string, stdout, stderr io.Writer) error {
 		return usageError{fmt.Sprintf("pepper generate: %v", err)}
 	}
 	fmt.Fprintln(stdout, entry)
-	fmt.Fprintf(stderr, "Put it first in %s (id:base64,id:base64,…; the first is current) and keep the old entry until no live token uses it.\n", repository.PepperEnv)
+	fmt.Fprintf(stderr, "Put it first in %s (id:base64,id:base64,…; the first is current). Keep the old entry until "+
+		"`oauthstore pepper status` says it may be retired (add :retired) and later removed.\n", repository.PepperEnv)
 	return nil
+}
+
+// pepperStatus is one line of `pepper status`: what depends on a pepper, whether the ring in the
+// environment has it, and what the operator may do with it.
+type pepperStatus struct {
+	repository.PepperUse
+	// InRing: "current", "accepted", "retired", "absent" (the ring lacks it: what depends on it
+	// is already unknown), or "" when the environment has no ring.
+	InRing  string `json:"in_ring,omitempty"`
+	Verdict string `json:"verdict"`
+}
+
+// runPepperStatus answers, for every pepper anything depends on and every pepper of the ring in
+// OAUTH_AT_REST_PEPPER (when set), whether it may be retired or removed.
+func runPepperStatus(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("pepper status", stderr)
+	url := databaseURLFlag(fs)
+	asJSON := fs.Bool("json", false, "print JSON")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	var ring []repository.Pepper
+	if os.Getenv(repository.PepperEnv) != "" {
+		var err error
+		if ring, err = repository.PepperFromEnv(); err != nil {
+			return err
+		}
+	}
+	store, closeDB, err := adminStore(ctx, *url, stderr)
+	if err != nil {
+		return err
+	}
+	defer closeDB()
+	uses, err := store.PepperUsage(ctx)
+	if err != nil {
+		return err
+	}
+	out := pepperStatuses(ring, uses)
+	if *asJSON {
+		return writeJSON(stdout, out)
+	}
+	w := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(w, "PEPPER\tRING\tLIVE TOKENS\tTOMBSTONES\tPENDING CODES\tUSED CODES\tPENDING STATES\tDEPENDS UNTIL\tVERDICT")
+	for _, p := range out {
+		until := "-"
+		if !p.DependsUntil.IsZero() {
+			until = p.DependsUntil.Format(time.RFC3339)
+		}
+		ringState := p.InRing
+		if ringState == "" {
+			ringState = "?"
+		}
+		fmt.Fprintf(w, "%s\t%s\t%d\t%d\t%d\t%d\t%d\t%s\t%s\n", p.PepperID, ringState, p.LiveTokens, p.Tombstones,
+			p.PendingCodes, p.UsedCodes, p.PendingStates, until, p.Verdict)
+	}
+	return w.Flush()
+}
+
+func pepperStatuses(ring []repository.Pepper, uses []repository.PepperUse) []pepperStatus {
+	byID := map[string]repository.PepperUse{}
+	for _, u := range uses {
+		byID[u.PepperID] = u
+	}
+	var out []pepperStatus
+	add := func(u repository.PepperUse, inRing string) {
+		verdict := "in use: keep it in the ring"
+		switch {
+		case inRing == "current":
+			verdict = "current"
+		case u.Removable():
+			verdict = "may be removed from the ring"
+		case u.Retirable():
+			verdict = "may be retired (ID:base64:retired), not removed: evidence of live families depends on it"
+		}
+		if inRing == "absent" && !u.Removable() {
+			verdict = "not in the ring: what depends on it is already unknown"
+		}
+		out = append(out, pepperStatus{PepperUse: u, InRing: inRing, Verdict: verdict})
+	}
+	for i, p := range ring {
+		state := "accepted"
+		switch {
+		case i == 0:
+			state = "current"
+		case p.Retired:
+			state = "retired"
+		}
+		u, ok := byID[p.ID]
+		if !ok {
+			u = repository.PepperUse{PepperID: p.ID}
+		}
+		delete(byID, p.ID)
+		add(u, state)
+	}
+	for _, u := range uses {
+		if _, left := byID[u.PepperID]; left {
+			state := ""
+			if ring != nil {
+				state = "absent"
+			}
+			add(u, state)
+		}
+	}
+	return out
 }

@@ -83,7 +83,7 @@ func newFixture(ctx context.Context, e *env, workers []int, variants []string) (
 // store is the repository as a service configures it: one pepper, 30-day tokens, 90-day families.
 func (fx *fixture) store(dbtx repository.DBTX) (*repository.Store, error) {
 	return repository.New(dbtx, repository.Config{
-		Pepper:          fx.pepper,
+		Pepper:          repository.NewKey(fx.pepper),
 		RefreshTokenTTL: tokenTTL,
 		FamilyLifetime:  familyLife,
 		Logger:          slog.New(slog.NewTextHandler(io.Discard, nil)),

@@ -84,7 +84,7 @@ func run(tokens, workers, batch int, pause time.Duration, autovacuum bool, basel
 	}
 	pepper := make([]byte, 32)
 	_, _ = rand.Read(pepper)
-	store, err := repository.New(pool, repository.Config{Pepper: pepper, Logger: slog.New(slog.DiscardHandler)})
+	store, err := repository.New(pool, repository.Config{Pepper: repository.NewKey(pepper), Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		return err
 	}

@@ -117,7 +117,7 @@ func run(cfg config) (bool, error) {
 	_, _ = rand.Read(pepper)
 	var events eventCounter
 	store, err := repository.New(pool, repository.Config{
-		Pepper:          pepper,
+		Pepper:          repository.NewKey(pepper),
 		RefreshTokenTTL: cfg.ttl,
 		Logger:          slog.New(slog.NewTextHandler(io.Discard, nil)),
 		OnEvent:         events.add,

@@ -1,0 +1,167 @@
+package repository
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgtype"
+
+	"github.com/oauthstore/oauthstore/db"
+)
+
+// ReplayRevocationTimeout bounds how long a call that detected a replay inside a caller's
+// transaction waits for the family's revocation to commit on the store's own connection: for a
+// connection, and for the family's lock while another transaction (a concurrent rotation) holds
+// it. The caller's context does not cut it short: a client that hangs up does not undo the
+// revocation its replay caused.
+const ReplayRevocationTimeout = 10 * time.Second
+
+// blockPoll is how often a revocation waiting for the family's lock asks whether the caller's own
+// transaction is what holds it.
+const blockPoll = 20 * time.Millisecond
+
+// revokeReplayed revokes, for a replay detected inside a caller's transaction, the family the
+// replayed credential belongs to, reports e, and returns refusal. It never begins, commits or
+// rolls back anything on the caller's connection (I7): the revocation is committed on a
+// connection of the store's own, and e.FamilyRevoked is set only once it is. Two revocations only
+// the caller's transaction can make are made in it (e.InCallerTx): when that transaction holds the
+// family's lock, for which the store's connection would wait in vain, and when it created the
+// family, which is not visible outside it yet. If the revocation fails, the refusal still stands,
+// joined with the failure.
+func (s *Store) revokeReplayed(ctx context.Context, id pgtype.UUID, e *Event, refusal error) error {
+	revokedNow, inCallerTx, err := s.revokeIndependently(ctx, id, e.Reason)
+	e.FamilyRevoked, e.InCallerTx = revokedNow, inCallerTx
+	if err != nil {
+		err = dbError("revoke family on replay", err)
+		s.log.LogAttrs(ctx, slog.LevelError, "oauthstore: a replay's revocation did not commit; the family stays alive until its next replay",
+			slog.String("family_id", e.FamilyID), slog.String("error", err.Error()))
+		s.emit(ctx, *e)
+		return errors.Join(refusal, err)
+	}
+	s.emit(ctx, *e)
+	return refusal
+}
+
+func (s *Store) revokeIndependently(ctx context.Context, id pgtype.UUID, reason string) (revokedNow, inCallerTx bool, err error) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), ReplayRevocationTimeout)
+	defer cancel()
+	select {
+	case s.revocations <- struct{}{}:
+		defer func() { <-s.revocations }()
+	case <-ctx.Done():
+		return false, false, ctx.Err()
+	}
+	conn, err := s.connect(ctx)
+	if err != nil {
+		return false, false, err
+	}
+	type outcome struct {
+		row db.FamilyRevokeRow
+		err error
+	}
+	attempt, stop := context.WithCancel(ctx)
+	done := make(chan outcome, 1)
+	go func() {
+		var o outcome
+		o.err = pgx.BeginTxFunc(attempt, conn, pgx.TxOptions{IsoLevel: pgx.ReadCommitted}, func(tx pgx.Tx) error {
+			var err error
+			o.row, err = s.q.FamilyRevoke(attempt, tx, db.FamilyRevokeParams{ID: id, Now: s.now(), Reason: reason})
+			return err
+		})
+		done <- o
+	}()
+	pid := int32(conn.PgConn().PID())
+	var o outcome
+	finished := false
+	defer func() {
+		stop()
+		if !finished {
+			<-done
+		}
+		_ = conn.Close(context.Background())
+	}()
+	poll := time.NewTimer(blockPoll / 4)
+	defer poll.Stop()
+	for !finished {
+		select {
+		case o = <-done:
+			finished = true
+		case <-poll.C:
+			blocks, err := s.q.SessionBlocks(ctx, s.db, pid)
+			if err != nil {
+				return false, false, err
+			}
+			if blocks {
+				// The caller's transaction holds the family: the revocation can only be its own.
+				stop()
+				<-done
+				finished = true
+				return s.revokeInCallerTx(ctx, id, reason)
+			}
+			poll.Reset(blockPoll)
+		}
+	}
+	switch {
+	case o.err == nil:
+		return o.row.RevokedNow, false, nil
+	case errors.Is(o.err, pgx.ErrNoRows):
+		// Not visible outside the caller's transaction: it created the family and has not
+		// committed. If it does, the revocation commits with the family; if not, neither exists.
+		return s.revokeInCallerTx(ctx, id, reason)
+	}
+	return false, false, o.err
+}
+
+func (s *Store) revokeInCallerTx(ctx context.Context, id pgtype.UUID, reason string) (revokedNow, inCallerTx bool, err error) {
+	_, err = s.q.FamilyRevoke(ctx, s.db, db.FamilyRevokeParams{ID: id, Now: s.now(), Reason: reason})
+	if errors.Is(err, pgx.ErrNoRows) {
+		return false, false, nil // deleted meanwhile: nothing left to revoke
+	}
+	if err != nil {
+		return false, false, err
+	}
+	s.log.LogAttrs(ctx, slog.LevelWarn, "oauthstore: the replayed family's revocation is part of the caller's transaction "+
+		"(it holds or created the family) and is lost if that transaction rolls back",
+		slog.String("family_id", familyIDString(id)))
+	return false, true, nil
+}
+
+// replayLog remembers when a replay of an already revoked family was last reported, so that a
+// client presenting a dead token in a loop produces one warning and one event a minute per family,
+// not one per request.
+type replayLog struct {
+	mu   sync.Mutex
+	seen map[string]time.Time
+}
+
+const (
+	replayReportInterval = time.Minute
+	replayLogMax         = 10_000
+)
+
+// firstSince returns e if its family's replay was not reported within the last interval, and
+// otherwise nil.
+func (l *replayLog) firstSince(e *Event) *Event {
+	now := time.Now()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if last, ok := l.seen[e.FamilyID]; ok && now.Sub(last) < replayReportInterval {
+		return nil
+	}
+	if len(l.seen) >= replayLogMax {
+		for id, last := range l.seen {
+			if now.Sub(last) >= replayReportInterval {
+				delete(l.seen, id)
+			}
+		}
+		if len(l.seen) >= replayLogMax {
+			clear(l.seen)
+		}
+	}
+	l.seen[e.FamilyID] = now
+	return e
+}
