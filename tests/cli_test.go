@@ -2,6 +2,7 @@ package tests
 
 import (
 	"bytes"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"os"
@@ -284,5 +285,53 @@ func TestCLI_DemoRunsAgainstDatabaseURLAndCleansUp(t *testing.T) {
 	}
 	if n := b.count(t, "SELECT count(*) FROM oauth_family"); n != 0 {
 		t.Fatalf("the demo left %d families", n)
+	}
+}
+
+func TestCLI_PepperStatusSaysWhatDependsOnEachPepperAndNeverPrintsOne(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	b.replayed(t) // a tombstone and a live token under "default"
+	fresh := "new:" + base64.StdEncoding.EncodeToString(bytes.Repeat([]byte{7}, 32))
+	ring := fresh + ",default:" + base64.StdEncoding.EncodeToString(b.pepper) + ",gone:" + base64.StdEncoding.EncodeToString(bytes.Repeat([]byte{9}, 32)) + ":retired"
+	cmd := exec.Command(oauthstoreBinary(t), "pepper", "status", "--json")
+	cmd.Env = append(os.Environ(), "DATABASE_URL="+b.db.URL, "OAUTH_AT_REST_PEPPER="+ring)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("pepper status: %v\n%s", err, stderr.String())
+	}
+	var got []struct {
+		PepperID   string `json:"pepper_id"`
+		LiveTokens int64  `json:"live_tokens"`
+		Tombstones int64  `json:"tombstones"`
+		InRing     string `json:"in_ring"`
+		Verdict    string `json:"verdict"`
+	}
+	cliResult{stdout: stdout.String()}.json(t, &got)
+	want := map[string]string{"new": "current", "default": "accepted", "gone": "retired"}
+	if len(got) != 3 {
+		t.Fatalf("pepper status lists %+v, want the three peppers of the ring", got)
+	}
+	for _, p := range got {
+		if want[p.PepperID] != p.InRing {
+			t.Fatalf("%s: in ring %q, want %q", p.PepperID, p.InRing, want[p.PepperID])
+		}
+		switch p.PepperID {
+		case "default":
+			if p.LiveTokens != 1 || p.Tombstones != 1 || !strings.HasPrefix(p.Verdict, "in use") {
+				t.Fatalf("default: %+v, want one live token and one tombstone, in use", p)
+			}
+		case "gone":
+			if !strings.HasPrefix(p.Verdict, "may be removed") {
+				t.Fatalf("gone: %+v, want removable", p)
+			}
+		}
+	}
+	out := stdout.String() + stderr.String()
+	for _, secret := range []string{base64.StdEncoding.EncodeToString(b.pepper), strings.TrimPrefix(fresh, "new:")} {
+		if strings.Contains(out, secret) {
+			t.Fatal("pepper status printed a pepper")
+		}
 	}
 }

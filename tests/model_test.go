@@ -18,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgxpool"
 	"pgregory.net/rapid"
 
 	"github.com/oauthstore/oauthstore/repository"
@@ -29,7 +30,10 @@ import (
 // why, how many tokens each family holds. After every step it also checks the invariants in SQL.
 //
 // Two stores share the database: one strict, one with a grace window, so that the same family can
-// meet both policies. The test clock drives every expiry.
+// meet both policies. The test clock drives every expiry. A rotation may also run in a caller's
+// transaction (Store.WithDB) on a pool of two connections, one of which another request holds,
+// that commits or rolls back: a rollback undoes everything the rotation did except a replay's
+// revocation (I7).
 //
 // Reproduce a failure with the -rapid.seed or -rapid.failfile the output names; -rapid.steps sets
 // the average sequence length (default here 45), -rapid.checks the number of sequences (default
@@ -145,6 +149,10 @@ type modelRun struct {
 	step   int
 	steps  *atomic.Int64
 	stats  *outcomeStats
+	// txPool is a pool of two connections, one of which another request holds for the whole
+	// run; txStores are the strict and grace stores on it, for calls in a caller's transaction.
+	txPool   *pgxpool.Pool
+	txStores map[string]*repository.Store
 }
 
 // outcomeStats counts the outcomes of the steps, to show what the sequences exercised.
@@ -177,6 +185,49 @@ func (m *modelRun) store(grace bool) (*repository.Store, string) {
 		return m.grace, "grace"
 	}
 	return m.strict, "strict"
+}
+
+// How a call reaches the store.
+type via int
+
+const (
+	viaPool via = iota
+	viaTxCommit
+	viaTxRollback
+)
+
+// drawVia draws how a call reaches the store: mostly on the pool, sometimes in a caller's
+// transaction that then commits or rolls back.
+func (m *modelRun) drawVia() via {
+	switch rapid.IntRange(0, 7).Draw(m.rt, "via (0-5 the pool, 6 a transaction that commits, 7 one that rolls back)") {
+	case 6:
+		return viaTxCommit
+	case 7:
+		return viaTxRollback
+	}
+	return viaPool
+}
+
+// inTx runs call on store, or in a caller's transaction on the nearly exhausted pool which then
+// commits or rolls back as v says.
+func (m *modelRun) inTx(v via, store *repository.Store, call func(*repository.Store) error) error {
+	if v == viaPool {
+		return call(store)
+	}
+	tx, err := m.txPool.Begin(m.b.ctx)
+	if err != nil {
+		m.rt.Fatalf("begin the caller's transaction: %v", err)
+	}
+	callErr := call(store.WithDB(tx))
+	if v == viaTxCommit {
+		err = tx.Commit(m.b.ctx)
+	} else {
+		err = tx.Rollback(m.b.ctx)
+	}
+	if err != nil {
+		m.rt.Fatalf("end the caller's transaction: %v", err)
+	}
+	return callErr
 }
 
 // outcome compares a real call's error with the model's expectation and logs the step.
@@ -353,7 +404,9 @@ func (m *modelRun) predictRotate(f *mFamily, t *mToken, client, key string, grac
 	case f.key != "" && key != f.key:
 		return rotRefused, repository.ErrSenderMismatch
 	case t.consumed:
-		if grace && !f.revoked && t.graceUses < modelGraceReuses && now.Before(t.consumedAt.Add(modelGraceWindow)) {
+		// A grace reuse needs the parent within the window and within its own lifetime.
+		if grace && !f.revoked && t.graceUses < modelGraceReuses && now.Before(t.consumedAt.Add(modelGraceWindow)) &&
+			now.Before(t.expires) {
 			if live := f.live(); live != nil && live.parent == t.n && now.Before(live.expires) {
 				if wider {
 					return rotRefused, repository.ErrInvalidScope
@@ -377,6 +430,10 @@ func (m *modelRun) predictRotate(f *mFamily, t *mToken, client, key string, grac
 
 func (m *modelRun) rotate(f *mFamily, t *mToken, client, key string, grace bool, what string) {
 	store, storeName := m.store(grace)
+	if m.txStores != nil {
+		store = m.txStores[storeName]
+	}
+	v := m.drawVia()
 	ttl := drawTTL(m.rt, "rotation ttl")
 	scope := [...][]string{nil, nil, nil, nil, {"openid"}, {"openid", "admin"}}[rapid.IntRange(0, 5).Draw(m.rt, "scope (0-3 granted, 4 narrower, 5 wider)")]
 	kind, want := m.predictRotate(f, t, client, key, grace, scope)
@@ -391,12 +448,26 @@ func (m *modelRun) rotate(f *mFamily, t *mToken, client, key string, grace bool,
 		label += fmt.Sprintf(" scope %q", strings.Join(scope, " "))
 	}
 	label += " via " + storeName + " store"
-	got, err := store.Rotate(m.b.ctx, repository.RotateRequest{Token: t.secret, ClientID: client, SenderThumbprint: key, TTL: ttl, Scope: scope})
+	label += [...]string{"", " in a caller's transaction that commits", " in a caller's transaction that rolls back"}[v]
+	var got *repository.RefreshToken
+	err := m.inTx(v, store, func(s *repository.Store) (err error) {
+		got, err = s.Rotate(m.b.ctx, repository.RotateRequest{Token: t.secret, ClientID: client, SenderThumbprint: key, TTL: ttl, Scope: scope})
+		return err
+	})
 	m.outcome(label, err, want)
 	now := m.now()
 	successorScope := f.granted
 	if scope != nil {
 		successorScope = strings.Join(scope, " ")
+	}
+	if v != viaPool && kind == rotReplayRevokes {
+		m.stats.add([...]string{"", "replay revoked in a transaction that committed", "replay revoked in a transaction that rolled back"}[v])
+	}
+	if v == viaTxRollback && (kind == rotSuccess || kind == rotGraceReuse) {
+		// The rollback undid the rotation: the token handed out never existed.
+		m.checkToken(label, got, f, ttl, successorScope)
+		m.stats.add("rotate ok, rolled back")
+		return
 	}
 	switch kind {
 	case rotSuccess:
@@ -919,6 +990,29 @@ func TestModel_RandomSequencesMatchTheReferenceModel(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The pool of the callers' transactions: two connections, one of them busy throughout, so
+	// that a replay's revocation that needed a pooled connection would stall.
+	cfg, err := pgxpool.ParseConfig(b.db.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.MaxConns = 2
+	txPool, err := pgxpool.NewWithConfig(b.ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer txPool.Close()
+	busy, err := txPool.Acquire(b.ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Release()
+	txStores := map[string]*repository.Store{}
+	for name, c := range map[string]repository.Config{"strict": base, "grace": graceCfg} {
+		if txStores[name], err = repository.New(txPool, c); err != nil {
+			t.Fatal(err)
+		}
+	}
 	var cases, steps atomic.Int64
 	stats := &outcomeStats{n: map[string]int{}}
 	start := time.Now()
@@ -928,7 +1022,7 @@ func TestModel_RandomSequencesMatchTheReferenceModel(t *testing.T) {
 			rt.Fatal(err)
 		}
 		b.clock.Set(modelStart)
-		m := &modelRun{rt: rt, b: b, strict: b.store, grace: grace, steps: &steps, stats: stats}
+		m := &modelRun{rt: rt, b: b, strict: b.store, grace: grace, steps: &steps, stats: stats, txPool: txPool, txStores: txStores}
 		// Repeat draws the actions in the order of their names, the first ones more often (rapid
 		// biases its draws toward small indices): hence the numbers.
 		rt.Repeat(map[string]func(*rapid.T){
