@@ -103,11 +103,18 @@ func (q *Queries) AuthorizationCodeDeleteExpired(ctx context.Context, db DBTX, a
 }
 
 const authorizationCodeEndPending = `-- name: AuthorizationCodeEndPending :execrows
-DELETE FROM oauth_authorization_code c
-WHERE c.family_id IS NULL
-  AND c.expires_at > coalesce($1::timestamptz, statement_timestamp())
-  AND ($2::text IS NULL OR c.user_id = $2::text)
-  AND ($3::text IS NULL OR c.client_id = $3::text)
+DELETE FROM oauth_authorization_code
+WHERE digest IN (
+    SELECT c.digest
+    FROM oauth_authorization_code c
+    WHERE c.family_id IS NULL
+      AND c.expires_at > coalesce($1::timestamptz, statement_timestamp())
+      AND ($2::text IS NULL OR c.user_id = $2::text)
+      AND ($3::text IS NULL OR c.client_id = $3::text)
+    ORDER BY c.digest
+    FOR UPDATE
+)
+  AND family_id IS NULL
 `
 
 type AuthorizationCodeEndPendingParams struct {
@@ -121,6 +128,7 @@ type AuthorizationCodeEndPendingParams struct {
 // that no code minted before it yields a new live family after it. A code being exchanged
 // meanwhile either commits first, and its family is then revoked by the revocation that follows, or
 // finds nothing to exchange. Consumed codes stay: they are the evidence of their families.
+// The rows are locked in digest order, so that two overlapping bulk revocations never deadlock.
 func (q *Queries) AuthorizationCodeEndPending(ctx context.Context, db DBTX, arg AuthorizationCodeEndPendingParams) (int64, error) {
 	result, err := db.Exec(ctx, authorizationCodeEndPending, arg.Now, arg.UserID, arg.ClientID)
 	if err != nil {

@@ -9,12 +9,34 @@ import (
 	"context"
 )
 
+const sessionBackendPID = `-- name: SessionBackendPID :one
+SELECT pg_backend_pid()::integer AS pid
+`
+
+// SessionBackendPID returns the server process of this session, as the server knows it (a
+// connection pooler in front of it may report another in the connection handshake).
+func (q *Queries) SessionBackendPID(ctx context.Context, db DBTX) (int32, error) {
+	row := db.QueryRow(ctx, sessionBackendPID)
+	var pid int32
+	err := row.Scan(&pid)
+	return pid, err
+}
+
 const sessionBlocks = `-- name: SessionBlocks :one
-SELECT pg_backend_pid() = ANY(pg_blocking_pids($1::integer)) AS blocks
+WITH RECURSIVE waits (pid, depth) AS (
+    SELECT $1::integer, 0
+    UNION ALL
+    SELECT b.pid, w.depth + 1
+    FROM waits w
+    CROSS JOIN LATERAL unnest(pg_blocking_pids(w.pid)) AS b (pid)
+    WHERE w.depth < 8
+)
+SELECT EXISTS (SELECT 1 FROM waits WHERE depth > 0 AND pid = pg_backend_pid()) AS blocks
 `
 
 // SessionBlocks reports whether this session holds a lock that the session with the given backend
-// pid is waiting for.
+// pid waits for, directly or through sessions queued before it: the first session to wait for a
+// row lock takes a lock on the tuple, and later ones wait for that session, not the row's holder.
 func (q *Queries) SessionBlocks(ctx context.Context, db DBTX, pid int32) (bool, error) {
 	row := db.QueryRow(ctx, sessionBlocks, pid)
 	var blocks bool
@@ -34,12 +56,12 @@ func (q *Queries) SessionIsolation(ctx context.Context, db DBTX) (string, error)
 	return isolation, err
 }
 
-const sessionSetLockTimeout = `-- name: SessionSetLockTimeout :exec
-SELECT set_config('lock_timeout', $1::text, true)
+const sessionReadCommitted = `-- name: SessionReadCommitted :exec
+SET TRANSACTION ISOLATION LEVEL READ COMMITTED
 `
 
-// SessionSetLockTimeout bounds how long the statements of the current transaction wait for a lock.
-func (q *Queries) SessionSetLockTimeout(ctx context.Context, db DBTX, timeout string) error {
-	_, err := db.Exec(ctx, sessionSetLockTimeout, timeout)
+// SessionReadCommitted sets the current transaction's isolation level, before its first statement.
+func (q *Queries) SessionReadCommitted(ctx context.Context, db DBTX) error {
+	_, err := db.Exec(ctx, sessionReadCommitted)
 	return err
 }

@@ -38,12 +38,20 @@ WHERE digest IN (
 -- that no code minted before it yields a new live family after it. A code being exchanged
 -- meanwhile either commits first, and its family is then revoked by the revocation that follows, or
 -- finds nothing to exchange. Consumed codes stay: they are the evidence of their families.
+-- The rows are locked in digest order, so that two overlapping bulk revocations never deadlock.
 -- name: AuthorizationCodeEndPending :execrows
-DELETE FROM oauth_authorization_code c
-WHERE c.family_id IS NULL
-  AND c.expires_at > coalesce(sqlc.narg('now')::timestamptz, statement_timestamp())
-  AND (sqlc.narg('user_id')::text IS NULL OR c.user_id = sqlc.narg('user_id')::text)
-  AND (sqlc.narg('client_id')::text IS NULL OR c.client_id = sqlc.narg('client_id')::text);
+DELETE FROM oauth_authorization_code
+WHERE digest IN (
+    SELECT c.digest
+    FROM oauth_authorization_code c
+    WHERE c.family_id IS NULL
+      AND c.expires_at > coalesce(sqlc.narg('now')::timestamptz, statement_timestamp())
+      AND (sqlc.narg('user_id')::text IS NULL OR c.user_id = sqlc.narg('user_id')::text)
+      AND (sqlc.narg('client_id')::text IS NULL OR c.client_id = sqlc.narg('client_id')::text)
+    ORDER BY c.digest
+    FOR UPDATE
+)
+  AND family_id IS NULL;
 
 -- AuthorizationCodeExchange consumes a code and creates the family of its grant with the first
 -- refresh token, recording the family on the code, all in one statement: either all of it

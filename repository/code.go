@@ -182,20 +182,25 @@ func (s *Store) Exchange(ctx context.Context, req ExchangeRequest) (*CodeExchang
 		return nil, err
 	}
 	token, refreshDigest, pepperID := s.refresh.mint()
-	row, err := s.q.AuthorizationCodeExchange(ctx, s.db, db.AuthorizationCodeExchangeParams{
-		Digest:           c.Digest,
-		Now:              s.now(),
-		ClientID:         req.ClientID,
-		RedirectURI:      req.RedirectURI,
-		Lifetime:         optionalInterval(lifetime),
-		SenderThumbprint: optionalText(req.SenderThumbprint),
-		TTL:              interval(ttl),
-		RefreshDigest:    refreshDigest,
-		RefreshPepperID:  pepperID,
+	// Under a stricter default isolation level a concurrent exchange makes the statement fail to
+	// serialize; run again READ COMMITTED, it waits for that exchange and sees its outcome.
+	var row db.AuthorizationCodeExchangeRow
+	err = s.readCommitted(ctx, "exchange code", func(q DBTX) (err error) {
+		row, err = s.q.AuthorizationCodeExchange(ctx, q, db.AuthorizationCodeExchangeParams{
+			Digest:           c.Digest,
+			Now:              s.now(),
+			ClientID:         req.ClientID,
+			RedirectURI:      req.RedirectURI,
+			Lifetime:         optionalInterval(lifetime),
+			SenderThumbprint: optionalText(req.SenderThumbprint),
+			TTL:              interval(ttl),
+			RefreshDigest:    refreshDigest,
+			RefreshPepperID:  pepperID,
+		})
+		return err
 	})
-	if errors.Is(err, pgx.ErrNoRows) || isSerializationFailure(err) {
-		// Another exchange consumed it meanwhile, or it expired: read again and say which. (Under a
-		// stricter default isolation level, losing that race is a serialization failure.)
+	if errors.Is(err, pgx.ErrNoRows) {
+		// Another exchange consumed it meanwhile, or it expired: read again and say which.
 		if _, err := s.verifyCode(ctx, digests, req); err != nil {
 			return nil, err
 		}

@@ -17,7 +17,8 @@ const (
 	// EventFamilyRevoked: a family was revoked by RevokeToken, RevokeFamily or RevokeFamilies.
 	EventFamilyRevoked EventKind = "family_revoked"
 	// EventCodeReplayDetected: an authorization code was presented again after its exchange; the
-	// family it produced is revoked.
+	// family it produced is revoked. A replay of a code whose family was already revoked is
+	// reported at most once a minute per family.
 	EventCodeReplayDetected EventKind = "code_replay_detected"
 	// EventGraceReuse: the parent of a family's current token was presented within the grace
 	// window, and the unused current token was replaced.

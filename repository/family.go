@@ -303,7 +303,11 @@ func (s *Store) DeleteFamily(ctx context.Context, familyID string) error {
 	if err != nil {
 		return err
 	}
-	n, err := s.q.FamilyDelete(ctx, s.db, id)
+	var n int64
+	err = s.readCommitted(ctx, "delete family", func(q DBTX) (err error) {
+		n, err = s.q.FamilyDelete(ctx, q, id)
+		return err
+	})
 	if err != nil {
 		return dbError("delete family", err)
 	}

@@ -47,15 +47,23 @@ func (s *Store) revokeReplayed(ctx context.Context, id pgtype.UUID, e *Event, re
 }
 
 func (s *Store) revokeIndependently(ctx context.Context, id pgtype.UUID, reason string) (revokedNow, inCallerTx bool, err error) {
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), ReplayRevocationTimeout)
+	// Two contexts: the store's own bound for its own connection, and for statements on the
+	// caller's connection none at all (a deadline that fired during one would make pgx close the
+	// caller's connection, and with it the caller's transaction). Neither is cut short by the
+	// caller: a client that hangs up does not undo the revocation its replay caused.
+	caller := context.WithoutCancel(ctx)
+	own, cancel := context.WithTimeout(caller, ReplayRevocationTimeout)
 	defer cancel()
+	if s.connect == nil {
+		return false, false, errors.New("no connection of the store's own: set Config.RevocationConnect")
+	}
 	select {
 	case s.revocations <- struct{}{}:
 		defer func() { <-s.revocations }()
-	case <-ctx.Done():
-		return false, false, ctx.Err()
+	case <-own.Done():
+		return false, false, own.Err()
 	}
-	conn, err := s.connect(ctx)
+	conn, err := s.connect(own)
 	if err != nil {
 		return false, false, err
 	}
@@ -63,18 +71,24 @@ func (s *Store) revokeIndependently(ctx context.Context, id pgtype.UUID, reason 
 		row db.FamilyRevokeRow
 		err error
 	}
-	attempt, stop := context.WithCancel(ctx)
+	attempt, stop := context.WithCancel(own)
 	done := make(chan outcome, 1)
+	pids := make(chan int32, 1)
 	go func() {
 		var o outcome
 		o.err = pgx.BeginTxFunc(attempt, conn, pgx.TxOptions{IsoLevel: pgx.ReadCommitted}, func(tx pgx.Tx) error {
-			var err error
+			// The server's pid of this session, asked of the server: a pooler in front of it may
+			// give another in the handshake, and within a transaction the session is fixed.
+			pid, err := s.q.SessionBackendPID(attempt, tx)
+			if err != nil {
+				return err
+			}
+			pids <- pid
 			o.row, err = s.q.FamilyRevoke(attempt, tx, db.FamilyRevokeParams{ID: id, Now: s.now(), Reason: reason})
 			return err
 		})
 		done <- o
 	}()
-	pid := int32(conn.PgConn().PID())
 	var o outcome
 	finished := false
 	defer func() {
@@ -82,27 +96,42 @@ func (s *Store) revokeIndependently(ctx context.Context, id pgtype.UUID, reason 
 		if !finished {
 			<-done
 		}
-		_ = conn.Close(context.Background())
+		closing, cancel := context.WithTimeout(caller, time.Second)
+		defer cancel()
+		_ = conn.Close(closing)
 	}()
+	// While the revocation waits, ask now and then, on the caller's connection, whether the
+	// caller's own transaction is what it waits for.
+	var pid int32
 	poll := time.NewTimer(blockPoll / 4)
 	defer poll.Stop()
+	polling := true
 	for !finished {
 		select {
 		case o = <-done:
 			finished = true
+		case pid = <-pids:
 		case <-poll.C:
-			blocks, err := s.q.SessionBlocks(ctx, s.db, pid)
+			if pid == 0 || own.Err() != nil {
+				poll.Reset(blockPoll)
+				continue
+			}
+			blocks, err := s.q.SessionBlocks(caller, s.db, pid)
 			if err != nil {
-				return false, false, err
+				// The caller's connection cannot tell; the revocation goes on within its bound.
+				polling = false
+				continue
 			}
 			if blocks {
 				// The caller's transaction holds the family: the revocation can only be its own.
 				stop()
 				<-done
 				finished = true
-				return s.revokeInCallerTx(ctx, id, reason)
+				return s.revokeInCallerTx(caller, id, reason)
 			}
-			poll.Reset(blockPoll)
+			if polling {
+				poll.Reset(blockPoll)
+			}
 		}
 	}
 	switch {
@@ -111,7 +140,7 @@ func (s *Store) revokeIndependently(ctx context.Context, id pgtype.UUID, reason 
 	case errors.Is(o.err, pgx.ErrNoRows):
 		// Not visible outside the caller's transaction: it created the family and has not
 		// committed. If it does, the revocation commits with the family; if not, neither exists.
-		return s.revokeInCallerTx(ctx, id, reason)
+		return s.revokeInCallerTx(caller, id, reason)
 	}
 	return false, false, o.err
 }
@@ -131,8 +160,9 @@ func (s *Store) revokeInCallerTx(ctx context.Context, id pgtype.UUID, reason str
 }
 
 // replayLog remembers when a replay of an already revoked family was last reported, so that a
-// client presenting a dead token in a loop produces one warning and one event a minute per family,
-// not one per request.
+// client presenting a dead token or code in a loop produces one warning and one event a minute per
+// family and kind, not one per request. It keeps wall-clock time, not Config.Clock: it paces the
+// reports, it decides nothing.
 type replayLog struct {
 	mu   sync.Mutex
 	seen map[string]time.Time
@@ -149,7 +179,8 @@ func (l *replayLog) firstSince(e *Event) *Event {
 	now := time.Now()
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if last, ok := l.seen[e.FamilyID]; ok && now.Sub(last) < replayReportInterval {
+	key := string(e.Kind) + " " + e.FamilyID
+	if last, ok := l.seen[key]; ok && now.Sub(last) < replayReportInterval {
 		return nil
 	}
 	if len(l.seen) >= replayLogMax {
@@ -162,6 +193,6 @@ func (l *replayLog) firstSince(e *Event) *Event {
 			clear(l.seen)
 		}
 	}
-	l.seen[e.FamilyID] = now
+	l.seen[key] = now
 	return e
 }

@@ -176,16 +176,21 @@ func NewKey(b []byte) Key {
 	return Key{b: &c}
 }
 
-// Bytes returns the key material.
+// Bytes returns a copy of the key material.
 func (k Key) Bytes() []byte {
 	if k.b == nil {
 		return nil
 	}
-	return *k.b
+	return append([]byte(nil), *k.b...)
 }
 
 // Len returns the length of the key material in bytes.
-func (k Key) Len() int { return len(k.Bytes()) }
+func (k Key) Len() int {
+	if k.b == nil {
+		return 0
+	}
+	return len(*k.b)
+}
 
 // IsZero reports whether the key is unset.
 func (k Key) IsZero() bool { return k.b == nil }

@@ -2,7 +2,6 @@ package repository
 
 import (
 	"bytes"
-	"context"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -11,8 +10,6 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/jackc/pgx/v5"
 )
 
 func testPepper() []byte { return bytes.Repeat([]byte{7}, MinPepperBytes) }
@@ -178,13 +175,7 @@ func TestNew_RefusesShortPepperAndBadTTL(t *testing.T) {
 			t.Fatalf("ttl %d: %v", ttl, err)
 		}
 	}
-	// A DBTX the store cannot open a connection of its own from needs Config.RevocationConnect:
-	// without it, a replay inside a caller's transaction could not be revoked independently.
-	if _, err := New(db, Config{Pepper: NewKey(testPepper())}); !errors.Is(err, ErrInvalidInput) {
-		t.Fatalf("custom DBTX without RevocationConnect: %v", err)
-	}
-	connect := func(context.Context) (*pgx.Conn, error) { return nil, errors.New("unused") }
-	if _, err := New(db, Config{Pepper: NewKey(testPepper()), RevocationConnect: connect}); err != nil {
+	if _, err := New(db, Config{Pepper: NewKey(testPepper())}); err != nil {
 		t.Fatal(err)
 	}
 }

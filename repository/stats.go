@@ -91,7 +91,7 @@ type PepperUse struct {
 	PendingStates int64 `json:"pending_states"`
 	// DependsUntil is when the last of these stops depending on the pepper unless something
 	// changes: the latest expiry among them and their families. A rotation moves it later.
-	DependsUntil time.Time `json:"depends_until"`
+	DependsUntil *time.Time `json:"depends_until,omitempty"`
 }
 
 // Retirable reports whether the pepper can be retired (kept in the ring as recognise-only)
@@ -118,7 +118,7 @@ func (s *Store) PepperUsage(ctx context.Context) ([]PepperUse, error) {
 	for i, r := range rows {
 		out[i] = PepperUse{
 			PepperID: r.PepperID, LiveTokens: r.LiveTokens, Tombstones: r.Tombstones, PendingCodes: r.PendingCodes,
-			UsedCodes: r.UsedCodes, PendingStates: r.PendingStates, DependsUntil: utc(r.DependsUntil),
+			UsedCodes: r.UsedCodes, PendingStates: r.PendingStates, DependsUntil: utcPtr(&r.DependsUntil),
 		}
 	}
 	return out, nil

@@ -91,8 +91,10 @@ type Config struct {
 	// RevocationConnect opens a connection of the store's own, used for one thing: committing the
 	// revocation of a family whose consumed token or code was replayed inside a caller's
 	// transaction, independently of that transaction (see WithDB). Nil derives it from the handle
-	// given to New — a *pgxpool.Pool (its connection settings and BeforeConnect/AfterConnect
-	// hooks), a *pgx.Conn or a pgx.Tx — and New refuses any other DBTX without it.
+	// given to New: from a *pgxpool.Pool, a new connection with the pool's settings, running its
+	// BeforeConnect and AfterConnect hooks each time; from a *pgx.Conn or pgx.Tx (given to New or,
+	// for another DBTX, to WithDB), the settings that connection was opened with, as they were
+	// then — set RevocationConnect where they do not last, such as short-lived credentials.
 	RevocationConnect func(ctx context.Context) (*pgx.Conn, error)
 }
 
@@ -186,10 +188,7 @@ func newStore(dbtx DBTX, cfg Config, withPepper bool) (*Store, error) {
 	}
 	connect := cfg.RevocationConnect
 	if connect == nil {
-		// An admin store detects no replays and needs no connection of its own.
-		if connect = connectorOf(dbtx); connect == nil && withPepper {
-			return nil, inputError("dbtx", "not a *pgxpool.Pool, *pgx.Conn or pgx.Tx: set Config.RevocationConnect")
-		}
+		connect = connectorOf(dbtx) // nil for another DBTX: WithDB derives one from its transaction
 	}
 	s := &Store{
 		db:             dbtx,
@@ -262,13 +261,17 @@ func connectorOf(dbtx DBTX) func(context.Context) (*pgx.Conn, error) {
 // One change never rolls back with it: the revocation of a family whose consumed token or code
 // was replayed (I7). The store commits it on a connection of its own (Config.RevocationConnect;
 // never one of the caller's pool, so a pool whose every connection is in a request transaction
-// cannot stall it) and never begins, commits or rolls back anything on the caller's connection.
+// cannot stall it).
 // The call waits for that commit, at most ReplayRevocationTimeout, whatever the caller's context
 // says; the event reports FamilyRevoked only once it is committed. Two cases join the caller's
 // transaction instead, because nothing outside it can do the job: the caller's transaction itself
 // holds the family's lock (it rotated or revoked the same family earlier) or created the family
 // (it is not visible outside yet). The event then says InCallerTx, and the revocation commits or
 // rolls back with the caller — as does, in the second case, the family itself.
+//
+// No transaction is begun or ended on the caller's connection: the only transaction control the
+// store sends there is a savepoint of its own (a refused rotation is settled in one), which it
+// releases or rolls back itself.
 //
 // The transaction must be READ COMMITTED, PostgreSQL's default: the rotation's guarantees rest on
 // each statement seeing what committed before it. The first statement on the returned Store
@@ -278,6 +281,9 @@ func (s *Store) WithDB(dbtx DBTX) *Store {
 	c := *s
 	c.db = &checkedTx{DBTX: dbtx, q: s.q}
 	c.callerTx = true
+	if c.connect == nil {
+		c.connect = connectorOf(dbtx)
+	}
 	return &c
 }
 
@@ -298,7 +304,7 @@ func (c *checkedTx) check(ctx context.Context) error {
 	}
 	level, err := c.q.SessionIsolation(ctx, c.DBTX)
 	if err != nil {
-		return dbError("read the transaction's isolation level", err)
+		return fmt.Errorf("read the transaction's isolation level: %w", err)
 	}
 	c.checked = true
 	if level != "read committed" {
@@ -424,10 +430,21 @@ func (s *Store) begin(ctx context.Context) (pgx.Tx, error) {
 	type txBeginner interface {
 		BeginTx(context.Context, pgx.TxOptions) (pgx.Tx, error)
 	}
-	if b, ok := s.db.(txBeginner); ok && !s.callerTx {
+	if s.callerTx {
+		return s.db.Begin(ctx)
+	}
+	if b, ok := s.db.(txBeginner); ok {
 		return b.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.ReadCommitted})
 	}
-	return s.db.Begin(ctx)
+	tx, err := s.db.Begin(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.q.SessionReadCommitted(ctx, tx); err != nil {
+		_ = tx.Rollback(ctx)
+		return nil, err
+	}
+	return tx, nil
 }
 
 // readCommitted runs one statement. Alone it runs in an implicit transaction at the database's

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -384,5 +385,82 @@ func TestWithDB_RefusesATransactionThatIsNotReadCommittedAndChangesNothing(t *te
 	defer tx.Rollback(context.Background())
 	if _, err := b.store.WithDB(tx).Family(b.ctx, first.FamilyID); err != nil {
 		t.Fatal(err)
+	}
+}
+
+func TestReplay_InATransactionHoldingTheFamilyJoinsItEvenBehindAQueuedRotation(t *testing.T) {
+	t.Parallel()
+	var (
+		mu     sync.Mutex
+		events []repository.Event
+	)
+	b := setup(t, setupOptions{configure: func(c *repository.Config) {
+		c.OnEvent = func(_ context.Context, e repository.Event) { mu.Lock(); events = append(events, e); mu.Unlock() }
+	}})
+	first := b.issue(t)
+	tx, err := b.pool.Begin(b.ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(context.Background())
+	s := b.store.WithDB(tx)
+	// The caller's transaction rotates, so it holds the family's lock ...
+	next, err := s.Rotate(b.ctx, repository.RotateRequest{Token: first.Token.Reveal(), ClientID: "client-a"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.remember(next.Token)
+	// ... and another session queues for it first. Later waiters, the store's revocation among
+	// them, wait for that session, not for the caller.
+	other, err := b.pool.Begin(b.ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	queued := make(chan error, 1)
+	go func() {
+		_, err := other.Exec(b.ctx, "SELECT 1 FROM oauth_family WHERE id = $1 FOR NO KEY UPDATE /* queued */", first.FamilyID)
+		queued <- err
+	}()
+	// Whatever happens, the caller's transaction ends before the queued session's connection is
+	// used again.
+	var queuedErr error
+	waited := false
+	defer func() {
+		_ = tx.Rollback(context.Background())
+		if !waited {
+			<-queued
+		}
+		_ = other.Rollback(context.Background())
+	}()
+	deadline := time.Now().Add(30 * time.Second)
+	for b.count(t, `SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()
+		AND wait_event_type = 'Lock' AND query LIKE '%/* queued */%'`) == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the other session never queued for the family")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	start := time.Now()
+	if _, err := s.Rotate(b.ctx, repository.RotateRequest{Token: first.Token.Reveal(), ClientID: "client-a"}); !errors.Is(err, repository.ErrReplayDetected) ||
+		repository.ErrorCode(err) != "invalid_grant" || strings.Contains(err.Error(), "revoke family on replay") {
+		t.Fatalf("replay in the transaction holding the family: %v", err)
+	}
+	if took := time.Since(start); took > repository.ReplayRevocationTimeout/2 {
+		t.Fatalf("the replay took %v: the revocation waited for its own caller", took)
+	}
+	if err := tx.Commit(b.ctx); err != nil {
+		t.Fatal(err)
+	}
+	queuedErr, waited = <-queued, true
+	if queuedErr != nil {
+		t.Fatal(queuedErr)
+	}
+	if f := b.family(t, first.FamilyID); f.RevokedAt == nil {
+		t.Fatal("the caller committed its replay, but the family is not revoked")
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(events) != 1 || !events[0].InCallerTx || events[0].FamilyRevoked {
+		t.Fatalf("events %+v, want one replay made in the caller's transaction, not reported as committed", events)
 	}
 }

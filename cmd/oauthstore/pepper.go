@@ -88,7 +88,7 @@ func runPepperStatus(ctx context.Context, args []string, stdout, stderr io.Write
 	fmt.Fprintln(w, "PEPPER\tRING\tLIVE TOKENS\tTOMBSTONES\tPENDING CODES\tUSED CODES\tPENDING STATES\tDEPENDS UNTIL\tVERDICT")
 	for _, p := range out {
 		until := "-"
-		if !p.DependsUntil.IsZero() {
+		if p.DependsUntil != nil {
 			until = p.DependsUntil.Format(time.RFC3339)
 		}
 		ringState := p.InRing
@@ -108,17 +108,22 @@ func pepperStatuses(ring []repository.Pepper, uses []repository.PepperUse) []pep
 	}
 	var out []pepperStatus
 	add := func(u repository.PepperUse, inRing string) {
-		verdict := "in use: keep it in the ring"
+		var verdict string
 		switch {
 		case inRing == "current":
 			verdict = "current"
 		case u.Removable():
 			verdict = "may be removed from the ring"
+		case inRing == "absent":
+			verdict = "not in the ring: what depends on it is already unknown"
+		case inRing == "retired" && !u.Retirable():
+			verdict = "retired: its live tokens, pending codes and states are refused; keep it for the evidence"
+		case inRing == "retired":
+			verdict = "retired: keep it until the evidence of its live families expires"
 		case u.Retirable():
 			verdict = "may be retired (ID:base64:retired), not removed: evidence of live families depends on it"
-		}
-		if inRing == "absent" && !u.Removable() {
-			verdict = "not in the ring: what depends on it is already unknown"
+		default:
+			verdict = "in use: keep it in the ring"
 		}
 		out = append(out, pepperStatus{PepperUse: u, InRing: inRing, Verdict: verdict})
 	}

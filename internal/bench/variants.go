@@ -173,7 +173,7 @@ FOR UPDATE`
 	conventionalFamily  = `UPDATE oauth_family
 SET last_rotated_at = now(),
     rotation_count = rotation_count + 1,
-    idle_expires_at = greatest(idle_expires_at, least(now() + $2::interval, expires_at))
+    idle_expires_at = least(now() + $2::interval, expires_at)
 WHERE id = $1`
 	conventionalInsert = `INSERT INTO oauth_refresh_token (digest, pepper_id, family_id, parent_digest, scope, created_at, expires_at)
 VALUES ($1, $2, $3, $4, $5, now(), least(now() + $6::interval, $7::timestamptz))
