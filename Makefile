@@ -2,6 +2,7 @@
 # go.mod: a service that imports the library never builds it.
 SQLC_VERSION := v1.31.1
 SQLC := go run github.com/sqlc-dev/sqlc/cmd/sqlc@$(SQLC_VERSION)
+GOIMPORTS := go run golang.org/x/tools/cmd/goimports@v0.39.0 -local github.com/oauthstore/oauthstore
 GO_TEST_FLAGS ?= -race -count=1 -timeout 15m
 
 FUZZTIME ?= 10s
@@ -20,8 +21,9 @@ verify: lint ## fail when db/ differs from what sqlc generates, or go.mod files 
 	go mod tidy -diff
 	cd tests && go mod tidy -diff
 
-lint: ## gofmt and go vet over both modules
+lint: ## gofmt, goimports (standard library, others, this module) and go vet over both modules
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
+	@out=$$($(GOIMPORTS) -l $$(git ls-files '*.go' | grep -v '^db/')); if [ -n "$$out" ]; then echo "goimports would change:"; echo "$$out"; exit 1; fi
 	go vet ./...
 	cd tests && go vet ./...
 

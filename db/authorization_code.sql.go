@@ -48,7 +48,7 @@ type AuthorizationCodeCreateParams struct {
 	DPoPJKT             *string
 	Session             string
 	Now                 *time.Time
-	TTL                 pgtype.Interval
+	TTL                 time.Duration
 }
 
 func (q *Queries) AuthorizationCodeCreate(ctx context.Context, db DBTX, arg AuthorizationCodeCreateParams) (time.Time, error) {
@@ -88,7 +88,7 @@ WHERE digest IN (
 
 type AuthorizationCodeDeleteExpiredParams struct {
 	Now       *time.Time
-	Retain    pgtype.Interval
+	Retain    time.Duration
 	BatchSize int32
 }
 
@@ -181,9 +181,9 @@ type AuthorizationCodeExchangeParams struct {
 	Digest           []byte
 	ClientID         string
 	RedirectURI      string
-	Lifetime         pgtype.Interval
+	Lifetime         *time.Duration
 	SenderThumbprint *string
-	TTL              pgtype.Interval
+	TTL              time.Duration
 	RefreshDigest    []byte
 	RefreshPepperID  string
 }

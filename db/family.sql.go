@@ -44,9 +44,9 @@ type FamilyCreateParams struct {
 	UserID           string
 	Scope            []string
 	Now              *time.Time
-	Lifetime         pgtype.Interval
+	Lifetime         *time.Duration
 	SenderThumbprint *string
-	TTL              pgtype.Interval
+	TTL              time.Duration
 	Digest           []byte
 	PepperID         string
 }
@@ -129,7 +129,7 @@ JOIN doomed d ON d.id = x.id
 
 type FamilyDeleteExpiredParams struct {
 	Now         *time.Time
-	Retain      pgtype.Interval
+	Retain      time.Duration
 	MaxFamilies int32
 	MaxTokens   int64
 }

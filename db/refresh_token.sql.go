@@ -178,7 +178,7 @@ type RefreshTokenRotateParams struct {
 	SenderThumbprint *string
 	Scope            []string
 	GraceParent      []byte
-	TTL              pgtype.Interval
+	TTL              time.Duration
 	SuccessorDigest  []byte
 	PepperID         string
 }

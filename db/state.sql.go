@@ -8,8 +8,6 @@ package db
 import (
 	"context"
 	"time"
-
-	"github.com/jackc/pgx/v5/pgtype"
 )
 
 const stateConsume = `-- name: StateConsume :one
@@ -73,7 +71,7 @@ type StateCreateParams struct {
 	ReturnTo    *string
 	Data        string
 	Now         *time.Time
-	TTL         pgtype.Interval
+	TTL         time.Duration
 }
 
 func (q *Queries) StateCreate(ctx context.Context, db DBTX, arg StateCreateParams) (time.Time, error) {
@@ -106,7 +104,7 @@ WHERE digest IN (
 
 type StateDeleteExpiredParams struct {
 	Now       *time.Time
-	Retain    pgtype.Interval
+	Retain    time.Duration
 	BatchSize int32
 }
 

@@ -8,8 +8,6 @@ package db
 import (
 	"context"
 	"time"
-
-	"github.com/jackc/pgx/v5/pgtype"
 )
 
 const statsAuthorizationCodes = `-- name: StatsAuthorizationCodes :one
@@ -53,7 +51,7 @@ SELECT
 
 type StatsCleanupBacklogParams struct {
 	Now    *time.Time
-	Retain pgtype.Interval
+	Retain time.Duration
 }
 
 type StatsCleanupBacklogRow struct {

@@ -51,91 +51,95 @@ type CleanupResult struct {
 //
 // Batches lock with SKIP LOCKED, so several cleaners can run at once and none waits on a rotation.
 // On error, the result counts the batches that committed.
-func (s *Store) Cleanup(ctx context.Context, opts CleanupOptions) (CleanupResult, error) {
+func (a *Admin) Cleanup(ctx context.Context, opts CleanupOptions) (CleanupResult, error) {
 	var res CleanupResult
-	batch := opts.BatchSize
-	switch {
-	case batch == 0:
-		batch = DefaultCleanupBatchSize
-	case batch < 0 || batch > MaxCleanupBatchSize:
-		return res, inputError("batch_size", "outside 1..100000")
+	opts = opts.withDefaults()
+	if err := opts.validate(); err != nil {
+		return res, err
 	}
-	if opts.Limit < 0 {
-		return res, inputError("limit", "negative")
-	}
-	if opts.Retain < 0 || opts.Retain > MaxTTL {
-		return res, inputError("retain", "outside 0..ten years")
-	}
-	if opts.Pause < 0 || opts.Pause > time.Minute {
-		return res, inputError("pause", "outside 0..1m")
-	}
-	retain := interval(opts.Retain)
-	// run deletes batches of at most n rows until deleteBatch reports that nothing is left or the
-	// limit is reached.
-	run := func(count *int64, deleteBatch func(n int) (deleted int64, more bool, err error)) error {
-		for {
-			n := batch
+	// Families first, then codes, then states: batch after batch of each until none is left or
+	// the limit is reached.
+	for kind, count := range []*int64{&res.Families, &res.AuthorizationCodes, &res.States} {
+		for more := true; more; {
+			n := opts.BatchSize
 			if opts.Limit > 0 {
-				left := int64(opts.Limit) - *count
-				if left <= 0 {
-					return nil
-				}
-				n = int(min(int64(n), left))
+				n = int(min(int64(n), int64(opts.Limit)-*count))
 			}
-			deleted, more, err := deleteBatch(n)
+			if n <= 0 {
+				break
+			}
+			var deleted int64
+			var err error
+			deleted, more, err = a.cleanupBatch(ctx, cleanupKind(kind), n, opts, &res)
 			if err != nil {
-				return dbError("cleanup", err)
+				return res, dbError("cleanup", err)
 			}
 			res.Batches++
 			*count += deleted
 			if opts.OnBatch != nil {
 				opts.OnBatch(res)
 			}
-			if !more {
-				return nil
-			}
-			if opts.Pause > 0 {
+			if more && opts.Pause > 0 {
 				select {
 				case <-ctx.Done():
-					return dbError("cleanup", ctx.Err())
+					return res, dbError("cleanup", ctx.Err())
 				case <-time.After(opts.Pause):
 				}
 			}
 		}
 	}
-	// A family batch holds whole families with at most batch tokens among them (at least one
-	// family); more may be left while it deleted some, but not all, of what it looked at, or as
-	// many as it looked for.
-	err := run(&res.Families, func(n int) (int64, bool, error) {
-		var row db.FamilyDeleteExpiredRow
-		err := s.readCommitted(ctx, "cleanup", func(q DBTX) (err error) {
-			row, err = s.q.FamilyDeleteExpired(ctx, q, db.FamilyDeleteExpiredParams{
-				Now: s.now(), Retain: retain, MaxFamilies: int32(n), MaxTokens: int64(batch)})
+	return res, nil
+}
+
+type cleanupKind int
+
+const (
+	cleanupFamilies cleanupKind = iota
+	cleanupCodes
+	cleanupStates
+)
+
+// cleanupBatch deletes one batch of at most n rows of a kind and says whether more may be left. A
+// family batch holds whole families with at most opts.BatchSize tokens among them (at least one
+// family), whose tokens it adds to res; more may be left while it deleted some, but not all, of
+// what it looked at, or as many as it looked for.
+func (a *Admin) cleanupBatch(ctx context.Context, kind cleanupKind, n int, opts CleanupOptions, res *CleanupResult) (deleted int64, more bool, err error) {
+	err = a.readCommitted(ctx, "cleanup", func(q DBTX) error {
+		switch kind {
+		case cleanupFamilies:
+			row, err := a.q.FamilyDeleteExpired(ctx, q, db.FamilyDeleteExpiredParams{
+				Now: a.now(), Retain: opts.Retain, MaxFamilies: int32(n), MaxTokens: int64(opts.BatchSize)})
+			res.RefreshTokens += row.TokensDeleted
+			deleted, more = row.FamiliesDeleted, row.FamiliesDeleted > 0 && (row.FamiliesDeleted < row.Candidates || row.Candidates == int64(n))
 			return err
-		})
-		res.RefreshTokens += row.TokensDeleted
-		more := row.FamiliesDeleted > 0 && (row.FamiliesDeleted < row.Candidates || row.Candidates == int64(n))
-		return row.FamiliesDeleted, more, err
+		case cleanupCodes:
+			deleted, err = a.q.AuthorizationCodeDeleteExpired(ctx, q, db.AuthorizationCodeDeleteExpiredParams{Now: a.now(), Retain: opts.Retain, BatchSize: int32(n)})
+		default:
+			deleted, err = a.q.StateDeleteExpired(ctx, q, db.StateDeleteExpiredParams{Now: a.now(), Retain: opts.Retain, BatchSize: int32(n)})
+		}
+		more = deleted == int64(n)
+		return err
 	})
-	if err == nil {
-		err = run(&res.AuthorizationCodes, func(n int) (int64, bool, error) {
-			var deleted int64
-			err := s.readCommitted(ctx, "cleanup", func(q DBTX) (err error) {
-				deleted, err = s.q.AuthorizationCodeDeleteExpired(ctx, q, db.AuthorizationCodeDeleteExpiredParams{Now: s.now(), Retain: retain, BatchSize: int32(n)})
-				return err
-			})
-			return deleted, deleted == int64(n), err
-		})
+	return deleted, more, err
+}
+
+func (o CleanupOptions) withDefaults() CleanupOptions {
+	if o.BatchSize == 0 {
+		o.BatchSize = DefaultCleanupBatchSize
 	}
-	if err == nil {
-		err = run(&res.States, func(n int) (int64, bool, error) {
-			var deleted int64
-			err := s.readCommitted(ctx, "cleanup", func(q DBTX) (err error) {
-				deleted, err = s.q.StateDeleteExpired(ctx, q, db.StateDeleteExpiredParams{Now: s.now(), Retain: retain, BatchSize: int32(n)})
-				return err
-			})
-			return deleted, deleted == int64(n), err
-		})
+	return o
+}
+
+func (o CleanupOptions) validate() error {
+	switch {
+	case o.BatchSize < 0 || o.BatchSize > MaxCleanupBatchSize:
+		return inputError("batch_size", "outside 1..100000")
+	case o.Limit < 0:
+		return inputError("limit", "negative")
+	case o.Retain < 0 || o.Retain > MaxTTL:
+		return inputError("retain", "outside 0..ten years")
+	case o.Pause < 0 || o.Pause > time.Minute:
+		return inputError("pause", "outside 0..1m")
 	}
-	return res, err
+	return nil
 }

@@ -57,69 +57,60 @@ type AuthorizationCode struct {
 
 // CreateCode stores an authorization code for an approved request and returns it.
 func (s *Store) CreateCode(ctx context.Context, req CodeRequest) (*AuthorizationCode, error) {
-	if s.refresh == nil {
-		return nil, errNoCredentials
-	}
-	if err := validateID("client_id", req.ClientID); err != nil {
-		return nil, err
-	}
-	if err := validateID("user_id", req.UserID); err != nil {
-		return nil, err
-	}
-	if err := validateRedirectURI(req.RedirectURI); err != nil {
-		return nil, err
-	}
-	scope, err := normalizeScope(req.Scope)
+	p, err := s.codeParams(req)
 	if err != nil {
 		return nil, err
-	}
-	if err := s.validateChallenge(req.CodeChallenge, req.CodeChallengeMethod); err != nil {
-		return nil, err
-	}
-	if len(req.Nonce) > 512 {
-		return nil, inputError("nonce", "longer than 512 bytes")
-	}
-	if err := validateText("nonce", req.Nonce); err != nil {
-		return nil, err
-	}
-	resources, err := validateResources(req.Resources)
-	if err != nil {
-		return nil, err
-	}
-	if err := validateThumbprint(req.DPoPJKT); err != nil {
-		return nil, err
-	}
-	session, err := validateJSON("session", req.Session)
-	if err != nil {
-		return nil, err
-	}
-	ttl := req.TTL
-	if ttl == 0 {
-		ttl = s.codeTTL
-	} else if ttl < time.Second || ttl > MaxCodeTTL {
-		return nil, inputError("ttl", "outside 1s..10m")
 	}
 	code, digest, pepperID := s.code.mint()
-	expires, err := s.q.AuthorizationCodeCreate(ctx, s.db, db.AuthorizationCodeCreateParams{
-		Digest:              digest,
-		PepperID:            pepperID,
-		ClientID:            req.ClientID,
-		UserID:              req.UserID,
-		RedirectURI:         req.RedirectURI,
-		Scope:               scope,
-		CodeChallenge:       optionalText(req.CodeChallenge),
-		CodeChallengeMethod: optionalText(req.CodeChallengeMethod),
-		Nonce:               optionalText(req.Nonce),
-		Resources:           resources,
-		DPoPJKT:             optionalText(req.DPoPJKT),
-		Session:             session,
-		Now:                 s.now(),
-		TTL:                 interval(ttl),
-	})
+	p.Digest, p.PepperID, p.Now = digest, pepperID, s.now()
+	expires, err := s.q.AuthorizationCodeCreate(ctx, s.dbtx, p)
 	if err != nil {
 		return nil, dbError("create code", err)
 	}
 	return &AuthorizationCode{Code: code, ExpiresAt: utc(expires)}, nil
+}
+
+// codeParams checks a code request and returns it as the parameters of the statement that stores
+// it, but for the code itself.
+func (s *Store) codeParams(req CodeRequest) (db.AuthorizationCodeCreateParams, error) {
+	p := db.AuthorizationCodeCreateParams{
+		ClientID: req.ClientID, UserID: req.UserID, RedirectURI: req.RedirectURI,
+		CodeChallenge: optionalText(req.CodeChallenge), CodeChallengeMethod: optionalText(req.CodeChallengeMethod),
+		Nonce: optionalText(req.Nonce), DPoPJKT: optionalText(req.DPoPJKT), TTL: req.TTL,
+	}
+	if err := firstError(validateID("client_id", req.ClientID), validateID("user_id", req.UserID),
+		validateRedirectURI(req.RedirectURI)); err != nil {
+		return p, err
+	}
+	var err error
+	if p.Scope, err = normalizeScope(req.Scope); err != nil {
+		return p, err
+	}
+	if err := s.validateChallenge(req.CodeChallenge, req.CodeChallengeMethod); err != nil {
+		return p, err
+	}
+	if len(req.Nonce) > 512 {
+		return p, inputError("nonce", "longer than 512 bytes")
+	}
+	if err := validateText("nonce", req.Nonce); err != nil {
+		return p, err
+	}
+	if p.Resources, err = validateResources(req.Resources); err != nil {
+		return p, err
+	}
+	if err := validateThumbprint(req.DPoPJKT); err != nil {
+		return p, err
+	}
+	if p.Session, err = validateJSON("session", req.Session); err != nil {
+		return p, err
+	}
+	switch {
+	case p.TTL == 0:
+		p.TTL = s.codeTTL
+	case p.TTL < time.Second || p.TTL > MaxCodeTTL:
+		return p, inputError("ttl", "outside 1s..10m")
+	}
+	return p, nil
 }
 
 // ExchangeRequest is a token request with grant_type=authorization_code (RFC 6749 §4.1.3).
@@ -157,9 +148,6 @@ type CodeExchange struct {
 // is a replay: the family it produced is revoked and ErrCodeReplayDetected returned. Of
 // concurrent exchanges of one code exactly one succeeds and the others are replays.
 func (s *Store) Exchange(ctx context.Context, req ExchangeRequest) (*CodeExchange, error) {
-	if s.refresh == nil {
-		return nil, errNoCredentials
-	}
 	if err := validateID("client_id", req.ClientID); err != nil {
 		return nil, err
 	}
@@ -191,9 +179,9 @@ func (s *Store) Exchange(ctx context.Context, req ExchangeRequest) (*CodeExchang
 			Now:              s.now(),
 			ClientID:         req.ClientID,
 			RedirectURI:      req.RedirectURI,
-			Lifetime:         optionalInterval(lifetime),
+			Lifetime:         optionalDuration(lifetime),
 			SenderThumbprint: optionalText(req.SenderThumbprint),
-			TTL:              interval(ttl),
+			TTL:              ttl,
 			RefreshDigest:    refreshDigest,
 			RefreshPepperID:  pepperID,
 		})
@@ -209,34 +197,15 @@ func (s *Store) Exchange(ctx context.Context, req ExchangeRequest) (*CodeExchang
 	if err != nil {
 		return nil, dbError("exchange code", err)
 	}
-	return &CodeExchange{
-		RefreshToken: &RefreshToken{
-			Token:           token,
-			ExpiresAt:       utc(row.ExpiresAt),
-			FamilyExpiresAt: utcPtr(row.FamilyExpiresAt),
-			Grant: Grant{
-				FamilyID: familyIDString(row.FamilyID),
-				ClientID: c.ClientID,
-				UserID:   c.UserID,
-				Scope:    c.Scope,
-			},
-		},
-		Nonce:       deref(c.Nonce),
-		Resources:   c.Resources,
-		Session:     json.RawMessage(c.Session),
-		RedirectURI: c.RedirectURI,
-	}, nil
+	return codeExchange(token, c, row), nil
 }
 
 // verifyCode reads a code and checks the request against it. It returns the code when it can be
 // exchanged now; a consumed code is handled as a replay.
 func (s *Store) verifyCode(ctx context.Context, digests [][]byte, req ExchangeRequest) (db.AuthorizationCodeGetRow, error) {
-	c, err := s.q.AuthorizationCodeGet(ctx, s.db, db.AuthorizationCodeGetParams{Digests: digests, Now: s.now()})
-	if errors.Is(err, pgx.ErrNoRows) {
-		return c, ErrCodeNotFound
-	}
-	if err != nil {
-		return c, dbError("exchange code: read", err)
+	c, err := s.q.AuthorizationCodeGet(ctx, s.dbtx, db.AuthorizationCodeGetParams{Digests: digests, Now: s.now()})
+	if err := interpretError("exchange code: read", err, ErrCodeNotFound); err != nil {
+		return c, err
 	}
 	switch {
 	case c.ConsumedAt == nil && s.code.retired(c.PepperID):

@@ -42,7 +42,7 @@ type Event struct {
 	InCallerTx bool
 }
 
-func (s *Store) emit(ctx context.Context, e Event) {
+func (a *Admin) emit(ctx context.Context, e Event) {
 	level := slog.LevelInfo
 	replay := e.Kind == EventReplayDetected || e.Kind == EventCodeReplayDetected
 	if replay {
@@ -63,8 +63,8 @@ func (s *Store) emit(ctx context.Context, e Event) {
 			attrs = append(attrs, slog.Bool("in_caller_tx", true))
 		}
 	}
-	s.log.LogAttrs(ctx, level, "oauthstore: "+string(e.Kind), attrs...)
-	if s.onEvent != nil {
-		s.onEvent(ctx, e)
+	a.log.LogAttrs(ctx, level, "oauthstore: "+string(e.Kind), attrs...)
+	if a.onEvent != nil {
+		a.onEvent(ctx, e)
 	}
 }

@@ -47,9 +47,6 @@ type IssueRequest struct {
 
 // Issue starts a family with its first refresh token, in one statement.
 func (s *Store) Issue(ctx context.Context, req IssueRequest) (*RefreshToken, error) {
-	if s.refresh == nil {
-		return nil, errNoCredentials
-	}
 	if err := validateID("client_id", req.ClientID); err != nil {
 		return nil, err
 	}
@@ -68,31 +65,23 @@ func (s *Store) Issue(ctx context.Context, req IssueRequest) (*RefreshToken, err
 		return nil, err
 	}
 	token, digest, pepperID := s.refresh.mint()
-	row, err := s.q.FamilyCreate(ctx, s.db, db.FamilyCreateParams{
+	row, err := s.q.FamilyCreate(ctx, s.dbtx, db.FamilyCreateParams{
 		ClientID:         req.ClientID,
 		UserID:           req.UserID,
 		Scope:            scope,
 		Now:              s.now(),
-		Lifetime:         optionalInterval(lifetime),
+		Lifetime:         optionalDuration(lifetime),
 		SenderThumbprint: optionalText(req.SenderThumbprint),
-		TTL:              interval(ttl),
+		TTL:              ttl,
 		Digest:           digest,
 		PepperID:         pepperID,
 	})
 	if err != nil {
 		return nil, dbError("issue", err)
 	}
-	return &RefreshToken{
-		Token:           token,
-		ExpiresAt:       utc(row.ExpiresAt),
-		FamilyExpiresAt: utcPtr(row.FamilyExpiresAt),
-		Grant: Grant{
-			FamilyID: familyIDString(row.ID),
-			ClientID: req.ClientID,
-			UserID:   req.UserID,
-			Scope:    scope,
-		},
-	}, nil
+	return newRefreshToken(token, row.ExpiresAt, row.FamilyExpiresAt, Grant{
+		FamilyID: familyIDString(row.ID), ClientID: req.ClientID, UserID: req.UserID, Scope: scope,
+	}), nil
 }
 
 // RotateRequest presents a refresh token for rotation (RFC 6749 §6).
@@ -119,9 +108,6 @@ type RotateRequest struct {
 // unused current token is replaced by the returned one. A wrong client, a wrong sender key, an
 // expired token or a scope beyond the grant consumes nothing (I5).
 func (s *Store) Rotate(ctx context.Context, req RotateRequest) (*RefreshToken, error) {
-	if s.refresh == nil {
-		return nil, errNoCredentials
-	}
 	if err := validateID("client_id", req.ClientID); err != nil {
 		return nil, err
 	}
@@ -152,11 +138,11 @@ func (s *Store) Rotate(ctx context.Context, req RotateRequest) (*RefreshToken, e
 		SenderThumbprint: optionalText(req.SenderThumbprint),
 		Now:              s.now(),
 		Scope:            scope,
-		TTL:              interval(ttl),
+		TTL:              ttl,
 		SuccessorDigest:  successor,
 		PepperID:         pepperID,
 	}
-	row, err := s.q.RefreshTokenRotate(ctx, s.db, params)
+	row, err := s.q.RefreshTokenRotate(ctx, s.dbtx, params)
 	// Under a stricter default isolation level than READ COMMITTED, a rotation that waited for a
 	// concurrent one of the same family fails to serialize: it lost the race, as a READ COMMITTED
 	// one that found the token consumed, and is settled the same way.
@@ -166,21 +152,7 @@ func (s *Store) Rotate(ctx context.Context, req RotateRequest) (*RefreshToken, e
 	if err != nil {
 		return nil, dbError("rotate", err)
 	}
-	return rotated(token, row.FamilyID, row.ClientID, row.UserID, row.Scope, row.ExpiresAt, row.FamilyExpiresAt), nil
-}
-
-func rotated(token Secret, familyID pgtype.UUID, clientID, userID string, scope []string, expires time.Time, familyExpires *time.Time) *RefreshToken {
-	return &RefreshToken{
-		Token:           token,
-		ExpiresAt:       utc(expires),
-		FamilyExpiresAt: utcPtr(familyExpires),
-		Grant: Grant{
-			FamilyID: familyIDString(familyID),
-			ClientID: clientID,
-			UserID:   userID,
-			Scope:    scope,
-		},
-	}
+	return rotatedToken(token, row), nil
 }
 
 // refusedRotation is what a refused rotation comes to: a successor after all (grace reuse, or a
@@ -201,12 +173,9 @@ type refusedRotation struct {
 // committed state and cannot change underneath, and acted on: a grace reuse, a replay's
 // revocation, or a refusal that changes nothing.
 func (s *Store) rotateRefused(ctx context.Context, digests [][]byte, p db.RefreshTokenRotateParams, token Secret) (*RefreshToken, error) {
-	t, err := s.q.RefreshTokenGet(ctx, s.db, db.RefreshTokenGetParams{Now: p.Now, Digests: digests})
-	if errors.Is(err, pgx.ErrNoRows) {
-		return nil, ErrTokenNotFound
-	}
-	if err != nil {
-		return nil, dbError("rotate: read token", err)
+	t, err := s.q.RefreshTokenGet(ctx, s.dbtx, db.RefreshTokenGetParams{Now: p.Now, Digests: digests})
+	if err := interpretError("rotate: read token", err, ErrTokenNotFound); err != nil {
+		return nil, err
 	}
 	if refusal := refuseForeign(t, p); refusal != nil {
 		return nil, refusal
@@ -280,7 +249,7 @@ func (s *Store) settleRefused(ctx context.Context, tx pgx.Tx, digests [][]byte, 
 		return refusedRotation{}, dbError("rotate", err)
 	}
 	return refusedRotation{
-		successor: rotated(token, row.FamilyID, row.ClientID, row.UserID, row.Scope, row.ExpiresAt, row.FamilyExpiresAt),
+		successor: rotatedToken(token, row),
 		commit:    true,
 	}, nil
 }
@@ -312,7 +281,7 @@ func (s *Store) settleConsumed(ctx context.Context, tx pgx.Tx, p db.RefreshToken
 			}
 			e.Kind = EventGraceReuse
 			return refusedRotation{
-				successor: rotated(token, row.FamilyID, row.ClientID, row.UserID, row.Scope, row.ExpiresAt, row.FamilyExpiresAt),
+				successor: rotatedToken(token, row),
 				event:     &e,
 				commit:    true,
 			}, nil

@@ -67,86 +67,90 @@ func (s *Store) revokeIndependently(ctx context.Context, id pgtype.UUID, reason 
 	if err != nil {
 		return false, false, err
 	}
-	type outcome struct {
-		row db.FamilyRevokeRow
-		err error
-	}
-	attempt, stop := context.WithCancel(own)
-	done := make(chan outcome, 1)
-	pids := make(chan int32, 1)
-	go func() {
-		var o outcome
-		o.err = pgx.BeginTxFunc(attempt, conn, pgx.TxOptions{IsoLevel: pgx.ReadCommitted}, func(tx pgx.Tx) error {
-			// The server's pid of this session, asked of the server: a pooler in front of it may
-			// give another in the handshake, and within a transaction the session is fixed.
-			pid, err := s.q.SessionBackendPID(attempt, tx)
-			if err != nil {
-				return err
-			}
-			pids <- pid
-			o.row, err = s.q.FamilyRevoke(attempt, tx, db.FamilyRevokeParams{ID: id, Now: s.now(), Reason: reason})
-			return err
-		})
-		done <- o
-	}()
-	var o outcome
-	finished := false
 	defer func() {
-		stop()
-		if !finished {
-			<-done
-		}
 		closing, cancel := context.WithTimeout(caller, time.Second)
 		defer cancel()
 		_ = conn.Close(closing)
 	}()
-	// While the revocation waits, ask now and then, on the caller's connection, whether the
-	// caller's own transaction is what it waits for.
-	var pid int32
-	poll := time.NewTimer(blockPoll / 4)
-	defer poll.Stop()
-	polling := true
-	for !finished {
-		select {
-		case o = <-done:
-			finished = true
-		case pid = <-pids:
-		case <-poll.C:
-			if pid == 0 || own.Err() != nil {
-				poll.Reset(blockPoll)
-				continue
-			}
-			blocks, err := s.q.SessionBlocks(caller, s.db, pid)
-			if err != nil {
-				// The caller's connection cannot tell; the revocation goes on within its bound.
-				polling = false
-				continue
-			}
-			if blocks {
-				// The caller's transaction holds the family: the revocation can only be its own.
-				stop()
-				<-done
-				finished = true
-				return s.revokeInCallerTx(caller, id, reason)
-			}
-			if polling {
-				poll.Reset(blockPoll)
-			}
-		}
+	r := s.startRevocation(own, conn, id, reason)
+	callerHolds := s.awaitRevocation(caller, own, r)
+	if callerHolds {
+		return s.revokeInCallerTx(caller, id, reason)
 	}
 	switch {
-	case o.err == nil:
-		return o.row.RevokedNow, false, nil
-	case errors.Is(o.err, pgx.ErrNoRows):
+	case r.err == nil:
+		return r.row.RevokedNow, false, nil
+	case errors.Is(r.err, pgx.ErrNoRows):
 		// Not visible outside the caller's transaction: it created the family and has not
 		// committed. If it does, the revocation commits with the family; if not, neither exists.
 		return s.revokeInCallerTx(caller, id, reason)
 	}
-	return false, false, o.err
+	return false, false, r.err
+}
+
+// revocation is a family's revocation running on the store's own connection.
+type revocation struct {
+	pid  chan int32    // the server's pid of its session, once known
+	done chan struct{} // closed when it has ended, with row and err set
+	stop context.CancelFunc
+	row  db.FamilyRevokeRow
+	err  error
+}
+
+func (s *Store) startRevocation(ctx context.Context, conn *pgx.Conn, id pgtype.UUID, reason string) *revocation {
+	ctx, stop := context.WithCancel(ctx)
+	r := &revocation{pid: make(chan int32, 1), done: make(chan struct{}), stop: stop}
+	go func() {
+		defer close(r.done)
+		r.err = pgx.BeginTxFunc(ctx, conn, pgx.TxOptions{IsoLevel: pgx.ReadCommitted}, func(tx pgx.Tx) error {
+			// The pid is asked of the server: a pooler in front of it may give another in the
+			// handshake, and within a transaction the session is fixed.
+			pid, err := s.q.SessionBackendPID(ctx, tx)
+			if err != nil {
+				return err
+			}
+			r.pid <- pid
+			r.row, err = s.q.FamilyRevoke(ctx, tx, db.FamilyRevokeParams{ID: id, Now: s.now(), Reason: reason})
+			return err
+		})
+	}()
+	return r
+}
+
+// awaitRevocation waits until r has ended and reports false, or, asking now and then on the
+// caller's connection whether the caller's own transaction is what r waits for, stops r once it
+// is and reports true. It stops asking once own has ended or the caller's connection cannot tell.
+func (s *Store) awaitRevocation(caller, own context.Context, r *revocation) (callerHolds bool) {
+	defer func() {
+		r.stop()
+		<-r.done
+	}()
+	var pid int32
+	poll := time.NewTimer(blockPoll / 4)
+	defer poll.Stop()
+	for {
+		select {
+		case <-r.done:
+			return false
+		case pid = <-r.pid:
+		case <-poll.C:
+			if pid == 0 {
+				poll.Reset(blockPoll)
+				continue
+			}
+			blocks, err := s.q.SessionBlocks(caller, s.dbtx, pid)
+			if err == nil && blocks {
+				return true
+			}
+			if err == nil && own.Err() == nil {
+				poll.Reset(blockPoll)
+			}
+		}
+	}
 }
 
 func (s *Store) revokeInCallerTx(ctx context.Context, id pgtype.UUID, reason string) (revokedNow, inCallerTx bool, err error) {
-	_, err = s.q.FamilyRevoke(ctx, s.db, db.FamilyRevokeParams{ID: id, Now: s.now(), Reason: reason})
+	_, err = s.q.FamilyRevoke(ctx, s.dbtx, db.FamilyRevokeParams{ID: id, Now: s.now(), Reason: reason})
 	if errors.Is(err, pgx.ErrNoRows) {
 		return false, false, nil // deleted meanwhile: nothing left to revoke
 	}

@@ -182,27 +182,6 @@ func TestNew_RefusesShortPepperAndBadTTL(t *testing.T) {
 
 type unusedDB struct{ DBTX }
 
-func TestNewAdmin_RefusesCredentialOperations(t *testing.T) {
-	s, err := NewAdmin(unusedDB{}, Config{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx := t.Context()
-	_, e1 := s.Issue(ctx, IssueRequest{ClientID: "c", UserID: "u"})
-	_, e2 := s.Rotate(ctx, RotateRequest{Token: strings.Repeat("A", 43), ClientID: "c"})
-	_, e3 := s.Peek(ctx, strings.Repeat("A", 43), "c")
-	e4 := s.RevokeToken(ctx, strings.Repeat("A", 43), "c")
-	_, e5 := s.CreateCode(ctx, CodeRequest{ClientID: "c"})
-	_, e6 := s.Exchange(ctx, ExchangeRequest{ClientID: "c"})
-	_, e7 := s.CreateState(ctx, StateRequest{ClientID: "c"})
-	_, e8 := s.ConsumeState(ctx, "x")
-	for i, err := range []error{e1, e2, e3, e4, e5, e6, e7, e8} {
-		if !errors.Is(err, ErrNoPepper) {
-			t.Errorf("operation %d on an admin store: %v, want ErrNoPepper", i+1, err)
-		}
-	}
-}
-
 // TestSecret_NoVerbNestingOrEncoderPrintsACredential prints every exported type that holds a
 // secret, by value and by pointer, embedded, in slices, maps and structs of the caller's, with
 // every fmt verb, and through JSON, slog and errors: the raw value never appears. fmt prints a

@@ -3,10 +3,7 @@ package repository
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"time"
-
-	"github.com/jackc/pgx/v5"
 
 	"github.com/oauthstore/oauthstore/db"
 )
@@ -48,9 +45,6 @@ type StateBinding struct {
 // CreateState mints a state value for an authorization request (the CSRF defence of RFC 6749
 // §10.12) and stores its digest with what the callback will need.
 func (s *Store) CreateState(ctx context.Context, req StateRequest) (*IssuedState, error) {
-	if s.refresh == nil {
-		return nil, errNoCredentials
-	}
 	if err := validateID("client_id", req.ClientID); err != nil {
 		return nil, err
 	}
@@ -73,7 +67,7 @@ func (s *Store) CreateState(ctx context.Context, req StateRequest) (*IssuedState
 		return nil, inputError("ttl", "outside 1s..1h")
 	}
 	state, digest, pepperID := s.state.mint()
-	expires, err := s.q.StateCreate(ctx, s.db, db.StateCreateParams{
+	expires, err := s.q.StateCreate(ctx, s.dbtx, db.StateCreateParams{
 		Digest:      digest,
 		PepperID:    pepperID,
 		ClientID:    req.ClientID,
@@ -81,7 +75,7 @@ func (s *Store) CreateState(ctx context.Context, req StateRequest) (*IssuedState
 		ReturnTo:    optionalText(req.ReturnTo),
 		Data:        data,
 		Now:         s.now(),
-		TTL:         interval(ttl),
+		TTL:         ttl,
 	})
 	if err != nil {
 		return nil, dbError("create state", err)
@@ -93,9 +87,6 @@ func (s *Store) CreateState(ctx context.Context, req StateRequest) (*IssuedState
 // any number of concurrent or later calls with the same state, exactly one succeeds. An unknown,
 // expired or used state is ErrStateNotFound.
 func (s *Store) ConsumeState(ctx context.Context, state string) (*StateBinding, error) {
-	if s.refresh == nil {
-		return nil, errNoCredentials
-	}
 	digests, ok := s.state.digestPresented(state)
 	if !ok {
 		return nil, ErrStateNotFound
@@ -108,18 +99,8 @@ func (s *Store) ConsumeState(ctx context.Context, state string) (*StateBinding, 
 		row, err = s.q.StateConsume(ctx, q, db.StateConsumeParams{Digests: s.state.accepted(digests), Now: s.now()})
 		return err
 	})
-	if errors.Is(err, pgx.ErrNoRows) {
-		return nil, ErrStateNotFound
+	if err := interpretError("consume state", err, ErrStateNotFound); err != nil {
+		return nil, err
 	}
-	if err != nil {
-		return nil, dbError("consume state", err)
-	}
-	return &StateBinding{
-		ClientID:    row.ClientID,
-		RedirectURI: row.RedirectURI,
-		ReturnTo:    deref(row.ReturnTo),
-		Data:        json.RawMessage(row.Data),
-		CreatedAt:   utc(row.CreatedAt),
-		ExpiresAt:   utc(row.ExpiresAt),
-	}, nil
+	return stateBinding(row), nil
 }

@@ -27,30 +27,30 @@ type TableSize struct {
 }
 
 // Stats counts the rows of every table by state and reports the tables' sizes.
-func (s *Store) Stats(ctx context.Context) (*Stats, error) {
+func (a *Admin) Stats(ctx context.Context) (*Stats, error) {
 	var st Stats
-	now := s.now()
-	f, err := s.q.StatsFamilies(ctx, s.db, now)
+	now := a.now()
+	f, err := a.q.StatsFamilies(ctx, a.dbtx, now)
 	if err != nil {
 		return nil, dbError("stats", err)
 	}
 	st.Families.Live, st.Families.Revoked, st.Families.Expired = f.Live, f.Revoked, f.Expired
-	t, err := s.q.StatsRefreshTokens(ctx, s.db, now)
+	t, err := a.q.StatsRefreshTokens(ctx, a.dbtx, now)
 	if err != nil {
 		return nil, dbError("stats", err)
 	}
 	st.RefreshTokens.Live, st.RefreshTokens.Consumed, st.RefreshTokens.Revoked, st.RefreshTokens.Expired = t.Live, t.Consumed, t.Revoked, t.Expired
-	c, err := s.q.StatsAuthorizationCodes(ctx, s.db, now)
+	c, err := a.q.StatsAuthorizationCodes(ctx, a.dbtx, now)
 	if err != nil {
 		return nil, dbError("stats", err)
 	}
 	st.AuthorizationCodes.Pending, st.AuthorizationCodes.Consumed, st.AuthorizationCodes.Expired = c.Pending, c.Consumed, c.Expired
-	sb, err := s.q.StatsStates(ctx, s.db, now)
+	sb, err := a.q.StatsStates(ctx, a.dbtx, now)
 	if err != nil {
 		return nil, dbError("stats", err)
 	}
 	st.States.Pending, st.States.Expired = sb.Pending, sb.Expired
-	sizes, err := s.q.StatsTableSizes(ctx, s.db)
+	sizes, err := a.q.StatsTableSizes(ctx, a.dbtx)
 	if err != nil {
 		return nil, dbError("stats", err)
 	}
@@ -61,11 +61,11 @@ func (s *Store) Stats(ctx context.Context) (*Stats, error) {
 }
 
 // CleanupBacklog counts what Cleanup with opts.Retain would delete now, without deleting anything.
-func (s *Store) CleanupBacklog(ctx context.Context, opts CleanupOptions) (CleanupResult, error) {
-	if opts.Retain < 0 || opts.Retain > MaxTTL {
-		return CleanupResult{}, inputError("retain", "outside 0..ten years")
+func (a *Admin) CleanupBacklog(ctx context.Context, opts CleanupOptions) (CleanupResult, error) {
+	if err := opts.withDefaults().validate(); err != nil {
+		return CleanupResult{}, err
 	}
-	r, err := s.q.StatsCleanupBacklog(ctx, s.db, db.StatsCleanupBacklogParams{Now: s.now(), Retain: interval(opts.Retain)})
+	r, err := a.q.StatsCleanupBacklog(ctx, a.dbtx, db.StatsCleanupBacklogParams{Now: a.now(), Retain: opts.Retain})
 	if err != nil {
 		return CleanupResult{}, dbError("cleanup backlog", err)
 	}
@@ -109,8 +109,8 @@ func (u PepperUse) Removable() bool {
 // PepperUsage answers "may I retire or remove this pepper?": for every pepper ID that anything in
 // the database still depends on, what depends on it. A pepper ID it does not list has nothing
 // left and may leave the ring. It scans the tables: an operator's question, not a hot path.
-func (s *Store) PepperUsage(ctx context.Context) ([]PepperUse, error) {
-	rows, err := s.q.PepperUsage(ctx, s.db, s.now())
+func (a *Admin) PepperUsage(ctx context.Context) ([]PepperUse, error) {
+	rows, err := a.q.PepperUsage(ctx, a.dbtx, a.now())
 	if err != nil {
 		return nil, dbError("pepper usage", err)
 	}

@@ -185,3 +185,13 @@ func validateJSON(field string, v json.RawMessage) (string, error) {
 	}
 	return string(v), nil
 }
+
+// firstError returns the first error that is not nil, in the order of the checks.
+func firstError(errs ...error) error {
+	for _, err := range errs {
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}

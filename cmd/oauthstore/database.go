@@ -61,7 +61,7 @@ func openDatabase(ctx context.Context, url string, throwaway bool, progress io.W
 
 // adminStore opens the database at url (no throwaway cluster) and returns a store for operators'
 // commands, which need no pepper.
-func adminStore(ctx context.Context, url string, stderr io.Writer) (*repository.Store, func(), error) {
+func adminStore(ctx context.Context, url string, stderr io.Writer) (*repository.Admin, func(), error) {
 	d, err := openDatabase(ctx, url, false, stderr)
 	if err != nil {
 		return nil, nil, err

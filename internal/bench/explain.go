@@ -13,7 +13,6 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
-	"github.com/jackc/pgx/v5/pgtype"
 
 	"github.com/oauthstore/oauthstore/db"
 )
@@ -98,7 +97,7 @@ func explainRotate(ctx context.Context, e *env, fx *fixture, rows int) (*Explain
 			return nil, fmt.Errorf("%s (auto_explain needs a superuser): %w", s, err)
 		}
 	}
-	ttl := pgtype.Interval{Microseconds: tokenTTL.Microseconds(), Valid: true}
+	ttl := tokenTTL
 	q := db.New()
 	for _, mode := range []string{"force_custom_plan", "force_generic_plan"} {
 		if _, err := conn.Exec(ctx, "SET plan_cache_mode = "+mode); err != nil {

@@ -121,7 +121,7 @@ func (fx *fixture) worker(v string, pool *pgxpool.Pool, store *repository.Store,
 		}}
 	case VariantRaw:
 		q := db.New()
-		ttl := pgtype.Interval{Microseconds: tokenTTL.Microseconds(), Valid: true}
+		ttl := tokenTTL
 		var successor []byte
 		return worker{prepare: func() { successor = randomDigest() }, op: func(ctx context.Context) error {
 			_, err := q.RefreshTokenRotate(ctx, pool, db.RefreshTokenRotateParams{
@@ -142,7 +142,7 @@ func (fx *fixture) worker(v string, pool *pgxpool.Pool, store *repository.Store,
 			return nil
 		}}
 	case VariantTransaction:
-		ttl := pgtype.Interval{Microseconds: tokenTTL.Microseconds(), Valid: true}
+		ttl := tokenTTL
 		var successor []byte
 		return worker{prepare: func() { successor = randomDigest() }, op: func(ctx context.Context) error {
 			if err := conventionalRotate(ctx, pool, fx.client, fx.c[i], successor, ttl); err != nil {
@@ -180,7 +180,7 @@ VALUES ($1, $2, $3, $4, $5, now(), least(now() + $6::interval, $7::timestamptz))
 RETURNING expires_at`
 )
 
-func conventionalRotate(ctx context.Context, pool *pgxpool.Pool, client string, digest, successor []byte, ttl pgtype.Interval) error {
+func conventionalRotate(ctx context.Context, pool *pgxpool.Pool, client string, digest, successor []byte, ttl time.Duration) error {
 	return pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
 		var (
 			family        pgtype.UUID

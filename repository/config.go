@@ -1,0 +1,134 @@
+package repository
+
+import (
+	"context"
+	"log/slog"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// Defaults and bounds of the configuration.
+const (
+	DefaultRefreshTokenTTL = 30 * 24 * time.Hour
+	// MaxTTL bounds every lifetime the package accepts.
+	MaxTTL = 10 * 365 * 24 * time.Hour
+	// MaxGraceWindow bounds Config.GraceWindow: the window weakens replay detection for its length.
+	MaxGraceWindow = 10 * time.Minute
+	// MaxGraceReuses bounds Config.GraceMaxReuses.
+	MaxGraceReuses = 100
+)
+
+// Config configures a Store.
+type Config struct {
+	// Pepper keys the digests of every stored credential: at least MinPepperBytes of random data,
+	// kept outside the database. It is a one-key ring with ID "default"; set Peppers instead to
+	// rotate peppers. Exactly one of Pepper and Peppers must be set.
+	Pepper Key
+	// Peppers is the pepper ring, the current pepper first. New digests use the current pepper;
+	// presented credentials are looked up under every pepper of the ring, and a rotation moves the
+	// family to the current one. A credential made with a pepper no longer in the ring is unknown;
+	// one made with a retired pepper (Pepper.Retired) is recognised as evidence, never accepted.
+	// PepperFromEnv reads a ring from OAUTH_AT_REST_PEPPER.
+	Peppers []Pepper
+	// RefreshTokenTTL is the idle lifetime of each refresh token: a family whose current token is
+	// not rotated within it dies. Zero means DefaultRefreshTokenTTL.
+	RefreshTokenTTL time.Duration
+	// FamilyLifetime is the default absolute lifetime of a family, from its issue; no token of the
+	// family outlives it, and rotation never extends it. Zero means none (IssueRequest.Lifetime
+	// can still set one).
+	FamilyLifetime time.Duration
+	// GraceWindow lets a client whose rotation response was lost present the parent of its
+	// family's current token again, within this long after it was consumed. The unused current
+	// token is replaced, never joined, by a new one. Zero (the default) is strict rotation: every
+	// consumed token presented again is a replay.
+	GraceWindow time.Duration
+	// GraceMaxReuses is how many times one consumed token may be presented within the window.
+	// Zero means 1 when GraceWindow is set.
+	GraceMaxReuses int
+	// CodeTTL is the lifetime of authorization codes; zero means DefaultCodeTTL (60 s). At most
+	// MaxCodeTTL (10 minutes, RFC 6749 §4.1.2).
+	CodeTTL time.Duration
+	// PKCEOptional lets CreateCode accept a request without a PKCE challenge. OAuth 2.1 and the MCP
+	// authorization specification require PKCE; leave it false unless a confidential client cannot.
+	PKCEOptional bool
+	// AllowPlainPKCE accepts the "plain" PKCE method. S256 is always accepted; plain protects only
+	// against an attacker who cannot read the authorization request (RFC 7636 §7.2).
+	AllowPlainPKCE bool
+	// Logger receives replay detections, revocations and grace reuses. Nil means slog.Default().
+	Logger *slog.Logger
+	// OnEvent, when set, is called with every replay detection, revocation and grace reuse, after
+	// the change is committed (inside a caller's transaction: after its savepoint is released).
+	// It runs on the caller's goroutine: keep it fast.
+	OnEvent func(context.Context, Event)
+	// Clock, when set, replaces the database clock in every statement. For tests; production
+	// leaves it nil so that PostgreSQL's now() rules.
+	Clock func() time.Time
+	// RevocationConnect opens a connection of the store's own, used for one thing: committing the
+	// revocation of a family whose consumed token or code was replayed inside a caller's
+	// transaction, independently of that transaction (see WithDB). Nil derives it from the handle
+	// given to New: from a *pgxpool.Pool, a new connection with the pool's settings, running its
+	// BeforeConnect and AfterConnect hooks each time; from a *pgx.Conn or pgx.Tx (given to New or,
+	// for another DBTX, to WithDB), the settings that connection was opened with, as they were
+	// then — set RevocationConnect where they do not last, such as short-lived credentials.
+	RevocationConnect func(ctx context.Context) (*pgx.Conn, error)
+}
+
+// withDefaults returns cfg with every zero value that has a default replaced by it. It checks
+// nothing: validate does.
+func (cfg Config) withDefaults() Config {
+	if cfg.RefreshTokenTTL == 0 {
+		cfg.RefreshTokenTTL = DefaultRefreshTokenTTL
+	}
+	if cfg.GraceMaxReuses == 0 && cfg.GraceWindow > 0 {
+		cfg.GraceMaxReuses = 1
+	}
+	if cfg.CodeTTL == 0 {
+		cfg.CodeTTL = DefaultCodeTTL
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	return cfg
+}
+
+// validate checks a configuration that withDefaults completed. A store that mints and checks
+// credentials (withPepper) needs a valid pepper ring, which ring returns.
+func (cfg Config) validate(withPepper bool) error {
+	if withPepper {
+		if !cfg.Pepper.IsZero() && cfg.Peppers != nil {
+			return inputError("pepper", "set Pepper or Peppers, not both")
+		}
+		if !cfg.Pepper.IsZero() && cfg.Pepper.Len() < MinPepperBytes {
+			return ErrPepperTooShort
+		}
+		if err := validateRing(cfg.ring()); err != nil {
+			return err
+		}
+	}
+	if err := validateTTL("RefreshTokenTTL", cfg.RefreshTokenTTL); err != nil {
+		return err
+	}
+	if cfg.FamilyLifetime != 0 {
+		if err := validateTTL("FamilyLifetime", cfg.FamilyLifetime); err != nil {
+			return err
+		}
+	}
+	switch {
+	case cfg.GraceWindow < 0 || cfg.GraceWindow > MaxGraceWindow:
+		return inputError("GraceWindow", "outside 0..10 minutes")
+	case cfg.GraceMaxReuses < 0 || cfg.GraceMaxReuses > MaxGraceReuses:
+		return inputError("GraceMaxReuses", "outside 0..100")
+	case cfg.CodeTTL < time.Second || cfg.CodeTTL > MaxCodeTTL:
+		return inputError("CodeTTL", "outside 1s..10m")
+	}
+	return nil
+}
+
+// ring is the pepper ring the configuration names: Peppers, or Pepper as a ring of one.
+func (cfg Config) ring() []Pepper {
+	if !cfg.Pepper.IsZero() {
+		return []Pepper{{ID: DefaultPepperID, Secret: cfg.Pepper}}
+	}
+	return cfg.Peppers
+}

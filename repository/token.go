@@ -1,0 +1,84 @@
+package repository
+
+import (
+	"context"
+	"time"
+
+	"github.com/oauthstore/oauthstore/db"
+)
+
+// TokenInfo describes a stored refresh token and its family.
+type TokenInfo struct {
+	Grant
+	GrantedScope    []string
+	CreatedAt       time.Time
+	ExpiresAt       time.Time
+	ConsumedAt      *time.Time
+	FamilyExpiresAt *time.Time
+	FamilyRevokedAt *time.Time
+	RevokedReason   string
+	// SenderThumbprint is the key the family is bound to, if any.
+	SenderThumbprint string
+	// PepperID names the pepper of the ring the token's digest was made with.
+	PepperID string
+	// Expired reports whether ExpiresAt has passed by the database clock (or Config.Clock).
+	Expired bool
+}
+
+// Lookup returns what is stored about a token, whatever its state and whoever asks, without
+// changing anything: for the server's own use, such as an administrator's tools. To answer a
+// client, use Peek or RevokeToken, which check that the token is the client's.
+func (s *Store) Lookup(ctx context.Context, token string) (*TokenInfo, error) {
+	digests, ok := s.refresh.digestPresented(token)
+	if !ok {
+		return nil, ErrTokenNotFound
+	}
+	row, err := s.q.RefreshTokenGet(ctx, s.dbtx, db.RefreshTokenGetParams{Digests: digests, Now: s.now()})
+	if err := interpretError("lookup", err, ErrTokenNotFound); err != nil {
+		return nil, err
+	}
+	return tokenInfo(row), nil
+}
+
+// Peek validates a token of clientID without consuming it, for example for token introspection
+// (RFC 7662): it returns the token's information when the token could be rotated now, and
+// otherwise the invalid-grant cause (ErrTokenConsumed for a used token; a peek never revokes).
+// A token of another client is ErrWrongClient and reveals nothing about it (I5).
+func (s *Store) Peek(ctx context.Context, token, clientID string) (*TokenInfo, error) {
+	if err := validateID("client_id", clientID); err != nil {
+		return nil, err
+	}
+	info, err := s.Lookup(ctx, token)
+	switch {
+	case err != nil:
+		return nil, err
+	case info.ClientID != clientID:
+		return nil, ErrWrongClient
+	case info.FamilyRevokedAt != nil:
+		return nil, ErrFamilyRevoked
+	case info.ConsumedAt != nil:
+		return nil, ErrTokenConsumed
+	case s.refresh.retired(info.PepperID):
+		return nil, ErrTokenNotFound
+	case info.Expired:
+		return nil, ErrTokenExpired
+	}
+	return info, nil
+}
+
+// RevokeToken revokes the family of a refresh token presented by clientID, as RFC 7009 §2.1
+// suggests for refresh tokens. A token of another client is refused with ErrWrongClient and
+// revokes nothing; revoking an already revoked family succeeds.
+func (s *Store) RevokeToken(ctx context.Context, token, clientID string) error {
+	if err := validateID("client_id", clientID); err != nil {
+		return err
+	}
+	info, err := s.Lookup(ctx, token)
+	if err != nil {
+		return err
+	}
+	if info.ClientID != clientID {
+		return ErrWrongClient
+	}
+	return s.RevokeFamily(ctx, info.FamilyID, ReasonTokenRevoked)
+}
