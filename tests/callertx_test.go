@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -19,18 +20,6 @@ import (
 // A replay detected inside a caller's transaction (Store.WithDB) is revoked durably, within a
 // bounded time, and never by beginning, committing or rolling back anything on the caller's
 // connection (I7). These tests play the caller: a request handler that rolls back on error.
-
-// replayed issues a family on b's store and rotates it once: the first token is now a replay.
-func (b *bundle) replayed(t *testing.T) (first, next *repository.RefreshToken) {
-	t.Helper()
-	first = b.issue(t)
-	next, err := b.rotate(first.Token, "client-a")
-	if err != nil {
-		t.Fatal(err)
-	}
-	b.remember(next.Token)
-	return first, next
-}
 
 func TestReplay_InACallerTransactionOnAConnNeverCommitsThatTransaction(t *testing.T) {
 	t.Parallel()
@@ -319,7 +308,7 @@ func TestIsolation_AStricterDefaultStillRevokesEveryRacingReplay(t *testing.T) {
 					t.Fatal(err)
 				}
 				b.remember(tok.Token)
-				errs := race(racers, func() error {
+				errs := race(racers, func(int) error {
 					next, err := store.Rotate(b.ctx, repository.RotateRequest{Token: tok.Token.Reveal(), ClientID: "client-a"})
 					if err == nil {
 						b.remember(next.Token)
@@ -462,5 +451,158 @@ func TestReplay_InATransactionHoldingTheFamilyJoinsItEvenBehindAQueuedRotation(t
 	defer mu.Unlock()
 	if len(events) != 1 || !events[0].InCallerTx || events[0].FamilyRevoked {
 		t.Fatalf("events %+v, want one replay made in the caller's transaction, not reported as committed", events)
+	}
+}
+
+func TestRotate_ReplayInsideACallerTransactionSurvivesItsRollback(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	first := b.issue(t)
+	next, err := b.rotate(first.Token, "client-a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tx, err := b.pool.Begin(b.ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(context.Background())
+	_, err = b.store.WithDB(tx).Rotate(b.ctx, repository.RotateRequest{Token: first.Token.Reveal(), ClientID: "client-a"})
+	if !errors.Is(err, repository.ErrReplayDetected) {
+		t.Fatalf("replay in a transaction: %v", err)
+	}
+	// The usual error handling: roll back.
+	if err := tx.Rollback(b.ctx); err != nil {
+		t.Fatal(err)
+	}
+	if f := b.family(t, first.FamilyID); f.RevokedAt == nil || f.RevokedReason != repository.ReasonReplayDetected {
+		t.Fatalf("the rollback undid the replay's revocation: %+v", f)
+	}
+	if _, err := b.rotate(next.Token, "client-a"); !errors.Is(err, repository.ErrFamilyRevoked) {
+		t.Fatalf("successor after the replay: %v, want ErrFamilyRevoked", err)
+	}
+}
+
+func TestRotate_ReplayInsideATransactionHoldingTheFamilyJoinsIt(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	first := b.issue(t)
+	tx, err := b.pool.Begin(b.ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(context.Background())
+	s := b.store.WithDB(tx)
+	// The transaction rotates, so it holds the family's row lock, and then replays.
+	next, err := s.Rotate(b.ctx, repository.RotateRequest{Token: first.Token.Reveal(), ClientID: "client-a"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Rotate(b.ctx, repository.RotateRequest{Token: first.Token.Reveal(), ClientID: "client-a"}); !errors.Is(err, repository.ErrReplayDetected) {
+		t.Fatalf("replay: %v", err)
+	}
+	if err := tx.Commit(b.ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.rotate(next.Token, "client-a"); !errors.Is(err, repository.ErrFamilyRevoked) {
+		t.Fatalf("successor after a committed replay: %v, want ErrFamilyRevoked", err)
+	}
+}
+
+func TestReplay_OfAnAlreadyRevokedFamilyIsReportedOnceAMinute(t *testing.T) {
+	t.Parallel()
+	var replays atomic.Int64
+	b := setup(t, setupOptions{configure: func(c *repository.Config) {
+		c.OnEvent = func(_ context.Context, e repository.Event) {
+			if e.Kind == repository.EventReplayDetected {
+				replays.Add(1)
+			}
+		}
+	}})
+	first, _ := b.replayed(t)
+	for range 20 {
+		if _, err := b.rotate(first.Token, "client-a"); !errors.Is(err, repository.ErrReplayDetected) {
+			t.Fatal(err)
+		}
+	}
+	// The first replay revokes the family; the next reports the revoked family's replay once;
+	// the other 18 are refused the same way, in silence.
+	if n := replays.Load(); n != 2 {
+		t.Fatalf("%d replay events for 20 presentations of one used token, want 2", n)
+	}
+	if n := strings.Count(b.logs.String(), `"event":"replay_detected"`); n != 2 {
+		t.Fatalf("%d replay warnings logged, want 2", n)
+	}
+}
+
+func TestStore_ComposesWithCallerTransaction(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	tok := b.issue(t)
+
+	// Rolled back: the rotation never happened.
+	tx, err := b.pool.Begin(b.ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(context.Background())
+	if _, err := b.store.WithDB(tx).Rotate(b.ctx, repository.RotateRequest{Token: tok.Token.Reveal(), ClientID: "client-a"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := tx.Rollback(b.ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.store.Peek(b.ctx, tok.Token.Reveal(), tok.ClientID); err != nil {
+		t.Fatalf("token after a rolled-back rotation: %v", err)
+	}
+
+	// Committed: the rotation and the caller's own write land together; a refused rotation inside
+	// the transaction leaves it usable.
+	tx2, err := b.pool.Begin(b.ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx2.Rollback(context.Background())
+	s := b.store.WithDB(tx2)
+	next, err := s.Rotate(b.ctx, repository.RotateRequest{Token: tok.Token.Reveal(), ClientID: "client-a"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Rotate(b.ctx, repository.RotateRequest{Token: next.Token.Reveal(), ClientID: "client-b"}); !errors.Is(err, repository.ErrWrongClient) {
+		t.Fatalf("wrong client inside a transaction: %v", err)
+	}
+	if _, err := tx2.Exec(b.ctx, "CREATE TABLE audit (note text)"); err != nil {
+		t.Fatalf("the caller's transaction is no longer usable: %v", err)
+	}
+	if err := tx2.Commit(b.ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.store.Peek(b.ctx, next.Token.Reveal(), next.ClientID); err != nil {
+		t.Fatalf("successor after commit: %v", err)
+	}
+}
+
+func TestExchange_ReplayInsideACallerTransactionSurvivesItsRollback(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	f := b.createCode(t)
+	got, err := b.exchange(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tx, err := b.pool.Begin(b.ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(context.Background())
+	_, err = b.store.WithDB(tx).Exchange(b.ctx, repository.ExchangeRequest{Code: f.code.Code.Reveal(), ClientID: "client-a", RedirectURI: redirectURI, CodeVerifier: f.verifier})
+	if !errors.Is(err, repository.ErrCodeReplayDetected) {
+		t.Fatal(err)
+	}
+	if err := tx.Rollback(b.ctx); err != nil {
+		t.Fatal(err)
+	}
+	if fam := b.family(t, got.FamilyID); fam.RevokedAt == nil {
+		t.Fatal("the rollback undid the code replay's revocation")
 	}
 }

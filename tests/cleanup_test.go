@@ -1,6 +1,7 @@
 package tests
 
 import (
+	"context"
 	"errors"
 	"slices"
 	"testing"
@@ -157,5 +158,40 @@ func TestCleanup_ConcurrentCleanersDeleteEveryDeadFamilyOnce(t *testing.T) {
 	}
 	if n := b.count(t, "SELECT count(*) FROM oauth_family"); n != 0 {
 		t.Fatalf("%d dead families left after four concurrent cleaners", n)
+	}
+}
+
+func TestCleanup_SkipsAFamilyARotationHoldsInsteadOfWaiting(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	// The held family is the oldest: a cleaner must pass over it, not stop at it, whatever its
+	// batch size.
+	held := b.issue(t)
+	b.clock.Advance(time.Minute)
+	other := b.issue(t)
+	b.clock.Advance(25 * time.Hour)
+	tx, err := b.pool.Begin(b.ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(context.Background())
+	if _, err := tx.Exec(b.ctx, "SELECT 1 FROM oauth_family WHERE id = $1 FOR NO KEY UPDATE", held.FamilyID); err != nil {
+		t.Fatal(err)
+	}
+	// A cleaner that waited for the lock would hang here until the deadline.
+	ctx, cancel := context.WithTimeout(b.ctx, 20*time.Second)
+	defer cancel()
+	res, err := b.store.Cleanup(ctx, repository.CleanupOptions{BatchSize: 1})
+	if err != nil || res.Families != 1 {
+		t.Fatalf("cleanup beside a held family: %+v, %v; want the other one deleted", res, err)
+	}
+	if _, err := b.store.Family(b.ctx, other.FamilyID); !errors.Is(err, repository.ErrFamilyNotFound) {
+		t.Fatal("the unheld dead family survived")
+	}
+	if err := tx.Rollback(b.ctx); err != nil {
+		t.Fatal(err)
+	}
+	if res, err := b.store.Cleanup(b.ctx, repository.CleanupOptions{}); err != nil || res.Families != 1 {
+		t.Fatalf("cleanup after the lock was released: %+v, %v", res, err)
 	}
 }

@@ -1,11 +1,6 @@
 package tests
 
 import (
-	"log/slog"
-
-	"context"
-	"crypto/sha256"
-	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"slices"
@@ -14,55 +9,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5/pgxpool"
-
 	"github.com/oauthstore/oauthstore/repository"
 )
-
-const redirectURI = "https://app.example/callback"
-
-// pkce returns a fresh verifier and its S256 challenge.
-func pkce(t *testing.T) (verifier, challenge string) {
-	t.Helper()
-	verifier = strings.Repeat("v", 20) + base64.RawURLEncoding.EncodeToString([]byte(t.Name() + time.Now().String()))[:30]
-	sum := sha256.Sum256([]byte(verifier))
-	return verifier, base64.RawURLEncoding.EncodeToString(sum[:])
-}
-
-type codeFixture struct {
-	code     *repository.AuthorizationCode
-	verifier string
-}
-
-func (b *bundle) createCode(t *testing.T, mutate ...func(*repository.CodeRequest)) codeFixture {
-	t.Helper()
-	verifier, challenge := pkce(t)
-	req := repository.CodeRequest{
-		ClientID: "client-a", UserID: "user-1", RedirectURI: redirectURI,
-		Scope: []string{"openid", "offline_access"}, CodeChallenge: challenge, CodeChallengeMethod: "S256",
-		Nonce: "n-0S6_WzA2Mj", Resources: []string{"https://mcp.example/api"},
-		Session: json.RawMessage(`{"auth_time":1700000000,"acr":"urn:mace:incommon:iap:silver"}`),
-	}
-	for _, m := range mutate {
-		m(&req)
-	}
-	code, err := b.store.CreateCode(b.ctx, req)
-	if err != nil {
-		t.Fatalf("create code: %v", err)
-	}
-	b.remember(code.Code)
-	return codeFixture{code: code, verifier: verifier}
-}
-
-func (b *bundle) exchange(f codeFixture) (*repository.CodeExchange, error) {
-	got, err := b.store.Exchange(b.ctx, repository.ExchangeRequest{
-		Code: f.code.Code.Reveal(), ClientID: "client-a", RedirectURI: redirectURI, CodeVerifier: f.verifier,
-	})
-	if err == nil {
-		b.remember(got.Token)
-	}
-	return got, err
-}
 
 func TestExchange_CreatesTheFamilyAndRecordsItOnTheCode(t *testing.T) {
 	t.Parallel()
@@ -94,22 +42,10 @@ func TestExchange_SixteenConcurrentExchangesOfOneCodeHaveOneWinner(t *testing.T)
 	const trials, racers = 25, 16
 	for range trials {
 		f := b.createCode(t)
-		var (
-			wg    sync.WaitGroup
-			start = make(chan struct{})
-			errs  = make([]error, racers)
-			wins  = make([]*repository.CodeExchange, racers)
-		)
-		for i := range racers {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				<-start
-				wins[i], errs[i] = b.exchange(f)
-			}()
-		}
-		close(start)
-		wg.Wait()
+		errs := race(racers, func(int) error {
+			_, err := b.exchange(f)
+			return err
+		})
 		winners := 0
 		for i, err := range errs {
 			switch {
@@ -118,7 +54,6 @@ func TestExchange_SixteenConcurrentExchangesOfOneCodeHaveOneWinner(t *testing.T)
 			case !errors.Is(err, repository.ErrInvalidGrant):
 				t.Fatalf("racer %d: %v, want an invalid grant", i, err)
 			}
-			_ = wins[i]
 		}
 		if winners != 1 {
 			t.Fatalf("%d exchanges succeeded, want exactly 1", winners)
@@ -333,114 +268,6 @@ func TestExchange_DPoPBoundCodeNeedsTheSameKeyAndBindsTheFamily(t *testing.T) {
 	if _, err := b.rotate(got.Token, "client-a"); !errors.Is(err, repository.ErrSenderMismatch) {
 		t.Fatalf("rotation of the bound family without the key: %v", err)
 	}
-}
-
-func TestExchange_ReplayInsideACallerTransactionSurvivesItsRollback(t *testing.T) {
-	t.Parallel()
-	b := setup(t)
-	f := b.createCode(t)
-	got, err := b.exchange(f)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tx, err := b.pool.Begin(b.ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tx.Rollback(context.Background())
-	_, err = b.store.WithDB(tx).Exchange(b.ctx, repository.ExchangeRequest{Code: f.code.Code.Reveal(), ClientID: "client-a", RedirectURI: redirectURI, CodeVerifier: f.verifier})
-	if !errors.Is(err, repository.ErrCodeReplayDetected) {
-		t.Fatal(err)
-	}
-	if err := tx.Rollback(b.ctx); err != nil {
-		t.Fatal(err)
-	}
-	if fam := b.family(t, got.FamilyID); fam.RevokedAt == nil {
-		t.Fatal("the rollback undid the code replay's revocation")
-	}
-}
-
-func TestExchange_AFaultMidExchangeNeverLeavesACodeWithoutItsFamily(t *testing.T) {
-	t.Parallel()
-	b := setup(t, setupOptions{realClock: true})
-	// The exchanges run on a pool of one connection whose backend the test kills.
-	cfg, err := pgxpool.ParseConfig(b.db.URL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg.MaxConns = 1
-	faultPool, err := pgxpool.NewWithConfig(b.ctx, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer faultPool.Close()
-	faulty, err := repository.New(faultPool, repository.Config{Pepper: repository.NewKey(b.pepper), Logger: slog.New(slog.DiscardHandler)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	// The fault comes after a delay around the exchange's latency on this server, adapted after
-	// every trial, so that about half the exchanges succeed and half are hit, on a fast server or
-	// a slow one; the trials go on until both outcomes are there in volume.
-	exchange := func(ctx context.Context, f codeFixture) error {
-		_, err := faulty.Exchange(ctx, repository.ExchangeRequest{Code: f.code.Code.Reveal(), ClientID: "client-a", RedirectURI: redirectURI, CodeVerifier: f.verifier})
-		return err
-	}
-	latency := median(t, 11, func() error { return exchange(b.ctx, b.createCode(t)) })
-	delay := newFaultDelay(latency)
-	var succeeded, cancelled, terminated, trials int64
-	var q quota
-	q.need("exchanges that succeeded", 60, func() int64 { return succeeded })
-	q.need("exchanges hit by a cancellation", 30, func() int64 { return cancelled })
-	q.need("exchanges hit by a termination", 30, func() int64 { return terminated })
-	for i := 0; (i < 300 || !q.met()) && i < 3000; i++ {
-		f := b.createCode(t)
-		var pid int
-		if err := faultPool.QueryRow(b.ctx, "SELECT pg_backend_pid()").Scan(&pid); err != nil {
-			t.Fatal(err)
-		}
-		ctx, cancel := context.WithCancel(b.ctx)
-		done := make(chan error, 1)
-		go func() { done <- exchange(ctx, f) }()
-		time.Sleep(delay.next())
-		if i%2 == 0 {
-			cancel()
-		} else if _, err := b.pool.Exec(b.ctx, "SELECT pg_terminate_backend($1)", pid); err != nil {
-			t.Fatal(err)
-		}
-		err := <-done
-		cancel()
-		delay.observe(err != nil)
-		trials++
-		switch {
-		case err == nil:
-			succeeded++
-		case !isFault(err):
-			t.Fatalf("trial %d: the exchange failed other than by the injected fault: %v", i, err)
-		case i%2 == 0:
-			cancelled++
-		default:
-			terminated++
-		}
-		faultPool.Reset() // the next trial starts on a live connection
-	}
-	// Whatever happened, no code is consumed without the family it produced and that family's
-	// first token, and no family exists without the code that produced it.
-	if n := b.count(t, `SELECT count(*) FROM oauth_authorization_code c
-		WHERE c.consumed_at IS NOT NULL AND NOT EXISTS (
-			SELECT 1 FROM oauth_family f JOIN oauth_refresh_token t ON t.family_id = f.id WHERE f.id = c.family_id)`); n != 0 {
-		t.Fatalf("%d consumed codes without their family and token", n)
-	}
-	if n := b.count(t, `SELECT count(*) FROM oauth_family f
-		WHERE NOT EXISTS (SELECT 1 FROM oauth_authorization_code c WHERE c.family_id = f.id)`); n != 0 {
-		t.Fatalf("%d families without their code", n)
-	}
-	consumed := b.count(t, "SELECT count(*) FROM oauth_authorization_code WHERE consumed_at IS NOT NULL")
-	if int64(consumed) < succeeded {
-		t.Fatalf("%d exchanges reported success but only %d codes are consumed", succeeded, consumed)
-	}
-	t.Logf("exchange %v; %d exchanges: %d succeeded, %d cancelled, %d terminated; %d codes consumed; fault delay around %v at the end",
-		latency.Round(time.Microsecond), trials, succeeded, cancelled, terminated, consumed, delay)
-	q.check(t, "exchanges under faults")
 }
 
 func TestState_IsConsumedExactlyOnce(t *testing.T) {

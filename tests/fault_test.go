@@ -375,30 +375,16 @@ func (r *faultRun) check(t *testing.T) {
 		WHERE t.family_id = f.id AND t.consumed_at IS NULL) <> 1`); n != 0 {
 		t.Fatalf("%d families do not hold exactly one unconsumed token", n)
 	}
-	// No consumed token lacks the successor it produced, or the one that replaced it in a grace
-	// reuse (I2); every token but the first has its parent in the family.
-	if n := b.count(t, `SELECT count(*) FROM oauth_refresh_token x WHERE x.consumed_at IS NOT NULL AND NOT EXISTS (
-		SELECT 1 FROM oauth_refresh_token y WHERE y.family_id = x.family_id AND y.digest <> x.digest
-			AND (y.parent_digest = x.digest OR (y.parent_digest = x.parent_digest AND y.created_at >= x.created_at)))`); n != 0 {
-		t.Fatalf("%d consumed tokens without a successor", n)
-	}
-	if n := b.count(t, `SELECT count(*) FROM oauth_refresh_token x WHERE x.parent_digest IS NOT NULL AND NOT EXISTS (
-		SELECT 1 FROM oauth_refresh_token p WHERE p.digest = x.parent_digest AND p.family_id = x.family_id)`); n != 0 {
-		t.Fatalf("%d tokens whose parent is missing", n)
-	}
+	// I1, I2, and no token or code without what it came from or produced.
+	b.checkInvariants(t, "after the faults")
 	// The rotation count of every held family covers its acknowledged rotations.
 	for id, n := range acked {
 		if fam := b.family(t, id); fam.RotationCount < n+1 {
 			t.Fatalf("family %s counts %d rotations; %d were acknowledged, then one more", id, fam.RotationCount, n)
 		}
 	}
-	// No code is consumed without its family and that family's first token; a family that came
-	// from a code the worker was not told about came from an exchange a fault hid.
-	if n := b.count(t, `SELECT count(*) FROM oauth_authorization_code c WHERE (c.consumed_at IS NULL) <> (c.family_id IS NULL)
-		OR (c.consumed_at IS NOT NULL AND NOT EXISTS (SELECT 1 FROM oauth_refresh_token t
-			WHERE t.family_id = c.family_id AND t.parent_digest IS NULL))`); n != 0 {
-		t.Fatalf("%d codes consumed without their family and first token, or the reverse", n)
-	}
+	// A family that came from a code the worker was not told about came from an exchange a fault
+	// hid.
 	exchanged := b.count(t, "SELECT count(*) FROM oauth_authorization_code WHERE consumed_at IS NOT NULL")
 	if acknowledged := int(r.counts.exchanges.Load()); exchanged < acknowledged || exchanged > acknowledged+int(r.counts.exchangeFaults.Load()) {
 		t.Fatalf("%d codes consumed; %d exchanges acknowledged and %d hidden by faults", exchanged, acknowledged, r.counts.exchangeFaults.Load())
@@ -560,4 +546,87 @@ func TestFault_ServerCrashesAndRestartsUnderLoadLoseNoAcknowledgedWrite(t *testi
 		return c.rotateFaults.Load() + c.exchangeFaults.Load() + c.cleanupFaults.Load() + c.otherFaults.Load()
 	})
 	q.check(t, "crashes")
+}
+
+func TestExchange_AFaultMidExchangeNeverLeavesACodeWithoutItsFamily(t *testing.T) {
+	t.Parallel()
+	b := setup(t, setupOptions{realClock: true})
+	// The exchanges run on a pool of one connection whose backend the test kills.
+	cfg, err := pgxpool.ParseConfig(b.db.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.MaxConns = 1
+	faultPool, err := pgxpool.NewWithConfig(b.ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer faultPool.Close()
+	faulty, err := repository.New(faultPool, repository.Config{Pepper: repository.NewKey(b.pepper), Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The fault comes after a delay around the exchange's latency on this server, adapted after
+	// every trial, so that about half the exchanges succeed and half are hit, on a fast server or
+	// a slow one; the trials go on until both outcomes are there in volume.
+	exchange := func(ctx context.Context, f codeFixture) error {
+		_, err := faulty.Exchange(ctx, repository.ExchangeRequest{Code: f.code.Code.Reveal(), ClientID: "client-a", RedirectURI: redirectURI, CodeVerifier: f.verifier})
+		return err
+	}
+	latency := median(t, 11, func() error { return exchange(b.ctx, b.createCode(t)) })
+	delay := newFaultDelay(latency)
+	var succeeded, cancelled, terminated, trials int64
+	var q quota
+	q.need("exchanges that succeeded", 60, func() int64 { return succeeded })
+	q.need("exchanges hit by a cancellation", 30, func() int64 { return cancelled })
+	q.need("exchanges hit by a termination", 30, func() int64 { return terminated })
+	for i := 0; (i < 300 || !q.met()) && i < 3000; i++ {
+		f := b.createCode(t)
+		var pid int
+		if err := faultPool.QueryRow(b.ctx, "SELECT pg_backend_pid()").Scan(&pid); err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(b.ctx)
+		done := make(chan error, 1)
+		go func() { done <- exchange(ctx, f) }()
+		time.Sleep(delay.next())
+		if i%2 == 0 {
+			cancel()
+		} else if _, err := b.pool.Exec(b.ctx, "SELECT pg_terminate_backend($1)", pid); err != nil {
+			t.Fatal(err)
+		}
+		err := <-done
+		cancel()
+		delay.observe(err != nil)
+		trials++
+		switch {
+		case err == nil:
+			succeeded++
+		case !isFault(err):
+			t.Fatalf("trial %d: the exchange failed other than by the injected fault: %v", i, err)
+		case i%2 == 0:
+			cancelled++
+		default:
+			terminated++
+		}
+		faultPool.Reset() // the next trial starts on a live connection
+	}
+	// Whatever happened, no code is consumed without the family it produced and that family's
+	// first token, and no family exists without the code that produced it.
+	if n := b.count(t, `SELECT count(*) FROM oauth_authorization_code c
+		WHERE c.consumed_at IS NOT NULL AND NOT EXISTS (
+			SELECT 1 FROM oauth_family f JOIN oauth_refresh_token t ON t.family_id = f.id WHERE f.id = c.family_id)`); n != 0 {
+		t.Fatalf("%d consumed codes without their family and token", n)
+	}
+	if n := b.count(t, `SELECT count(*) FROM oauth_family f
+		WHERE NOT EXISTS (SELECT 1 FROM oauth_authorization_code c WHERE c.family_id = f.id)`); n != 0 {
+		t.Fatalf("%d families without their code", n)
+	}
+	consumed := b.count(t, "SELECT count(*) FROM oauth_authorization_code WHERE consumed_at IS NOT NULL")
+	if int64(consumed) < succeeded {
+		t.Fatalf("%d exchanges reported success but only %d codes are consumed", succeeded, consumed)
+	}
+	t.Logf("exchange %v; %d exchanges: %d succeeded, %d cancelled, %d terminated; %d codes consumed; fault delay around %v at the end",
+		latency.Round(time.Microsecond), trials, succeeded, cancelled, terminated, consumed, delay)
+	q.check(t, "exchanges under faults")
 }

@@ -1,7 +1,11 @@
 package tests
 
 import (
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/json"
 	"errors"
+	"log/slog"
 	"strings"
 	"testing"
 	"time"
@@ -168,5 +172,49 @@ func TestCodeAndState_HostileInputIsATypedErrorAndChangesNothing(t *testing.T) {
 	}
 	if _, err := b.exchange(f); err != nil {
 		t.Fatalf("the code after the refused requests: %v", err)
+	}
+}
+
+// TestModel_JSONTheValidatorAcceptsIsStored checks the validator of Session and Data (the model of
+// what the store accepts) against PostgreSQL, where they are stored as text under size checks:
+// every value is either stored or refused with an *InputError ("invalid_request"), never a
+// database error ("server_error"), and a refusal changes nothing.
+func TestModel_JSONTheValidatorAcceptsIsStored(t *testing.T) {
+	t.Parallel()
+	b := setup(t, setupOptions{configure: func(c *repository.Config) { c.Logger = slog.New(slog.DiscardHandler) }})
+	sum := sha256.Sum256([]byte(strings.Repeat("v", 43)))
+	challenge := base64.RawURLEncoding.EncodeToString(sum[:])
+	for _, c := range []struct{ name, json string }{
+		{"object", `{"auth_time":1700000000,"amr":["pwd","otp"]}`},
+		{"NUL escape", `{"a":"\u0000"}`},
+		{"17 KiB", `"` + strings.Repeat("s", 17<<10) + `"`},
+		{"deep nesting", strings.Repeat("[", 8000) + strings.Repeat("]", 8000)},
+		{"invalid UTF-8", "{\"a\":\"\xff\"}"},
+		{"unpaired surrogate escape", `{"a":"\ud800"}`},
+		{"number beyond numeric", `{"a":1e131072}`},
+		{"16,003 bytes compact", "[" + strings.Repeat("1,", 8000) + "1]"},
+	} {
+		for what, create := range map[string]func() error{
+			"CreateCode Session": func() error {
+				_, err := b.store.CreateCode(b.ctx, repository.CodeRequest{ClientID: "client-a", UserID: "user-1",
+					RedirectURI: redirectURI, CodeChallenge: challenge, CodeChallengeMethod: "S256", Session: json.RawMessage(c.json)})
+				return err
+			},
+			"CreateState Data": func() error {
+				_, err := b.store.CreateState(b.ctx, repository.StateRequest{ClientID: "client-a", RedirectURI: redirectURI,
+					Data: json.RawMessage(c.json)})
+				return err
+			},
+		} {
+			before := b.tableChecksum(t)
+			err := create()
+			if err != nil && !errors.Is(err, repository.ErrInvalidInput) {
+				t.Errorf("%s %s (%d bytes): %v — an untyped error (ErrorCode %q), want success or an *InputError",
+					what, c.name, len(c.json), err, repository.ErrorCode(err))
+			}
+			if err != nil && b.tableChecksum(t) != before {
+				t.Errorf("%s %s: refused, but the tables changed", what, c.name)
+			}
+		}
 	}
 }

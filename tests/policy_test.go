@@ -1,7 +1,6 @@
 package tests
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"log/slog"
@@ -14,34 +13,17 @@ import (
 	"github.com/oauthstore/oauthstore/repository"
 )
 
-func withGrace(window time.Duration, reuses int) setupOptions {
-	return setupOptions{configure: func(c *repository.Config) {
-		c.GraceWindow, c.GraceMaxReuses = window, reuses
-	}}
-}
-
 func TestGrace_TwoClientsRacingOneTokenLeaveOneLiveTokenAndTheFamilyAlive(t *testing.T) {
 	t.Parallel()
 	b := setup(t, withGrace(time.Minute, 1))
 	const trials = 50
 	for range trials {
 		first := b.issue(t)
-		var (
-			wg    sync.WaitGroup
-			start = make(chan struct{})
-			got   [2]*repository.RefreshToken
-			errs  [2]error
-		)
-		for i := range 2 {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				<-start
-				got[i], errs[i] = b.rotate(first.Token, "client-a")
-			}()
-		}
-		close(start)
-		wg.Wait()
+		var got [2]*repository.RefreshToken
+		errs := race(2, func(i int) (err error) {
+			got[i], err = b.rotate(first.Token, "client-a")
+			return err
+		})
 		for i, err := range errs {
 			if err != nil {
 				t.Fatalf("racer %d: %v; with grace on both racers get a token", i, err)
@@ -285,174 +267,6 @@ func TestScope_NarrowingCarriesTheSubsetAndWiderScopeConsumesNothing(t *testing.
 	}
 }
 
-func TestPepper_OldPepperTokenRotatesIntoTheCurrentPepperAndARetiredPepperIsRefused(t *testing.T) {
-	t.Parallel()
-	b := setup(t)
-	k1 := repository.Pepper{ID: "k1", Secret: repository.NewKey(bytes.Repeat([]byte{1}, 32))}
-	k2 := repository.Pepper{ID: "k2", Secret: repository.NewKey(bytes.Repeat([]byte{2}, 32))}
-	store := func(ring ...repository.Pepper) *repository.Store {
-		s, err := repository.New(b.pool, repository.Config{Peppers: ring, Clock: b.clock.Now, Logger: slog.New(slog.DiscardHandler)})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return s
-	}
-	old := store(k1)
-	a, err := old.Issue(b.ctx, repository.IssueRequest{ClientID: "c", UserID: "u"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	untouched, err := old.Issue(b.ctx, repository.IssueRequest{ClientID: "c", UserID: "u"})
-	if err != nil {
-		t.Fatal(err)
-	}
-
-	// Step 1 of the procedure: the new pepper goes first, the old one stays in the ring.
-	ring := store(k2, k1)
-	a2, err := ring.Rotate(b.ctx, repository.RotateRequest{Token: a.Token.Reveal(), ClientID: "c"})
-	if err != nil {
-		t.Fatalf("rotating a token made with the old pepper: %v", err)
-	}
-	var pepperID string
-	if err := b.pool.QueryRow(b.ctx, "SELECT pepper_id FROM oauth_refresh_token WHERE family_id = $1 AND consumed_at IS NULL", a.FamilyID).Scan(&pepperID); err != nil || pepperID != "k2" {
-		t.Fatalf("successor made with pepper %q (%v), want k2", pepperID, err)
-	}
-	// Step 2: the old pepper is retired. Its tokens are unknown; the re-hashed family lives on.
-	current := store(k2)
-	if _, err := current.Rotate(b.ctx, repository.RotateRequest{Token: untouched.Token.Reveal(), ClientID: "c"}); !errors.Is(err, repository.ErrTokenNotFound) {
-		t.Fatalf("token of a retired pepper: %v, want ErrTokenNotFound", err)
-	}
-	if _, err := current.Rotate(b.ctx, repository.RotateRequest{Token: a2.Token.Reveal(), ClientID: "c"}); err != nil {
-		t.Fatalf("re-hashed family under the current pepper alone: %v", err)
-	}
-	// A replay of the old-pepper tombstone is still recognised while the old pepper is in the ring.
-	if _, err := ring.Rotate(b.ctx, repository.RotateRequest{Token: a.Token.Reveal(), ClientID: "c"}); !errors.Is(err, repository.ErrReplayDetected) {
-		t.Fatalf("replay of an old-pepper tombstone: %v", err)
-	}
-}
-
-func TestRevokeFamilies_ByUserLeavesOtherUsersAlone(t *testing.T) {
-	t.Parallel()
-	events := &eventLog{}
-	b := setup(t, setupOptions{configure: func(c *repository.Config) { c.OnEvent = events.add }})
-	issue := func(client, user string) *repository.RefreshToken {
-		tok, err := b.store.Issue(b.ctx, repository.IssueRequest{ClientID: client, UserID: user})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return tok
-	}
-	u1a, u1b, u1b2 := issue("app-a", "u1"), issue("app-b", "u1"), issue("app-b", "u1")
-	u2a, u2b := issue("app-a", "u2"), issue("app-b", "u2")
-
-	n, err := b.store.RevokeFamilies(b.ctx, repository.FamilyFilter{UserID: "u1", ClientID: "app-b"}, "signed out of app-b")
-	if err != nil || n != 2 {
-		t.Fatalf("user at one client: %d, %v; want 2", n, err)
-	}
-	if _, err := b.rotate(u1a.Token, "app-a"); err != nil {
-		t.Fatalf("u1's family at another client: %v", err)
-	}
-	n, err = b.store.RevokeFamilies(b.ctx, repository.FamilyFilter{UserID: "u1"}, "logout everywhere")
-	if err != nil || n != 1 {
-		t.Fatalf("user everywhere: %d, %v; want the 1 still live", n, err)
-	}
-	for _, tok := range []*repository.RefreshToken{u1b, u1b2} {
-		if f := b.family(t, tok.FamilyID); f.RevokedReason != "signed out of app-b" {
-			t.Fatalf("first reason lost: %+v", f)
-		}
-	}
-	for _, tok := range []*repository.RefreshToken{u2a, u2b} {
-		if _, err := b.store.Peek(b.ctx, tok.Token.Reveal(), tok.ClientID); err != nil {
-			t.Fatalf("another user's family was touched: %v", err)
-		}
-	}
-	if got := len(events.all()); got != 3 {
-		t.Fatalf("%d revocation events, want 3", got)
-	}
-	if _, err := b.store.RevokeFamilies(b.ctx, repository.FamilyFilter{}, "x"); !errors.Is(err, repository.ErrInvalidInput) {
-		t.Fatalf("empty filter: %v", err)
-	}
-}
-
-func TestRevokeFamilies_ByClientRevokesAllInBatches(t *testing.T) {
-	t.Parallel()
-	b := setup(t)
-	// More families than one batch revokes.
-	if _, err := b.pool.Exec(b.ctx, `INSERT INTO oauth_family (client_id, user_id, idle_expires_at)
-		SELECT 'doomed', 'user-' || g, now() + interval '1 day' FROM generate_series(1, 1234) g`); err != nil {
-		t.Fatal(err)
-	}
-	keep := b.issue(t)
-	n, err := b.store.RevokeFamilies(b.ctx, repository.FamilyFilter{ClientID: "doomed"}, "client deleted")
-	if err != nil || n != 1234 {
-		t.Fatalf("revoked %d (%v), want 1234", n, err)
-	}
-	if left := b.count(t, "SELECT count(*) FROM oauth_family WHERE client_id = 'doomed' AND revoked_at IS NULL"); left != 0 {
-		t.Fatalf("%d families of the deleted client escaped", left)
-	}
-	if _, err := b.store.Peek(b.ctx, keep.Token.Reveal(), keep.ClientID); err != nil {
-		t.Fatalf("another client's family: %v", err)
-	}
-}
-
-func TestActiveFamilies_ListsOnlyUsableFamiliesNewestFirst(t *testing.T) {
-	t.Parallel()
-	b := setup(t)
-	older := b.issue(t)
-	b.clock.Advance(time.Minute)
-	newer := b.issue(t)
-	b.clock.Advance(time.Minute)
-	revoked := b.issue(t)
-	if err := b.store.RevokeFamily(b.ctx, revoked.FamilyID, "test"); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := b.store.Issue(b.ctx, repository.IssueRequest{ClientID: "client-a", UserID: "someone-else"}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := b.rotate(newer.Token, "client-a"); err != nil {
-		t.Fatal(err)
-	}
-	got, err := b.store.ActiveFamilies(b.ctx, "user-1")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(got) != 2 || got[0].ID != newer.FamilyID || got[1].ID != older.FamilyID {
-		t.Fatalf("active families: %+v", got)
-	}
-	if got[0].RotationCount != 1 || got[0].LastRotatedAt == nil || got[0].ClientID != "client-a" {
-		t.Fatalf("session row: %+v", got[0])
-	}
-	b.clock.Advance(25 * time.Hour)
-	if got, err := b.store.ActiveFamilies(b.ctx, "user-1"); err != nil || len(got) != 0 {
-		t.Fatalf("after every token expired: %+v, %v", got, err)
-	}
-}
-
-func TestEvents_ReplayReachesTheHookWithoutSecrets(t *testing.T) {
-	t.Parallel()
-	events := &eventLog{}
-	b := setup(t, setupOptions{configure: func(c *repository.Config) { c.OnEvent = events.add }})
-	first := b.issue(t)
-	if _, err := b.rotate(first.Token, "client-a"); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := b.rotate(first.Token, "client-a"); !errors.Is(err, repository.ErrReplayDetected) {
-		t.Fatal(err)
-	}
-	all := events.all()
-	if len(all) != 1 {
-		t.Fatalf("events: %+v", all)
-	}
-	e := all[0]
-	if e.Kind != repository.EventReplayDetected || e.FamilyID != first.FamilyID || e.UserID != "user-1" ||
-		e.ClientID != "client-a" || e.Reason != repository.ReasonReplayDetected || !e.FamilyRevoked {
-		t.Fatalf("replay event: %+v", e)
-	}
-	if strings.Contains(sprintEvent(e), first.Token.Reveal()) {
-		t.Fatal("the event carries the token")
-	}
-}
-
 type eventLog struct {
 	mu     sync.Mutex
 	events []repository.Event
@@ -476,4 +290,52 @@ func (l *eventLog) has(kind repository.EventKind, familyID string) bool {
 
 func sprintEvent(e repository.Event) string {
 	return strings.Join([]string{string(e.Kind), e.FamilyID, e.ClientID, e.UserID, e.Reason}, " ")
+}
+
+func TestGrace_ConcurrentRetriesOfOneParentDateNothingBeforeWhatTheyWaitedFor(t *testing.T) {
+	t.Parallel()
+	b := setup(t, setupOptions{realClock: true, configure: func(c *repository.Config) {
+		c.GraceWindow, c.GraceMaxReuses = time.Minute, 10
+		c.Logger = slog.New(slog.DiscardHandler)
+	}})
+	const trials, retries = 60, 6
+	for i := range trials {
+		first := b.issue(t)
+		if _, err := b.rotate(first.Token, "client-a"); err != nil {
+			t.Fatal(err)
+		}
+		// Lost-response retries of the consumed parent, all at once: each is a grace reuse that
+		// replaces the live token, whatever order they get the family's lock in.
+		errs := race(retries, func(int) error {
+			_, err := b.rotate(first.Token, "client-a")
+			return err
+		})
+		for _, err := range errs {
+			if err != nil {
+				t.Fatalf("trial %d: a concurrent lost-response retry: %v (%s)", i, err, repository.ErrorCode(err))
+			}
+		}
+		if n := b.liveTokens(t, first.FamilyID); n != 1 {
+			t.Fatalf("trial %d: %d live tokens", i, n)
+		}
+	}
+	b.checkInvariants(t, "after the retries")
+}
+
+func TestGrace_AnExpiredParentIsAReplayInsideTheWindow(t *testing.T) {
+	t.Parallel()
+	b := setup(t, withGrace(10*time.Minute, 3))
+	first, err := b.store.Issue(b.ctx, repository.IssueRequest{ClientID: "client-a", UserID: "user-1", TTL: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.remember(first.Token)
+	b.clock.Advance(30 * time.Second)
+	if _, err := b.rotate(first.Token, "client-a"); err != nil {
+		t.Fatal(err)
+	}
+	b.clock.Advance(time.Minute) // the parent has expired; the window is still open
+	if _, err := b.rotate(first.Token, "client-a"); !errors.Is(err, repository.ErrReplayDetected) {
+		t.Fatalf("an expired parent inside the window: %v, want ErrReplayDetected", err)
+	}
 }

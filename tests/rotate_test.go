@@ -1,9 +1,9 @@
 package tests
 
 import (
+	"context"
 	"errors"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -105,21 +105,10 @@ func TestRotate_ConcurrentRotationsOfOneTokenHaveOneWinner(t *testing.T) {
 	first := b.issue(t)
 
 	const racers = 32
-	var (
-		wg      sync.WaitGroup
-		start   = make(chan struct{})
-		results = make([]error, racers)
-	)
-	for i := range racers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			<-start
-			_, results[i] = b.rotate(first.Token, "client-a")
-		}()
-	}
-	close(start)
-	wg.Wait()
+	results := race(racers, func(int) error {
+		_, err := b.rotate(first.Token, "client-a")
+		return err
+	})
 
 	winners := 0
 	for _, err := range results {
@@ -158,26 +147,15 @@ func TestRotate_RacingFamilyRevocationNeverLeavesARotatableToken(t *testing.T) {
 	q.need("trials the revocation won", 20, func() int64 { return revokedFirst })
 	for ; (trials < 200 || !q.met()) && trials < 3000; trials++ {
 		tok := b.issue(t)
-		var (
-			wg        sync.WaitGroup
-			start     = make(chan struct{})
-			rotErr    error
-			revErr    error
-			successor *repository.RefreshToken
-		)
-		wg.Add(2)
-		go func() {
-			defer wg.Done()
-			<-start
-			successor, rotErr = b.rotate(tok.Token, "client-a")
-		}()
-		go func() {
-			defer wg.Done()
-			<-start
-			revErr = b.store.RevokeFamily(b.ctx, tok.FamilyID, "logout")
-		}()
-		close(start)
-		wg.Wait()
+		var successor *repository.RefreshToken
+		errs := race(2, func(i int) (err error) {
+			if i == 0 {
+				successor, err = b.rotate(tok.Token, "client-a")
+				return err
+			}
+			return b.store.RevokeFamily(b.ctx, tok.FamilyID, "logout")
+		})
+		rotErr, revErr := errs[0], errs[1]
 		if revErr != nil {
 			t.Fatalf("revoke: %v", revErr)
 		}
@@ -204,10 +182,7 @@ func TestRotate_RacingFamilyRevocationNeverLeavesARotatableToken(t *testing.T) {
 	if n := b.count(t, `SELECT count(*) FROM oauth_family WHERE revoked_at IS NULL`); n != 0 {
 		t.Fatalf("%d families escaped revocation", n)
 	}
-	if n := b.count(t, `SELECT count(*) FROM (SELECT family_id FROM oauth_refresh_token
-		WHERE consumed_at IS NULL GROUP BY family_id HAVING count(*) > 1) x`); n != 0 {
-		t.Fatalf("%d families with two live tokens", n)
-	}
+	b.checkInvariants(t, "after the races")
 	t.Logf("%d trials: rotation first %d, revocation first %d", trials, rotated, revokedFirst)
 	q.check(t, "rotation racing revocation")
 }
@@ -344,5 +319,67 @@ func TestInvariant_DatabaseRefusesSecondLiveToken(t *testing.T) {
 	var pgErr *pgconn.PgError
 	if !errors.As(err, &pgErr) || pgErr.Code != "23505" || pgErr.ConstraintName != "oauth_refresh_token_one_live_per_family" {
 		t.Fatalf("second live token: got %v, want a unique violation of oauth_refresh_token_one_live_per_family", err)
+	}
+}
+
+func TestRotate_RevocationCommittedWhileTheRotationWaitsLeavesNoSuccessor(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	tok := b.issue(t)
+
+	// Another session holds the family row, as a revocation in progress does.
+	holder, err := b.pool.Begin(b.ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer holder.Rollback(context.Background())
+	if _, err := holder.Exec(b.ctx, "SELECT 1 FROM oauth_family WHERE id = $1 FOR NO KEY UPDATE", tok.FamilyID); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		_, err := b.rotate(tok.Token, "client-a")
+		done <- err
+	}()
+	b.waitForLockWait(t, "RefreshTokenRotate")
+	if _, err := holder.Exec(b.ctx, "UPDATE oauth_family SET revoked_at = now(), revoked_reason = 'test' WHERE id = $1", tok.FamilyID); err != nil {
+		t.Fatal(err)
+	}
+	if err := holder.Commit(b.ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; !errors.Is(err, repository.ErrFamilyRevoked) {
+		t.Fatalf("rotation that waited for a revocation: %v, want ErrFamilyRevoked", err)
+	}
+	if n := b.count(t, "SELECT count(*) FROM oauth_refresh_token WHERE family_id = $1", tok.FamilyID); n != 1 {
+		t.Fatalf("the revoked family gained a successor: %d token rows (I3)", n)
+	}
+	if n := b.liveTokens(t, tok.FamilyID); n != 1 {
+		t.Fatal("the refused rotation consumed the token")
+	}
+}
+
+func TestRotate_TheFamilyDiesWhenItsNewestTokenExpiresEvenIfSooner(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	first := b.issue(t) // 24 h
+	short, err := b.store.Rotate(b.ctx, repository.RotateRequest{Token: first.Token.Reveal(), ClientID: "client-a", TTL: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.remember(short.Token)
+	if f := b.family(t, first.FamilyID); !f.IdleExpiresAt.Equal(short.ExpiresAt) {
+		t.Fatalf("family idle expiry %v, want its newest token's %v", f.IdleExpiresAt, short.ExpiresAt)
+	}
+	b.clock.Advance(2 * time.Hour)
+	if _, err := b.store.Peek(b.ctx, short.Token.Reveal(), "client-a"); !errors.Is(err, repository.ErrTokenExpired) {
+		t.Fatalf("peek: %v", err)
+	}
+	active, err := b.store.ActiveFamilies(b.ctx, "user-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(active) != 0 {
+		t.Fatalf("a family whose only live token expired is listed as active: %+v", active)
 	}
 }

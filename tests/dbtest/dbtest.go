@@ -15,9 +15,11 @@ package dbtest
 import (
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io/fs"
 	"net/url"
 	"os"
 	"strings"
@@ -41,6 +43,9 @@ type Server struct {
 	prefix   string
 	seq      atomic.Int64
 	stop     func() error
+	// keepTemplate keeps the template when the process ends: on a server of its own (url) the
+	// next test process with the same migrations reuses it.
+	keepTemplate bool
 }
 
 var current *Server
@@ -119,7 +124,8 @@ func Start(ctx context.Context) (*Server, error) {
 			"  3. PostgreSQL server binaries (initdb, postgres; e.g. apt-get install postgresql, or PG_BINDIR)\n"+
 			"tried:\n  %s", strings.Join(tried, "\n  "))
 	}
-	srv := &Server{Provider: provider, admin: admin, stop: stop, prefix: "oauthstore_test_" + randomHex(4)}
+	srv := &Server{Provider: provider, admin: admin, stop: stop, prefix: "oauthstore_test_" + randomHex(4),
+		keepTemplate: provider == "url"}
 	if err := srv.migrateTemplate(ctx); err != nil {
 		_ = stop()
 		return nil, err
@@ -133,25 +139,71 @@ func randomHex(n int) string {
 	return hex.EncodeToString(b)
 }
 
+// migrateTemplate makes sure the server has a template database migrated with this build's
+// migrations, named by their hash: a process that finds one already there (a server that several
+// test runs share) uses it as it is. A template is marked a template (IS_TEMPLATE) only once its
+// migration has finished, so one left half-made by a killed process is made again; an advisory
+// lock keeps two processes from making the same one at once.
 func (s *Server) migrateTemplate(ctx context.Context) error {
-	s.template = s.prefix + "_template"
+	sum, err := migrationsHash()
+	if err != nil {
+		return err
+	}
+	s.template = "oauthstore_template_" + sum[:16]
 	conn, err := connectRetry(ctx, s.admin)
 	if err != nil {
 		return fmt.Errorf("connect to %s server: %w", s.Provider, err)
 	}
 	defer conn.Close(context.Background())
-	if _, err := conn.Exec(ctx, "CREATE DATABASE "+pgx.Identifier{s.template}.Sanitize()); err != nil {
+	if _, err := conn.Exec(ctx, "SELECT pg_advisory_lock(hashtext($1))", s.template); err != nil {
+		return fmt.Errorf("lock the template: %w", err)
+	}
+	defer conn.Exec(context.Background(), "SELECT pg_advisory_unlock(hashtext($1))", s.template) //nolint:errcheck
+	var exists, ready bool
+	if err := conn.QueryRow(ctx, "SELECT true, datistemplate FROM pg_database WHERE datname = $1", s.template).Scan(&exists, &ready); err != nil &&
+		!errors.Is(err, pgx.ErrNoRows) {
+		return fmt.Errorf("look for the template: %w", err)
+	}
+	if ready {
+		return nil
+	}
+	name := pgx.Identifier{s.template}.Sanitize()
+	if exists {
+		if _, err := conn.Exec(ctx, "DROP DATABASE "+name+" WITH (FORCE)"); err != nil {
+			return fmt.Errorf("drop a half-made template: %w", err)
+		}
+	}
+	if _, err := conn.Exec(ctx, "CREATE DATABASE "+name); err != nil {
 		return fmt.Errorf("create template database: %w", err)
 	}
 	pool, err := pgxpool.New(ctx, s.ConnString(s.template))
 	if err != nil {
 		return err
 	}
-	defer pool.Close()
-	if err := schema.Migrate(ctx, pool); err != nil {
+	err = schema.Migrate(ctx, pool)
+	pool.Close()
+	if err != nil {
 		return fmt.Errorf("migrate template database: %w", err)
 	}
+	if _, err := conn.Exec(ctx, "ALTER DATABASE "+name+" WITH IS_TEMPLATE true"); err != nil {
+		return fmt.Errorf("mark the template: %w", err)
+	}
 	return nil
+}
+
+// migrationsHash is the SHA-256, in hex, of the embedded migration files' names and contents.
+func migrationsHash() (string, error) {
+	h := sha256.New()
+	err := fs.WalkDir(schema.Files(), ".", func(path string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		b, err := fs.ReadFile(schema.Files(), path)
+		fmt.Fprintf(h, "%s\x00%d\x00", path, len(b))
+		h.Write(b)
+		return err
+	})
+	return hex.EncodeToString(h.Sum(nil)), err
 }
 
 // connectRetry connects, retrying briefly: a server that has just logged readiness may still be
@@ -190,14 +242,20 @@ func withDatabase(connString, name string) string {
 	return connString + " dbname='" + strings.NewReplacer(`\`, `\\`, `'`, `\'`).Replace(name) + "'"
 }
 
-// Stop drops the template and stops the server this process started.
+// Stop drops the template, unless other processes may reuse it (keepTemplate), and stops the
+// server this process started.
 func (s *Server) Stop() error {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	var errs []error
-	if conn, err := pgx.Connect(ctx, s.admin); err == nil {
-		_, err = conn.Exec(ctx, "DROP DATABASE IF EXISTS "+pgx.Identifier{s.template}.Sanitize()+" WITH (FORCE)")
+	if conn, err := pgx.Connect(ctx, s.admin); err == nil && !s.keepTemplate {
+		name := pgx.Identifier{s.template}.Sanitize()
+		_, err = conn.Exec(ctx, "ALTER DATABASE "+name+" WITH IS_TEMPLATE false")
 		errs = append(errs, err)
+		_, err = conn.Exec(ctx, "DROP DATABASE IF EXISTS "+name+" WITH (FORCE)")
+		errs = append(errs, err)
+		_ = conn.Close(ctx)
+	} else if err == nil {
 		_ = conn.Close(ctx)
 	}
 	errs = append(errs, s.stop())
