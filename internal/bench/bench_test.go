@@ -12,27 +12,6 @@ import (
 	"github.com/oauthstore/oauthstore/internal/pgtemp"
 )
 
-func TestPercentile_NearestRank(t *testing.T) {
-	var d []time.Duration
-	for i := 1; i <= 1000; i++ {
-		d = append(d, time.Duration(i))
-	}
-	for _, c := range []struct {
-		q    float64
-		want time.Duration
-	}{{0.5, 500}, {0.99, 990}, {0.999, 999}, {1, 1000}, {0, 1}} {
-		if got := percentile(d, c.q); got != c.want {
-			t.Errorf("percentile(%v) = %v, want %v", c.q, got, c.want)
-		}
-	}
-	if got := percentile(nil, 0.5); got != 0 {
-		t.Errorf("percentile of nothing = %v", got)
-	}
-	if got := percentile([]time.Duration{7}, 0.999); got != 7 {
-		t.Errorf("percentile of one = %v", got)
-	}
-}
-
 func TestTrimQueryText(t *testing.T) {
 	msg := "duration: 0.1 ms  plan:\nQuery Text: -- name: X\nWITH a AS (\n  SELECT 1\n)\nNested Loop  (cost=1..2 rows=1 width=1) (actual time=0..0 rows=1 loops=1)\n  ->  Seq Scan (cost=0..1 rows=1 width=1)"
 	got := trimQueryText(msg)

@@ -54,7 +54,7 @@ func explainRotate(ctx context.Context, e *env, fx *fixture, rows int) (*Explain
 		digest = randomDigest()
 		var id [16]byte
 		copy(id[:], randomDigest())
-		id[6], id[8] = id[6]&0x0f|0x40, id[8]&0x3f|0x80
+		markUUIDv4(&id)
 		if err := copyFamilies(ctx, e, []familyRow{{id: id, digest: digest, client: e.opts.Client, user: "bench-explain", created: time.Now()}}); err != nil {
 			return nil, err
 		}

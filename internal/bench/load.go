@@ -196,8 +196,13 @@ func fillBytes(rng *rand.Rand, b []byte) {
 
 func fillUUID(rng *rand.Rand, u *[16]byte) {
 	fillBytes(rng, u[:])
-	u[6] = u[6]&0x0f | 0x40 // version 4
-	u[8] = u[8]&0x3f | 0x80 // RFC 4122 variant
+	markUUIDv4(u)
+}
+
+// markUUIDv4 sets the version and variant bits of random bytes: a UUID version 4 (RFC 4122).
+func markUUIDv4(u *[16]byte) {
+	u[6] = u[6]&0x0f | 0x40
+	u[8] = u[8]&0x3f | 0x80
 }
 
 // randomDigest returns 32 bytes from crypto/rand: the digests the rotations of b and c present

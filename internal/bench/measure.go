@@ -4,13 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math"
 	"os"
 	"runtime/pprof"
 	"slices"
 	"sync"
 	"time"
 
+	"github.com/oauthstore/oauthstore/internal/latency"
 	"github.com/oauthstore/oauthstore/repository"
 )
 
@@ -140,18 +140,14 @@ func measureCell(ctx context.Context, e *env, fx *fixture, v string, w int, warm
 		return cell, err
 	}
 
-	all := slices.Concat(lat...)
-	slices.Sort(all)
-	cell.Ops = len(all)
+	sum := latency.Summarize(slices.Concat(lat...))
+	cell.Ops = sum.N
 	cell.Seconds = dur.Seconds()
 	if cell.Ops == 0 {
 		return cell, fmt.Errorf("no operation completed in %s", dur)
 	}
 	cell.OpsPerSec = float64(cell.Ops) / dur.Seconds()
-	cell.P50 = percentile(all, 0.50)
-	cell.P99 = percentile(all, 0.99)
-	cell.P999 = percentile(all, 0.999)
-	cell.Max = all[len(all)-1]
+	cell.P50, cell.P99, cell.P999, cell.Max = sum.P50, sum.P99, sum.P999, sum.Max
 	cell.ClientCores, cell.ServerCores, cell.MachineCores = cpu1.since(cpu0)
 	cell.OtherCores = -1
 	if cell.ServerCores >= 0 {
@@ -200,13 +196,4 @@ func (e *env) autovacuums(ctx context.Context) int64 {
 	_ = e.admin.QueryRow(ctx, `SELECT coalesce(sum(autovacuum_count + autoanalyze_count), 0)::bigint
 		FROM pg_stat_user_tables WHERE relid IN ('oauth_family'::regclass, 'oauth_refresh_token'::regclass)`).Scan(&n)
 	return n
-}
-
-// percentile is the nearest-rank percentile of sorted durations.
-func percentile(sorted []time.Duration, q float64) time.Duration {
-	if len(sorted) == 0 {
-		return 0
-	}
-	i := int(math.Ceil(q*float64(len(sorted)))) - 1
-	return sorted[max(0, min(i, len(sorted)-1))]
 }

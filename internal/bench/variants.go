@@ -56,8 +56,7 @@ func newFixture(ctx context.Context, e *env, workers []int, variants []string) (
 		digests := make([][]byte, n)
 		for i := range rows {
 			_, _ = crand.Read(rows[i].id[:])
-			rows[i].id[6] = rows[i].id[6]&0x0f | 0x40
-			rows[i].id[8] = rows[i].id[8]&0x3f | 0x80
+			markUUIDv4(&rows[i].id)
 			rows[i].digest = randomDigest()
 			rows[i].client = e.opts.Client
 			rows[i].user = fmt.Sprintf("bench-%s-%d", name, i)
