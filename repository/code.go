@@ -67,7 +67,7 @@ func (s *Store) CreateCode(ctx context.Context, req CodeRequest) (*Authorization
 	if err != nil {
 		return nil, dbError("create code", err)
 	}
-	return &AuthorizationCode{Code: code, ExpiresAt: utc(expires)}, nil
+	return &AuthorizationCode{Code: code, ExpiresAt: expires.UTC()}, nil
 }
 
 // codeParams checks a code request and returns it as the parameters of the statement that stores
@@ -234,14 +234,14 @@ func (s *Store) codeReplayed(ctx context.Context, c db.AuthorizationCodeGetRow) 
 		s.emit(ctx, e)
 		return ErrCodeReplayDetected
 	case c.FamilyRevokedAt != nil:
-		e.FamilyID = familyIDString(c.FamilyID)
+		e.FamilyID = c.FamilyID.String()
 		// Revoked before: reported once a minute per family, however often the code comes back.
 		if first := s.replays.firstSince(&e); first != nil {
 			s.emit(ctx, *first)
 		}
 		return ErrCodeReplayDetected
 	}
-	e.FamilyID = familyIDString(c.FamilyID)
+	e.FamilyID = c.FamilyID.String()
 	if s.callerTx {
 		return s.revokeReplayed(ctx, c.FamilyID, &e, ErrCodeReplayDetected)
 	}

@@ -33,8 +33,6 @@ func dbError(op string, err error) error {
 	return fmt.Errorf("oauthstore: %s: %w", op, err)
 }
 
-func familyIDString(id pgtype.UUID) string { return id.String() }
-
 // parseFamilyID accepts a UUID in its canonical text form only: 8-4-4-4-12 hex digits.
 func parseFamilyID(id string) (pgtype.UUID, error) {
 	var u pgtype.UUID
@@ -77,8 +75,6 @@ func deref(s *string) string {
 	return *s
 }
 
-func utc(t time.Time) time.Time { return t.UTC() }
-
 func utcPtr(t *time.Time) *time.Time {
 	if t == nil {
 		return nil
@@ -90,13 +86,13 @@ func utcPtr(t *time.Time) *time.Time {
 // Rows to the package's types.
 
 func newRefreshToken(token Secret, expires time.Time, familyExpires *time.Time, g Grant) *RefreshToken {
-	return &RefreshToken{Token: token, ExpiresAt: utc(expires), FamilyExpiresAt: utcPtr(familyExpires), Grant: g}
+	return &RefreshToken{Token: token, ExpiresAt: expires.UTC(), FamilyExpiresAt: utcPtr(familyExpires), Grant: g}
 }
 
 // rotatedToken is the successor a rotation (or a grace reuse) inserted, as the client gets it.
 func rotatedToken(token Secret, row db.RefreshTokenRotateRow) *RefreshToken {
 	return newRefreshToken(token, row.ExpiresAt, row.FamilyExpiresAt, Grant{
-		FamilyID: familyIDString(row.FamilyID), ClientID: row.ClientID, UserID: row.UserID, Scope: row.Scope,
+		FamilyID: row.FamilyID.String(), ClientID: row.ClientID, UserID: row.UserID, Scope: row.Scope,
 	})
 }
 
@@ -104,7 +100,7 @@ func rotatedToken(token Secret, row db.RefreshTokenRotateRow) *RefreshToken {
 func codeExchange(token Secret, c db.AuthorizationCodeGetRow, row db.AuthorizationCodeExchangeRow) *CodeExchange {
 	return &CodeExchange{
 		RefreshToken: newRefreshToken(token, row.ExpiresAt, row.FamilyExpiresAt, Grant{
-			FamilyID: familyIDString(row.FamilyID), ClientID: c.ClientID, UserID: c.UserID, Scope: c.Scope,
+			FamilyID: row.FamilyID.String(), ClientID: c.ClientID, UserID: c.UserID, Scope: c.Scope,
 		}),
 		Nonce:       deref(c.Nonce),
 		Resources:   c.Resources,
@@ -116,14 +112,14 @@ func codeExchange(token Secret, c db.AuthorizationCodeGetRow, row db.Authorizati
 func tokenInfo(row db.RefreshTokenGetRow) *TokenInfo {
 	return &TokenInfo{
 		Grant: Grant{
-			FamilyID: familyIDString(row.FamilyID),
+			FamilyID: row.FamilyID.String(),
 			ClientID: row.ClientID,
 			UserID:   row.UserID,
 			Scope:    row.Scope,
 		},
 		GrantedScope:     row.GrantedScope,
-		CreatedAt:        utc(row.CreatedAt),
-		ExpiresAt:        utc(row.ExpiresAt),
+		CreatedAt:        row.CreatedAt.UTC(),
+		ExpiresAt:        row.ExpiresAt.UTC(),
 		ConsumedAt:       utcPtr(row.ConsumedAt),
 		FamilyExpiresAt:  utcPtr(row.FamilyExpiresAt),
 		FamilyRevokedAt:  utcPtr(row.RevokedAt),
@@ -140,21 +136,21 @@ func stateBinding(row db.StateConsumeRow) *StateBinding {
 		RedirectURI: row.RedirectURI,
 		ReturnTo:    deref(row.ReturnTo),
 		Data:        json.RawMessage(row.Data),
-		CreatedAt:   utc(row.CreatedAt),
-		ExpiresAt:   utc(row.ExpiresAt),
+		CreatedAt:   row.CreatedAt.UTC(),
+		ExpiresAt:   row.ExpiresAt.UTC(),
 	}
 }
 
 func familyFromRow(f db.OauthFamily) Family {
 	return Family{
-		ID:               familyIDString(f.ID),
+		ID:               f.ID.String(),
 		ClientID:         f.ClientID,
 		UserID:           f.UserID,
 		Scope:            f.Scope,
-		CreatedAt:        utc(f.CreatedAt),
+		CreatedAt:        f.CreatedAt.UTC(),
 		LastRotatedAt:    utcPtr(f.LastRotatedAt),
 		RotationCount:    int(f.RotationCount),
-		IdleExpiresAt:    utc(f.IdleExpiresAt),
+		IdleExpiresAt:    f.IdleExpiresAt.UTC(),
 		ExpiresAt:        utcPtr(f.ExpiresAt),
 		SenderThumbprint: deref(f.SenderThumbprint),
 		RevokedAt:        utcPtr(f.RevokedAt),

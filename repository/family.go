@@ -34,7 +34,7 @@ func (a *Admin) RevokeFamily(ctx context.Context, familyID, reason string) error
 		return err
 	}
 	if row.RevokedNow {
-		a.emit(ctx, Event{Kind: EventFamilyRevoked, FamilyID: familyIDString(row.ID), ClientID: row.ClientID, UserID: row.UserID, Reason: reason})
+		a.emit(ctx, Event{Kind: EventFamilyRevoked, FamilyID: row.ID.String(), ClientID: row.ClientID, UserID: row.UserID, Reason: reason})
 	}
 	return nil
 }
@@ -74,7 +74,7 @@ func (a *Admin) RevokeFamilies(ctx context.Context, filter FamilyFilter, reason 
 			return total, dbError("revoke families", err)
 		}
 		for _, r := range batch {
-			a.emit(ctx, Event{Kind: EventFamilyRevoked, FamilyID: familyIDString(r.ID), ClientID: r.ClientID, UserID: r.UserID, Reason: reason})
+			a.emit(ctx, Event{Kind: EventFamilyRevoked, FamilyID: r.ID.String(), ClientID: r.ClientID, UserID: r.UserID, Reason: reason})
 		}
 		total += int64(len(batch))
 		if len(batch) < revokeBatchSize {

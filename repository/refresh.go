@@ -80,7 +80,7 @@ func (s *Store) Issue(ctx context.Context, req IssueRequest) (*RefreshToken, err
 		return nil, dbError("issue", err)
 	}
 	return newRefreshToken(token, row.ExpiresAt, row.FamilyExpiresAt, Grant{
-		FamilyID: familyIDString(row.ID), ClientID: req.ClientID, UserID: req.UserID, Scope: scope,
+		FamilyID: row.ID.String(), ClientID: req.ClientID, UserID: req.UserID, Scope: scope,
 	}), nil
 }
 
@@ -258,7 +258,7 @@ func (s *Store) settleRefused(ctx context.Context, tx pgx.Tx, digests [][]byte, 
 // window allows it, and otherwise a replay that revokes the family (RFC 6819 §5.2.2.3).
 func (s *Store) settleConsumed(ctx context.Context, tx pgx.Tx, p db.RefreshTokenRotateParams, t db.RefreshTokenGetRow, token Secret) (refusedRotation, error) {
 	now := *p.Now
-	e := Event{FamilyID: familyIDString(t.FamilyID), ClientID: t.ClientID, UserID: t.UserID}
+	e := Event{FamilyID: t.FamilyID.String(), ClientID: t.ClientID, UserID: t.UserID}
 	// A grace reuse needs a parent that is still within its own lifetime and the window, was made
 	// under a pepper that is not retired, and has reuses left.
 	if t.RevokedAt == nil && s.graceWindow > 0 && int(t.GraceUses) < s.graceReuses && !t.Expired &&

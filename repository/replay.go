@@ -105,7 +105,7 @@ func (s *Store) startRevocation(ctx context.Context, conn *pgx.Conn, id pgtype.U
 		r.err = pgx.BeginTxFunc(ctx, conn, pgx.TxOptions{IsoLevel: pgx.ReadCommitted}, func(tx pgx.Tx) error {
 			// The pid is asked of the server: a pooler in front of it may give another in the
 			// handshake, and within a transaction the session is fixed.
-			pid, err := s.q.SessionBackendPID(ctx, tx)
+			pid, err := s.q.PgBackendPID(ctx, tx)
 			if err != nil {
 				return err
 			}
@@ -138,7 +138,7 @@ func (s *Store) awaitRevocation(caller, own context.Context, r *revocation) (cal
 				poll.Reset(blockPoll)
 				continue
 			}
-			blocks, err := s.q.SessionBlocks(caller, s.dbtx, pid)
+			blocks, err := s.q.PgBlocksBackend(caller, s.dbtx, pid)
 			if err == nil && blocks {
 				return true
 			}
@@ -159,7 +159,7 @@ func (s *Store) revokeInCallerTx(ctx context.Context, id pgtype.UUID, reason str
 	}
 	s.log.LogAttrs(ctx, slog.LevelWarn, "oauthstore: the replayed family's revocation is part of the caller's transaction "+
 		"(it holds or created the family) and is lost if that transaction rolls back",
-		slog.String("family_id", familyIDString(id)))
+		slog.String("family_id", id.String()))
 	return false, true, nil
 }
 

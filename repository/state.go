@@ -80,7 +80,7 @@ func (s *Store) CreateState(ctx context.Context, req StateRequest) (*IssuedState
 	if err != nil {
 		return nil, dbError("create state", err)
 	}
-	return &IssuedState{State: state, ExpiresAt: utc(expires)}, nil
+	return &IssuedState{State: state, ExpiresAt: expires.UTC()}, nil
 }
 
 // ConsumeState returns what a state value was bound to and deletes the binding, atomically: of

@@ -39,7 +39,7 @@ func (c *checkedTx) check(ctx context.Context) error {
 	if c.checked {
 		return c.err
 	}
-	level, err := c.q.SessionIsolation(ctx, c.DBTX)
+	level, err := c.q.PgTransactionIsolation(ctx, c.DBTX)
 	if err != nil {
 		return fmt.Errorf("read the transaction's isolation level: %w", err)
 	}
@@ -119,7 +119,7 @@ func (a *Admin) begin(ctx context.Context) (pgx.Tx, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := a.q.SessionReadCommitted(ctx, tx); err != nil {
+	if err := a.q.PgSetReadCommitted(ctx, tx); err != nil {
 		_ = tx.Rollback(ctx)
 		return nil, err
 	}

@@ -155,23 +155,16 @@ func (h hookedSavepoint) Rollback(ctx context.Context) error {
 func TestReplay_WhileAnotherTransactionHoldsTheFamilyIsCommittedOutsideTheCaller(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
-	var (
-		mu     sync.Mutex
-		events []repository.Event
-	)
+	log := &eventLog{}
 	store, err := repository.New(b.pool, repository.Config{Pepper: repository.NewKey(b.pepper), Clock: b.clock.Now, Logger: slog.New(slog.NewJSONHandler(b.logs, nil)),
-		OnEvent: func(_ context.Context, e repository.Event) { mu.Lock(); events = append(events, e); mu.Unlock() }})
+		OnEvent: log.add})
 	if err != nil {
 		t.Fatal(err)
 	}
 	first, stolen := b.replayed(t) // the thief used the first token and holds its successor
 	// The thief's rotation of its token runs in a slow transaction that takes the family's lock
 	// the moment the victim's refused rotation lets go of it, and holds it for three seconds.
-	thief, err := b.pool.Begin(b.ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer thief.Rollback(context.Background())
+	thief := b.begin(t)
 	thiefDone := make(chan error, 1)
 	var once sync.Once
 	hook := func() {
@@ -187,11 +180,7 @@ func TestReplay_WhileAnotherTransactionHoldsTheFamilyIsCommittedOutsideTheCaller
 			b.waitForLockWait(t, "RefreshTokenRotate")
 		})
 	}
-	victim, err := b.pool.Begin(b.ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer victim.Rollback(context.Background())
+	victim := b.begin(t)
 	_, err = store.WithDB(hookedTx{Tx: victim, beforeRollback: hook}).Rotate(b.ctx,
 		repository.RotateRequest{Token: first.Token.Reveal(), ClientID: "client-a"})
 	if !errors.Is(err, repository.ErrReplayDetected) {
@@ -206,9 +195,7 @@ func TestReplay_WhileAnotherTransactionHoldsTheFamilyIsCommittedOutsideTheCaller
 	if f := b.family(t, first.FamilyID); f.RevokedAt == nil {
 		t.Fatal("the victim rolled back and the revocation went with it: the thief's chain lives on")
 	}
-	mu.Lock()
-	defer mu.Unlock()
-	if len(events) != 1 || !events[0].FamilyRevoked || events[0].InCallerTx {
+	if events := log.all(); len(events) != 1 || !events[0].FamilyRevoked || events[0].InCallerTx {
 		t.Fatalf("events %+v, want one replay reporting a committed revocation outside the caller", events)
 	}
 }
@@ -216,11 +203,7 @@ func TestReplay_WhileAnotherTransactionHoldsTheFamilyIsCommittedOutsideTheCaller
 func TestReplay_OfAFamilyCreatedInTheCallersTransactionIsRevokedWhenItCommits(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
-	tx, err := b.pool.Begin(b.ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tx.Rollback(context.Background())
+	tx := b.begin(t)
 	s := b.store.WithDB(tx)
 	first, err := s.Issue(b.ctx, repository.IssueRequest{ClientID: "client-a", UserID: "u"})
 	if err != nil {
@@ -249,11 +232,7 @@ func TestNew_OnACallerTransactionRevokesAReplayOutsideIt(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
 	first, _ := b.replayed(t)
-	tx, err := b.pool.Begin(b.ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tx.Rollback(context.Background())
+	tx := b.begin(t)
 	s, err := repository.New(tx, repository.Config{Pepper: repository.NewKey(b.pepper), Clock: b.clock.Now, Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		t.Fatal(err)
@@ -315,16 +294,10 @@ func TestIsolation_AStricterDefaultStillRevokesEveryRacingReplay(t *testing.T) {
 					}
 					return err
 				})
-				winners := 0
-				for _, err := range errs {
-					switch {
-					case err == nil:
-						winners++
-					case errors.Is(err, repository.ErrReplayDetected):
-						replays++
-					default:
-						t.Fatalf("trial %d: %v (%s), want a winner or ErrReplayDetected", i, err, repository.ErrorCode(err))
-					}
+				winners, losers, unexpected := countWinners(errs, repository.ErrReplayDetected)
+				replays += losers
+				for _, err := range unexpected {
+					t.Fatalf("trial %d: %v (%s), want a winner or ErrReplayDetected", i, err, repository.ErrorCode(err))
 				}
 				if winners != 1 {
 					t.Fatalf("trial %d: %d winners", i, winners)
@@ -379,19 +352,10 @@ func TestWithDB_RefusesATransactionThatIsNotReadCommittedAndChangesNothing(t *te
 
 func TestReplay_InATransactionHoldingTheFamilyJoinsItEvenBehindAQueuedRotation(t *testing.T) {
 	t.Parallel()
-	var (
-		mu     sync.Mutex
-		events []repository.Event
-	)
-	b := setup(t, setupOptions{configure: func(c *repository.Config) {
-		c.OnEvent = func(_ context.Context, e repository.Event) { mu.Lock(); events = append(events, e); mu.Unlock() }
-	}})
+	log := &eventLog{}
+	b := setup(t, setupOptions{configure: func(c *repository.Config) { c.OnEvent = log.add }})
 	first := b.issue(t)
-	tx, err := b.pool.Begin(b.ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tx.Rollback(context.Background())
+	tx := b.begin(t)
 	s := b.store.WithDB(tx)
 	// The caller's transaction rotates, so it holds the family's lock ...
 	next, err := s.Rotate(b.ctx, repository.RotateRequest{Token: first.Token.Reveal(), ClientID: "client-a"})
@@ -447,9 +411,7 @@ func TestReplay_InATransactionHoldingTheFamilyJoinsItEvenBehindAQueuedRotation(t
 	if f := b.family(t, first.FamilyID); f.RevokedAt == nil {
 		t.Fatal("the caller committed its replay, but the family is not revoked")
 	}
-	mu.Lock()
-	defer mu.Unlock()
-	if len(events) != 1 || !events[0].InCallerTx || events[0].FamilyRevoked {
+	if events := log.all(); len(events) != 1 || !events[0].InCallerTx || events[0].FamilyRevoked {
 		t.Fatalf("events %+v, want one replay made in the caller's transaction, not reported as committed", events)
 	}
 }
@@ -462,11 +424,7 @@ func TestRotate_ReplayInsideACallerTransactionSurvivesItsRollback(t *testing.T) 
 	if err != nil {
 		t.Fatal(err)
 	}
-	tx, err := b.pool.Begin(b.ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tx.Rollback(context.Background())
+	tx := b.begin(t)
 	_, err = b.store.WithDB(tx).Rotate(b.ctx, repository.RotateRequest{Token: first.Token.Reveal(), ClientID: "client-a"})
 	if !errors.Is(err, repository.ErrReplayDetected) {
 		t.Fatalf("replay in a transaction: %v", err)
@@ -487,11 +445,7 @@ func TestRotate_ReplayInsideATransactionHoldingTheFamilyJoinsIt(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
 	first := b.issue(t)
-	tx, err := b.pool.Begin(b.ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tx.Rollback(context.Background())
+	tx := b.begin(t)
 	s := b.store.WithDB(tx)
 	// The transaction rotates, so it holds the family's row lock, and then replays.
 	next, err := s.Rotate(b.ctx, repository.RotateRequest{Token: first.Token.Reveal(), ClientID: "client-a"})
@@ -541,11 +495,7 @@ func TestStore_ComposesWithCallerTransaction(t *testing.T) {
 	tok := b.issue(t)
 
 	// Rolled back: the rotation never happened.
-	tx, err := b.pool.Begin(b.ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tx.Rollback(context.Background())
+	tx := b.begin(t)
 	if _, err := b.store.WithDB(tx).Rotate(b.ctx, repository.RotateRequest{Token: tok.Token.Reveal(), ClientID: "client-a"}); err != nil {
 		t.Fatal(err)
 	}
@@ -558,11 +508,7 @@ func TestStore_ComposesWithCallerTransaction(t *testing.T) {
 
 	// Committed: the rotation and the caller's own write land together; a refused rotation inside
 	// the transaction leaves it usable.
-	tx2, err := b.pool.Begin(b.ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tx2.Rollback(context.Background())
+	tx2 := b.begin(t)
 	s := b.store.WithDB(tx2)
 	next, err := s.Rotate(b.ctx, repository.RotateRequest{Token: tok.Token.Reveal(), ClientID: "client-a"})
 	if err != nil {
@@ -590,11 +536,7 @@ func TestExchange_ReplayInsideACallerTransactionSurvivesItsRollback(t *testing.T
 	if err != nil {
 		t.Fatal(err)
 	}
-	tx, err := b.pool.Begin(b.ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tx.Rollback(context.Background())
+	tx := b.begin(t)
 	_, err = b.store.WithDB(tx).Exchange(b.ctx, repository.ExchangeRequest{Code: f.code.Code.Reveal(), ClientID: "client-a", RedirectURI: redirectURI, CodeVerifier: f.verifier})
 	if !errors.Is(err, repository.ErrCodeReplayDetected) {
 		t.Fatal(err)

@@ -170,11 +170,7 @@ func TestCleanup_SkipsAFamilyARotationHoldsInsteadOfWaiting(t *testing.T) {
 	b.clock.Advance(time.Minute)
 	other := b.issue(t)
 	b.clock.Advance(25 * time.Hour)
-	tx, err := b.pool.Begin(b.ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tx.Rollback(context.Background())
+	tx := b.begin(t)
 	if _, err := tx.Exec(b.ctx, "SELECT 1 FROM oauth_family WHERE id = $1 FOR NO KEY UPDATE", held.FamilyID); err != nil {
 		t.Fatal(err)
 	}

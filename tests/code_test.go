@@ -46,14 +46,9 @@ func TestExchange_SixteenConcurrentExchangesOfOneCodeHaveOneWinner(t *testing.T)
 			_, err := b.exchange(f)
 			return err
 		})
-		winners := 0
-		for i, err := range errs {
-			switch {
-			case err == nil:
-				winners++
-			case !errors.Is(err, repository.ErrInvalidGrant):
-				t.Fatalf("racer %d: %v, want an invalid grant", i, err)
-			}
+		winners, _, unexpected := countWinners(errs, repository.ErrInvalidGrant)
+		for _, err := range unexpected {
+			t.Fatalf("a racer got %v, want an invalid grant", err)
 		}
 		if winners != 1 {
 			t.Fatalf("%d exchanges succeeded, want exactly 1", winners)

@@ -12,6 +12,7 @@ import (
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"log/slog"
 	"slices"
 	"strings"
@@ -380,4 +381,58 @@ func (b *bundle) checkInvariants(t fataler, when string) {
 			t.Fatalf("%s: %s: %d", when, inv.name, n)
 		}
 	}
+}
+
+// eventLog collects the events a store reports (Config.OnEvent: add).
+type eventLog struct {
+	mu     sync.Mutex
+	events []repository.Event
+}
+
+func (l *eventLog) add(_ context.Context, e repository.Event) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.events = append(l.events, e)
+}
+
+func (l *eventLog) all() []repository.Event {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return slices.Clone(l.events)
+}
+
+func (l *eventLog) has(kind repository.EventKind, familyID string) bool {
+	return slices.ContainsFunc(l.all(), func(e repository.Event) bool { return e.Kind == kind && e.FamilyID == familyID })
+}
+
+func sprintEvent(e repository.Event) string {
+	return strings.Join([]string{string(e.Kind), e.FamilyID, e.ClientID, e.UserID, e.Reason}, " ")
+}
+
+// countWinners counts the calls of a race that succeeded and those refused with loser; any other
+// outcome is returned as unexpected.
+func countWinners(errs []error, loser error) (winners, losers int, unexpected []error) {
+	for _, err := range errs {
+		switch {
+		case err == nil:
+			winners++
+		case errors.Is(err, loser):
+			losers++
+		default:
+			unexpected = append(unexpected, err)
+		}
+	}
+	return winners, losers, unexpected
+}
+
+// begin begins a transaction on the test's pool, as a request handler does; it is rolled back when
+// the test ends unless the test ended it.
+func (b *bundle) begin(t *testing.T) pgx.Tx {
+	t.Helper()
+	tx, err := b.pool.Begin(b.ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = tx.Rollback(context.Background()) })
+	return tx
 }

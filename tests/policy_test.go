@@ -1,12 +1,9 @@
 package tests
 
 import (
-	"context"
 	"errors"
 	"log/slog"
 	"slices"
-	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -265,31 +262,6 @@ func TestScope_NarrowingCarriesTheSubsetAndWiderScopeConsumesNothing(t *testing.
 	if !slices.Equal(full.Scope, []string{"openid", "email", "offline_access"}) {
 		t.Fatalf("rotation without scope carries %v, want the granted scope", full.Scope)
 	}
-}
-
-type eventLog struct {
-	mu     sync.Mutex
-	events []repository.Event
-}
-
-func (l *eventLog) add(_ context.Context, e repository.Event) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.events = append(l.events, e)
-}
-
-func (l *eventLog) all() []repository.Event {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return slices.Clone(l.events)
-}
-
-func (l *eventLog) has(kind repository.EventKind, familyID string) bool {
-	return slices.ContainsFunc(l.all(), func(e repository.Event) bool { return e.Kind == kind && e.FamilyID == familyID })
-}
-
-func sprintEvent(e repository.Event) string {
-	return strings.Join([]string{string(e.Kind), e.FamilyID, e.ClientID, e.UserID, e.Reason}, " ")
 }
 
 func TestGrace_ConcurrentRetriesOfOneParentDateNothingBeforeWhatTheyWaitedFor(t *testing.T) {

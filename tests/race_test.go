@@ -3,7 +3,6 @@ package tests
 import (
 	"crypto/sha256"
 	"encoding/base64"
-	"errors"
 	"fmt"
 	"log/slog"
 	"sync"
@@ -126,16 +125,10 @@ func rotationTrial(b *bundle, tally *raceTally, i, racers int) error {
 		return err
 	})
 	tally.rotationTrials.Add(1)
-	winners := 0
-	for _, err := range errs {
-		switch {
-		case err == nil:
-			winners++
-		case errors.Is(err, repository.ErrReplayDetected):
-			tally.rotationLosers.Add(1)
-		default:
-			tally.fail("rotation trial %d: a loser got %v, want ErrReplayDetected", i, err)
-		}
+	winners, losers, unexpected := countWinners(errs, repository.ErrReplayDetected)
+	tally.rotationLosers.Add(int64(losers))
+	for _, err := range unexpected {
+		tally.fail("rotation trial %d: a loser got %v, want ErrReplayDetected", i, err)
 	}
 	tally.rotationWinners.Add(int64(winners))
 	if winners != 1 {
@@ -162,16 +155,10 @@ func exchangeTrial(b *bundle, tally *raceTally, i, racers int) error {
 		return err
 	})
 	tally.exchangeTrials.Add(1)
-	winners := 0
-	for _, err := range errs {
-		switch {
-		case err == nil:
-			winners++
-		case errors.Is(err, repository.ErrCodeReplayDetected):
-			tally.exchangeLosers.Add(1)
-		default:
-			tally.fail("exchange trial %d: a loser got %v, want ErrCodeReplayDetected", i, err)
-		}
+	winners, losers, unexpected := countWinners(errs, repository.ErrCodeReplayDetected)
+	tally.exchangeLosers.Add(int64(losers))
+	for _, err := range unexpected {
+		tally.fail("exchange trial %d: a loser got %v, want ErrCodeReplayDetected", i, err)
 	}
 	tally.exchangeWinners.Add(int64(winners))
 	if winners != 1 {

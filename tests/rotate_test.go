@@ -1,7 +1,6 @@
 package tests
 
 import (
-	"context"
 	"errors"
 	"strings"
 	"testing"
@@ -110,15 +109,9 @@ func TestRotate_ConcurrentRotationsOfOneTokenHaveOneWinner(t *testing.T) {
 		return err
 	})
 
-	winners := 0
-	for _, err := range results {
-		switch {
-		case err == nil:
-			winners++
-		case errors.Is(err, repository.ErrReplayDetected):
-		default:
-			t.Errorf("loser got %v, want ErrReplayDetected", err)
-		}
+	winners, _, unexpected := countWinners(results, repository.ErrReplayDetected)
+	for _, err := range unexpected {
+		t.Errorf("loser got %v, want ErrReplayDetected", err)
 	}
 	if winners != 1 {
 		t.Fatalf("%d rotations succeeded, want exactly 1", winners)
@@ -328,11 +321,7 @@ func TestRotate_RevocationCommittedWhileTheRotationWaitsLeavesNoSuccessor(t *tes
 	tok := b.issue(t)
 
 	// Another session holds the family row, as a revocation in progress does.
-	holder, err := b.pool.Begin(b.ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer holder.Rollback(context.Background())
+	holder := b.begin(t)
 	if _, err := holder.Exec(b.ctx, "SELECT 1 FROM oauth_family WHERE id = $1 FOR NO KEY UPDATE", tok.FamilyID); err != nil {
 		t.Fatal(err)
 	}

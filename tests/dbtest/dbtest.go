@@ -281,7 +281,7 @@ func NewDB(t testing.TB) *DB {
 	name := fmt.Sprintf("%s_%d", s.prefix, s.seq.Add(1))
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	if err := s.admf(ctx, "CREATE DATABASE %s TEMPLATE %s", pgx.Identifier{name}.Sanitize(), pgx.Identifier{s.template}.Sanitize()); err != nil {
+	if err := s.exec(ctx, "CREATE DATABASE %s TEMPLATE %s", pgx.Identifier{name}.Sanitize(), pgx.Identifier{s.template}.Sanitize()); err != nil {
 		t.Fatalf("dbtest: create database: %v", err)
 	}
 	url := s.ConnString(name)
@@ -302,14 +302,14 @@ func NewDB(t testing.TB) *DB {
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		defer cancel()
-		if err := s.admf(ctx, "DROP DATABASE %s WITH (FORCE)", pgx.Identifier{name}.Sanitize()); err != nil {
+		if err := s.exec(ctx, "DROP DATABASE %s WITH (FORCE)", pgx.Identifier{name}.Sanitize()); err != nil {
 			t.Errorf("dbtest: drop database: %v", err)
 		}
 	})
 	return &DB{Pool: pool, Name: name, URL: url}
 }
 
-func (s *Server) admf(ctx context.Context, format string, args ...any) error {
+func (s *Server) exec(ctx context.Context, format string, args ...any) error {
 	conn, err := pgx.Connect(ctx, s.admin)
 	if err != nil {
 		return err
