@@ -45,15 +45,16 @@ type OauthFamily struct {
 }
 
 type OauthRefreshToken struct {
-	Digest       []byte
-	PepperID     string
-	FamilyID     pgtype.UUID
-	ParentDigest []byte
-	Scope        []string
-	CreatedAt    time.Time
-	ExpiresAt    time.Time
-	ConsumedAt   *time.Time
-	GraceUses    int32
+	Digest          []byte
+	PepperID        string
+	FamilyID        pgtype.UUID
+	ParentDigest    []byte
+	Scope           []string
+	CreatedAt       time.Time
+	ExpiresAt       time.Time
+	ConsumedAt      *time.Time
+	GraceUses       int32
+	GraceCiphertext []byte
 }
 
 type OauthState struct {

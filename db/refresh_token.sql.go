@@ -12,6 +12,36 @@ import (
 	"github.com/jackc/pgx/v5/pgtype"
 )
 
+const refreshTokenClearGraceCiphertexts = `-- name: RefreshTokenClearGraceCiphertexts :execrows
+UPDATE oauth_refresh_token
+SET grace_ciphertext = NULL
+WHERE digest IN (
+    SELECT t.digest
+    FROM oauth_refresh_token t
+    WHERE t.grace_ciphertext IS NOT NULL
+      AND t.created_at < coalesce($1::timestamptz, statement_timestamp()) - $2::interval
+    ORDER BY t.created_at
+    LIMIT $3::integer
+    FOR UPDATE SKIP LOCKED
+)
+`
+
+type RefreshTokenClearGraceCiphertextsParams struct {
+	Now         *time.Time
+	GraceWindow time.Duration
+	BatchSize   int32
+}
+
+// RefreshTokenClearGraceCiphertexts deletes one batch of ciphertexts older than the longest grace
+// window: no client can use them any more.
+func (q *Queries) RefreshTokenClearGraceCiphertexts(ctx context.Context, db DBTX, arg RefreshTokenClearGraceCiphertextsParams) (int64, error) {
+	result, err := db.Exec(ctx, refreshTokenClearGraceCiphertexts, arg.Now, arg.GraceWindow, arg.BatchSize)
+	if err != nil {
+		return 0, err
+	}
+	return result.RowsAffected(), nil
+}
+
 const refreshTokenGet = `-- name: RefreshTokenGet :one
 SELECT t.digest, t.pepper_id, t.family_id, t.parent_digest, t.scope, t.created_at, t.expires_at,
     t.consumed_at, t.grace_uses,
@@ -81,24 +111,50 @@ func (q *Queries) RefreshTokenGet(ctx context.Context, db DBTX, arg RefreshToken
 }
 
 const refreshTokenGetLive = `-- name: RefreshTokenGetLive :one
-SELECT digest, parent_digest, expires_at
+SELECT digest, parent_digest, scope, expires_at, grace_ciphertext
 FROM oauth_refresh_token
 WHERE family_id = $1::uuid
   AND consumed_at IS NULL
 `
 
 type RefreshTokenGetLiveRow struct {
-	Digest       []byte
-	ParentDigest []byte
-	ExpiresAt    time.Time
+	Digest          []byte
+	ParentDigest    []byte
+	Scope           []string
+	ExpiresAt       time.Time
+	GraceCiphertext []byte
 }
 
-// RefreshTokenGetLive returns the family's one live token, if any.
+// RefreshTokenGetLive returns the family's one live token, if any, with the encrypted copy of it
+// that its parent's holder can open.
 func (q *Queries) RefreshTokenGetLive(ctx context.Context, db DBTX, familyID pgtype.UUID) (RefreshTokenGetLiveRow, error) {
 	row := db.QueryRow(ctx, refreshTokenGetLive, familyID)
 	var i RefreshTokenGetLiveRow
-	err := row.Scan(&i.Digest, &i.ParentDigest, &i.ExpiresAt)
+	err := row.Scan(
+		&i.Digest,
+		&i.ParentDigest,
+		&i.Scope,
+		&i.ExpiresAt,
+		&i.GraceCiphertext,
+	)
 	return i, err
+}
+
+const refreshTokenGraceReuse = `-- name: RefreshTokenGraceReuse :execrows
+UPDATE oauth_refresh_token
+SET grace_uses = grace_uses + 1
+WHERE digest = $1::bytea
+  AND consumed_at IS NOT NULL
+`
+
+// RefreshTokenGraceReuse counts one more presentation of a consumed parent within the grace window,
+// whose holder gets the family's unused live token back. The caller holds the family lock.
+func (q *Queries) RefreshTokenGraceReuse(ctx context.Context, db DBTX, digest []byte) (int64, error) {
+	result, err := db.Exec(ctx, refreshTokenGraceReuse, digest)
+	if err != nil {
+		return 0, err
+	}
+	return result.RowsAffected(), nil
 }
 
 const refreshTokenRotate = `-- name: RefreshTokenRotate :one
@@ -135,7 +191,8 @@ grace AS (
 ),
 consumed AS (
     UPDATE oauth_refresh_token t
-    SET consumed_at = coalesce($2::timestamptz, statement_timestamp())
+    SET consumed_at = coalesce($2::timestamptz, statement_timestamp()),
+        grace_ciphertext = NULL
     FROM family f
     WHERE t.digest = $1::bytea
       AND t.family_id = f.id
@@ -158,11 +215,12 @@ rotated AS (
 ),
 successor AS (
     INSERT INTO oauth_refresh_token (digest, pepper_id, family_id, parent_digest, scope, created_at,
-        expires_at)
+        expires_at, grace_ciphertext)
     SELECT $8::bytea, $9::text, r.id, r.parent_digest,
         coalesce($5::text[], r.granted_scope),
         coalesce($2::timestamptz, statement_timestamp()),
-        least(coalesce($2::timestamptz, statement_timestamp()) + $7::interval, r.family_expires_at)
+        least(coalesce($2::timestamptz, statement_timestamp()) + $7::interval, r.family_expires_at),
+        $10::bytea
     FROM rotated r
     RETURNING family_id, scope, expires_at
 )
@@ -181,6 +239,7 @@ type RefreshTokenRotateParams struct {
 	TTL              time.Duration
 	SuccessorDigest  []byte
 	PepperID         string
+	GraceCiphertext  []byte
 }
 
 type RefreshTokenRotateRow struct {
@@ -200,11 +259,16 @@ type RefreshTokenRotateRow struct {
 // key, the lifetimes and the scope all allow the rotation (I5). The successor carries the requested
 // scope, or else the granted one (RFC 6749 §6), and never outlives the family.
 //
-// A grace reuse (a lost response) is the same rotation of the family's live token: the caller,
-// holding the family lock, presents the live token's digest and names its consumed parent, which
-// the client presented, as grace_parent. The parent's grace count goes up and the successor takes
-// the live token's place under the same parent, so the family never holds two live tokens. The
-// live token is consumed only if it is that parent's child.
+// The successor row keeps grace_ciphertext, the successor encrypted under a key only the presented
+// token's holder can derive, so that a lost response retried within the grace window gets the
+// same successor back (RefreshTokenGraceReuse). Consuming a token clears its own ciphertext.
+//
+// For a successor made before grace_ciphertext existed, a grace reuse (a lost response) is the
+// same rotation of the family's live token: the caller, holding the family lock, presents the live
+// token's digest and names its consumed parent, which the client presented, as grace_parent. The
+// parent's grace count goes up and the successor takes the live token's place under the same
+// parent, so the family never holds two live tokens. The live token is consumed only if it is that
+// parent's child.
 //
 // The digest is a single value (the current pepper's; the caller finds a token made under an older
 // pepper on the refused path), so that PostgreSQL can keep one generic plan for the statement
@@ -225,6 +289,7 @@ func (q *Queries) RefreshTokenRotate(ctx context.Context, db DBTX, arg RefreshTo
 		arg.TTL,
 		arg.SuccessorDigest,
 		arg.PepperID,
+		arg.GraceCiphertext,
 	)
 	var i RefreshTokenRotateRow
 	err := row.Scan(

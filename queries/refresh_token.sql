@@ -13,9 +13,10 @@ FROM oauth_refresh_token t
 JOIN oauth_family f ON f.id = t.family_id
 WHERE t.digest = ANY(@digests::bytea[]);
 
--- RefreshTokenGetLive returns the family's one live token, if any.
+-- RefreshTokenGetLive returns the family's one live token, if any, with the encrypted copy of it
+-- that its parent's holder can open.
 -- name: RefreshTokenGetLive :one
-SELECT digest, parent_digest, expires_at
+SELECT digest, parent_digest, scope, expires_at, grace_ciphertext
 FROM oauth_refresh_token
 WHERE family_id = @family_id::uuid
   AND consumed_at IS NULL;
@@ -28,11 +29,16 @@ WHERE family_id = @family_id::uuid
 -- key, the lifetimes and the scope all allow the rotation (I5). The successor carries the requested
 -- scope, or else the granted one (RFC 6749 §6), and never outlives the family.
 --
--- A grace reuse (a lost response) is the same rotation of the family's live token: the caller,
--- holding the family lock, presents the live token's digest and names its consumed parent, which
--- the client presented, as grace_parent. The parent's grace count goes up and the successor takes
--- the live token's place under the same parent, so the family never holds two live tokens. The
--- live token is consumed only if it is that parent's child.
+-- The successor row keeps grace_ciphertext, the successor encrypted under a key only the presented
+-- token's holder can derive, so that a lost response retried within the grace window gets the
+-- same successor back (RefreshTokenGraceReuse). Consuming a token clears its own ciphertext.
+--
+-- For a successor made before grace_ciphertext existed, a grace reuse (a lost response) is the
+-- same rotation of the family's live token: the caller, holding the family lock, presents the live
+-- token's digest and names its consumed parent, which the client presented, as grace_parent. The
+-- parent's grace count goes up and the successor takes the live token's place under the same
+-- parent, so the family never holds two live tokens. The live token is consumed only if it is that
+-- parent's child.
 --
 -- The digest is a single value (the current pepper's; the caller finds a token made under an older
 -- pepper on the refused path), so that PostgreSQL can keep one generic plan for the statement
@@ -76,7 +82,8 @@ grace AS (
 ),
 consumed AS (
     UPDATE oauth_refresh_token t
-    SET consumed_at = coalesce(sqlc.narg('now')::timestamptz, statement_timestamp())
+    SET consumed_at = coalesce(sqlc.narg('now')::timestamptz, statement_timestamp()),
+        grace_ciphertext = NULL
     FROM family f
     WHERE t.digest = @digest::bytea
       AND t.family_id = f.id
@@ -99,14 +106,38 @@ rotated AS (
 ),
 successor AS (
     INSERT INTO oauth_refresh_token (digest, pepper_id, family_id, parent_digest, scope, created_at,
-        expires_at)
+        expires_at, grace_ciphertext)
     SELECT @successor_digest::bytea, @pepper_id::text, r.id, r.parent_digest,
         coalesce(sqlc.narg('scope')::text[], r.granted_scope),
         coalesce(sqlc.narg('now')::timestamptz, statement_timestamp()),
-        least(coalesce(sqlc.narg('now')::timestamptz, statement_timestamp()) + @ttl::interval, r.family_expires_at)
+        least(coalesce(sqlc.narg('now')::timestamptz, statement_timestamp()) + @ttl::interval, r.family_expires_at),
+        sqlc.narg('grace_ciphertext')::bytea
     FROM rotated r
     RETURNING family_id, scope, expires_at
 )
 SELECT r.id AS family_id, r.client_id, r.user_id, r.family_expires_at, s.scope, s.expires_at
 FROM rotated r
 JOIN successor s ON s.family_id = r.id;
+
+-- RefreshTokenGraceReuse counts one more presentation of a consumed parent within the grace window,
+-- whose holder gets the family's unused live token back. The caller holds the family lock.
+-- name: RefreshTokenGraceReuse :execrows
+UPDATE oauth_refresh_token
+SET grace_uses = grace_uses + 1
+WHERE digest = @digest::bytea
+  AND consumed_at IS NOT NULL;
+
+-- RefreshTokenClearGraceCiphertexts deletes one batch of ciphertexts older than the longest grace
+-- window: no client can use them any more.
+-- name: RefreshTokenClearGraceCiphertexts :execrows
+UPDATE oauth_refresh_token
+SET grace_ciphertext = NULL
+WHERE digest IN (
+    SELECT t.digest
+    FROM oauth_refresh_token t
+    WHERE t.grace_ciphertext IS NOT NULL
+      AND t.created_at < coalesce(sqlc.narg('now')::timestamptz, statement_timestamp()) - @grace_window::interval
+    ORDER BY t.created_at
+    LIMIT @batch_size::integer
+    FOR UPDATE SKIP LOCKED
+);

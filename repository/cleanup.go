@@ -37,7 +37,10 @@ type CleanupResult struct {
 	RefreshTokens      int64
 	AuthorizationCodes int64 // codes that expired unused; exchanged codes go with their family
 	States             int64
-	Batches            int
+	// GraceCiphertexts counts the sealed copies of unused successors older than the longest grace
+	// window, deleted: no client can use them any more.
+	GraceCiphertexts int64
+	Batches          int
 }
 
 // Cleanup deletes, in batches:
@@ -47,7 +50,8 @@ type CleanupResult struct {
 //     keeps its mark until its last token has expired, so replays stay detectable for as long as
 //     a token or code of the family could revoke anything (I4);
 //   - authorization codes that expired without being exchanged;
-//   - expired state bindings.
+//   - expired state bindings;
+//   - the sealed copies of unused successors (see Config.GraceWindow) older than MaxGraceWindow.
 //
 // Batches lock with SKIP LOCKED, so several cleaners can run at once and none waits on a rotation.
 // On error, the result counts the batches that committed.
@@ -59,7 +63,7 @@ func (a *Admin) Cleanup(ctx context.Context, opts CleanupOptions) (CleanupResult
 	}
 	// Families first, then codes, then states: batch after batch of each until none is left or
 	// the limit is reached.
-	for kind, count := range []*int64{&res.Families, &res.AuthorizationCodes, &res.States} {
+	for kind, count := range []*int64{&res.Families, &res.AuthorizationCodes, &res.States, &res.GraceCiphertexts} {
 		for more := true; more; {
 			n := opts.BatchSize
 			if opts.Limit > 0 {
@@ -97,6 +101,7 @@ const (
 	cleanupFamilies cleanupKind = iota
 	cleanupCodes
 	cleanupStates
+	cleanupGraceCiphertexts
 )
 
 // cleanupBatch deletes one batch of at most n rows of a kind and says whether more may be left. A
@@ -114,6 +119,8 @@ func (a *Admin) cleanupBatch(ctx context.Context, kind cleanupKind, n int, opts 
 			return err
 		case cleanupCodes:
 			deleted, err = a.q.AuthorizationCodeDeleteExpired(ctx, q, db.AuthorizationCodeDeleteExpiredParams{Now: a.now(), Retain: opts.Retain, BatchSize: int32(n)})
+		case cleanupGraceCiphertexts:
+			deleted, err = a.q.RefreshTokenClearGraceCiphertexts(ctx, q, db.RefreshTokenClearGraceCiphertextsParams{Now: a.now(), GraceWindow: MaxGraceWindow, BatchSize: int32(n)})
 		default:
 			deleted, err = a.q.StateDeleteExpired(ctx, q, db.StateDeleteExpiredParams{Now: a.now(), Retain: opts.Retain, BatchSize: int32(n)})
 		}

@@ -17,6 +17,18 @@ const (
 	MaxGraceWindow = 10 * time.Minute
 	// MaxGraceReuses bounds Config.GraceMaxReuses.
 	MaxGraceReuses = 100
+	// DefaultGraceWindow is the grace window of a zero Config: long enough for a client's
+	// automatic resend (golang.org/x/oauth2 resends a failed refresh at once), for tabs or
+	// processes refreshing together, and for a mobile client retrying after a short timeout;
+	// short enough that a stolen parent is of use to a thief only in the seconds after the
+	// victim's own refresh, and detected as a replay after that.
+	DefaultGraceWindow = 30 * time.Second
+	// DefaultGraceReuses is how many times a zero Config lets one parent be presented again within
+	// the window: a resend per tab for a handful of tabs.
+	DefaultGraceReuses = 10
+	// StrictRotation, as Config.GraceWindow, turns the grace window off: every consumed token
+	// presented again is a replay.
+	StrictRotation time.Duration = -1
 )
 
 // Config configures a Store.
@@ -38,13 +50,15 @@ type Config struct {
 	// family outlives it, and rotation never extends it. Zero means none (IssueRequest.Lifetime
 	// can still set one).
 	FamilyLifetime time.Duration
-	// GraceWindow lets a client whose rotation response was lost present the parent of its
-	// family's current token again, within this long after it was consumed. The unused current
-	// token is replaced, never joined, by a new one. Zero (the default) is strict rotation: every
-	// consumed token presented again is a replay.
+	// GraceWindow lets a client whose rotation response was lost, or two tabs refreshing at once,
+	// present the parent of its family's current token again, within this long after it was
+	// consumed, and get the same current token back as long as that is unused: one live token,
+	// no fork. Anything else consumed is a replay. Zero means DefaultGraceWindow; StrictRotation
+	// turns it off. Within the window, a thief who presents the parent gets the same token as
+	// the victim; the next divergence is detected as a replay.
 	GraceWindow time.Duration
 	// GraceMaxReuses is how many times one consumed token may be presented within the window.
-	// Zero means 1 when GraceWindow is set.
+	// Zero means DefaultGraceReuses.
 	GraceMaxReuses int
 	// CodeTTL is the lifetime of authorization codes; zero means DefaultCodeTTL (60 s). At most
 	// MaxCodeTTL (10 minutes, RFC 6749 §4.1.2).
@@ -80,8 +94,11 @@ func (cfg Config) withDefaults() Config {
 	if cfg.RefreshTokenTTL == 0 {
 		cfg.RefreshTokenTTL = DefaultRefreshTokenTTL
 	}
-	if cfg.GraceMaxReuses == 0 && cfg.GraceWindow > 0 {
-		cfg.GraceMaxReuses = 1
+	if cfg.GraceWindow == 0 {
+		cfg.GraceWindow = DefaultGraceWindow
+	}
+	if cfg.GraceMaxReuses == 0 {
+		cfg.GraceMaxReuses = DefaultGraceReuses
 	}
 	if cfg.CodeTTL == 0 {
 		cfg.CodeTTL = DefaultCodeTTL
@@ -115,8 +132,8 @@ func (cfg Config) validate(withPepper bool) error {
 		}
 	}
 	switch {
-	case cfg.GraceWindow < 0 || cfg.GraceWindow > MaxGraceWindow:
-		return inputError("GraceWindow", "outside 0..10 minutes")
+	case cfg.GraceWindow != StrictRotation && (cfg.GraceWindow < 0 || cfg.GraceWindow > MaxGraceWindow):
+		return inputError("GraceWindow", "outside 0..10 minutes, and not StrictRotation")
 	case cfg.GraceMaxReuses < 0 || cfg.GraceMaxReuses > MaxGraceReuses:
 		return inputError("GraceMaxReuses", "outside 0..100")
 	case cfg.CodeTTL < time.Second || cfg.CodeTTL > MaxCodeTTL:

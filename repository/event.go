@@ -20,8 +20,9 @@ const (
 	// family it produced is revoked. A replay of a code whose family was already revoked is
 	// reported at most once a minute per family.
 	EventCodeReplayDetected EventKind = "code_replay_detected"
-	// EventGraceReuse: the parent of a family's current token was presented within the grace
-	// window, and the unused current token was replaced.
+	// EventGraceReuse: the parent of a family's current token was presented again within the
+	// grace window (a lost response, another tab), and got the same unused current token back.
+	// It is not a replay. (A current token made before sealed copies were kept is replaced.)
 	EventGraceReuse EventKind = "grace_reuse"
 )
 

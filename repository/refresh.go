@@ -104,9 +104,10 @@ type RotateRequest struct {
 // successor commit together in one statement and one round trip (I2).
 //
 // A token that was already consumed is a replay: its family is revoked and ErrReplayDetected
-// returned — unless Config.GraceWindow allows a lost-response retry, in which case the family's
-// unused current token is replaced by the returned one. A wrong client, a wrong sender key, an
-// expired token or a scope beyond the grant consumes nothing (I5).
+// returned — unless it is the parent of the family's unused current token, presented again within
+// Config.GraceWindow (a lost response, two tabs refreshing at once): then that same current token
+// is returned again, and nothing else changes. A wrong client, a wrong sender key, an expired
+// token or a scope beyond the grant consumes nothing (I5).
 func (s *Store) Rotate(ctx context.Context, req RotateRequest) (*RefreshToken, error) {
 	if err := validateID("client_id", req.ClientID); err != nil {
 		return nil, err
@@ -130,6 +131,7 @@ func (s *Store) Rotate(ctx context.Context, req RotateRequest) (*RefreshToken, e
 		return nil, ErrTokenNotFound
 	}
 	token, successor, pepperID := s.refresh.mint()
+	r := rotation{successor: token, presented: req.Token}
 	// The happy path presents the digest under the current pepper; a token made under an older
 	// pepper of the ring is found on the refused path and rotated there.
 	params := db.RefreshTokenRotateParams{
@@ -142,17 +144,34 @@ func (s *Store) Rotate(ctx context.Context, req RotateRequest) (*RefreshToken, e
 		SuccessorDigest:  successor,
 		PepperID:         pepperID,
 	}
+	s.sealFor(&params, params.Digest, r)
 	row, err := s.q.RefreshTokenRotate(ctx, s.dbtx, params)
 	// Under a stricter default isolation level than READ COMMITTED, a rotation that waited for a
 	// concurrent one of the same family fails to serialize: it lost the race, as a READ COMMITTED
 	// one that found the token consumed, and is settled the same way.
 	if errors.Is(err, pgx.ErrNoRows) || isSerializationFailure(err) {
-		return s.rotateRefused(ctx, digests, params, token)
+		return s.rotateRefused(ctx, digests, params, r)
 	}
 	if err != nil {
 		return nil, dbError("rotate", err)
 	}
 	return rotatedToken(token, row), nil
+}
+
+// rotation is what a Rotate call carries beyond the statement's parameters: the successor it
+// minted, and the token presented, for which the successor is sealed.
+type rotation struct {
+	successor Secret
+	presented string
+}
+
+// sealFor sets the successor's grace ciphertext in p, for the holder of the parent with the given
+// digest (the token presented); none when the grace window is off.
+func (s *Store) sealFor(p *db.RefreshTokenRotateParams, parentDigest []byte, r rotation) {
+	p.GraceCiphertext = nil
+	if s.graceWindow > 0 {
+		p.GraceCiphertext = sealSuccessor(r.presented, parentDigest, p.SuccessorDigest, r.successor)
+	}
 }
 
 // refusedRotation is what a refused rotation comes to: a successor after all (grace reuse, or a
@@ -172,7 +191,7 @@ type refusedRotation struct {
 // change. Anything else is decided holding the family lock, so that what it reads is the latest
 // committed state and cannot change underneath, and acted on: a grace reuse, a replay's
 // revocation, or a refusal that changes nothing.
-func (s *Store) rotateRefused(ctx context.Context, digests [][]byte, p db.RefreshTokenRotateParams, token Secret) (*RefreshToken, error) {
+func (s *Store) rotateRefused(ctx context.Context, digests [][]byte, p db.RefreshTokenRotateParams, r rotation) (*RefreshToken, error) {
 	t, err := s.q.RefreshTokenGet(ctx, s.dbtx, db.RefreshTokenGetParams{Now: p.Now, Digests: digests})
 	if err := interpretError("rotate: read token", err, ErrTokenNotFound); err != nil {
 		return nil, err
@@ -183,7 +202,7 @@ func (s *Store) rotateRefused(ctx context.Context, digests [][]byte, p db.Refres
 	var out refusedRotation
 	err = s.inTx(ctx, "rotate", func(tx pgx.Tx) (bool, error) {
 		var err error
-		out, err = s.settleRefused(ctx, tx, digests, p, token)
+		out, err = s.settleRefused(ctx, tx, digests, p, r)
 		return out.commit, err
 	})
 	if err != nil {
@@ -215,7 +234,7 @@ func refuseForeign(t db.RefreshTokenGetRow, p db.RefreshTokenRotateParams) error
 	return nil
 }
 
-func (s *Store) settleRefused(ctx context.Context, tx pgx.Tx, digests [][]byte, p db.RefreshTokenRotateParams, token Secret) (refusedRotation, error) {
+func (s *Store) settleRefused(ctx context.Context, tx pgx.Tx, digests [][]byte, p db.RefreshTokenRotateParams, r rotation) (refusedRotation, error) {
 	if _, err := s.q.FamilyLockByToken(ctx, tx, digests); errors.Is(err, pgx.ErrNoRows) {
 		return refusedRotation{refusal: ErrTokenNotFound}, nil // deleted meanwhile
 	} else if err != nil {
@@ -231,7 +250,7 @@ func (s *Store) settleRefused(ctx context.Context, tx pgx.Tx, digests [][]byte, 
 	p.Now = &t.Now
 	switch {
 	case t.ConsumedAt != nil:
-		return s.settleConsumed(ctx, tx, p, t, token)
+		return s.settleConsumed(ctx, tx, p, t, r)
 	case t.RevokedAt != nil:
 		return refusedRotation{refusal: ErrFamilyRevoked}, nil
 	case s.refresh.retired(t.PepperID):
@@ -244,19 +263,42 @@ func (s *Store) settleRefused(ctx context.Context, tx pgx.Tx, digests [][]byte, 
 	// Nothing stands in the way: the token was made under an older pepper of the ring, or the first
 	// attempt met a rotation that rolled back. Rotate it under the digest it was found by.
 	p.Digest = t.Digest
+	s.sealFor(&p, p.Digest, r)
 	row, err := s.q.RefreshTokenRotate(ctx, tx, p)
 	if err != nil {
 		return refusedRotation{}, dbError("rotate", err)
 	}
 	return refusedRotation{
-		successor: rotatedToken(token, row),
+		successor: rotatedToken(r.successor, row),
 		commit:    true,
 	}, nil
 }
 
+// graceReuse hands the holder of t, the consumed parent of the family's unused live token, that
+// live token again, opened from the copy sealed for it, and counts the reuse. A live token made
+// before such copies were kept is replaced by a new one under the same parent instead.
+func (s *Store) graceReuse(ctx context.Context, tx pgx.Tx, p db.RefreshTokenRotateParams, t db.RefreshTokenGetRow,
+	live db.RefreshTokenGetLiveRow, r rotation) (*RefreshToken, error) {
+	if same, ok := openSuccessor(r.presented, t.Digest, live.Digest, live.GraceCiphertext); ok && s.refresh.matches(same, live.Digest) {
+		if _, err := s.q.RefreshTokenGraceReuse(ctx, tx, t.Digest); err != nil {
+			return nil, err
+		}
+		return newRefreshToken(same, live.ExpiresAt, t.FamilyExpiresAt, Grant{
+			FamilyID: t.FamilyID.String(), ClientID: t.ClientID, UserID: t.UserID, Scope: live.Scope,
+		}), nil
+	}
+	p.Digest, p.GraceParent = live.Digest, t.Digest
+	s.sealFor(&p, t.Digest, r)
+	row, err := s.q.RefreshTokenRotate(ctx, tx, p)
+	if err != nil {
+		return nil, err
+	}
+	return rotatedToken(r.successor, row), nil
+}
+
 // settleConsumed handles a consumed token presented by its own client: a grace reuse when the
 // window allows it, and otherwise a replay that revokes the family (RFC 6819 §5.2.2.3).
-func (s *Store) settleConsumed(ctx context.Context, tx pgx.Tx, p db.RefreshTokenRotateParams, t db.RefreshTokenGetRow, token Secret) (refusedRotation, error) {
+func (s *Store) settleConsumed(ctx context.Context, tx pgx.Tx, p db.RefreshTokenRotateParams, t db.RefreshTokenGetRow, r rotation) (refusedRotation, error) {
 	now := *p.Now
 	e := Event{FamilyID: t.FamilyID.String(), ClientID: t.ClientID, UserID: t.UserID}
 	// A grace reuse needs a parent that is still within its own lifetime and the window, was made
@@ -269,22 +311,17 @@ func (s *Store) settleConsumed(ctx context.Context, tx pgx.Tx, p db.RefreshToken
 		case err != nil:
 			return refusedRotation{}, dbError("rotate: read live token", err)
 		case bytes.Equal(live.ParentDigest, t.Digest) && now.Before(live.ExpiresAt):
-			// The presented token is the parent of the unused current token: a lost response.
+			// The presented token is the parent of the unused current token: a lost response, or
+			// another tab. It gets that same token back.
 			if p.Scope != nil && !isSubset(p.Scope, t.GrantedScope) {
 				return refusedRotation{refusal: ErrInvalidScope}, nil
 			}
-			grace := p
-			grace.Digest, grace.GraceParent = live.Digest, t.Digest
-			row, err := s.q.RefreshTokenRotate(ctx, tx, grace)
+			e.Kind = EventGraceReuse
+			successor, err := s.graceReuse(ctx, tx, p, t, live, r)
 			if err != nil {
 				return refusedRotation{}, dbError("rotate: grace reuse", err)
 			}
-			e.Kind = EventGraceReuse
-			return refusedRotation{
-				successor: rotatedToken(token, row),
-				event:     &e,
-				commit:    true,
-			}, nil
+			return refusedRotation{successor: successor, event: &e, commit: true}, nil
 		}
 	}
 	e.Kind = EventReplayDetected

@@ -1,6 +1,9 @@
 package repository
 
 import (
+	"crypto/aes"
+	"crypto/cipher"
+	"crypto/hkdf"
 	"crypto/hmac"
 	"crypto/rand"
 	"crypto/sha256"
@@ -10,6 +13,7 @@ import (
 	"hash"
 	"log/slog"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 )
@@ -277,15 +281,21 @@ func (d *digester) mint() (Secret, []byte, string) {
 	return newSecret(tokenEncoding.EncodeToString(raw[:])), k.sum(raw[:]), k.pepperID
 }
 
+// decodeToken returns the random bytes of a credential this package minted, or false.
+func decodeToken(token string) ([tokenBytes]byte, bool) {
+	var raw [tokenBytes]byte
+	if len(token) != tokenLen {
+		return raw, false
+	}
+	n, err := tokenEncoding.Decode(raw[:], []byte(token))
+	return raw, err == nil && n == tokenBytes
+}
+
 // digestPresented returns the digests of a credential a client presented, one per pepper of the
 // ring, or false when it cannot be one this package minted.
 func (d *digester) digestPresented(token string) ([][]byte, bool) {
-	if len(token) != tokenLen {
-		return nil, false
-	}
-	var raw [tokenBytes]byte
-	n, err := tokenEncoding.Decode(raw[:], []byte(token))
-	if err != nil || n != tokenBytes {
+	raw, ok := decodeToken(token)
+	if !ok {
 		return nil, false
 	}
 	out := make([][]byte, len(d.keys))
@@ -315,4 +325,69 @@ func (d *digester) accepted(digests [][]byte) [][]byte {
 		}
 	}
 	return out
+}
+
+// The successor a rotation hands out is kept encrypted for the holder of its parent, so that a
+// lost response retried within the grace window gets the same successor back. The key comes from
+// the raw parent token, which the database never sees (it keeps a keyed digest of it): neither the
+// database nor the pepper opens the ciphertext. The associated data binds it to the parent's and
+// the successor's digests, so that it opens only as the copy of that successor.
+
+const graceKeyInfo = "oauthstore/v1/grace-successor"
+
+func graceAEAD(rawParent [tokenBytes]byte) cipher.AEAD {
+	key, err := hkdf.Key(sha256.New, rawParent[:], nil, graceKeyInfo, 32)
+	if err != nil {
+		panic(err) // only for a length beyond what HKDF-SHA-256 can give
+	}
+	block, err := aes.NewCipher(key)
+	if err != nil {
+		panic(err) // only for a key that is not 16, 24 or 32 bytes
+	}
+	aead, err := cipher.NewGCM(block)
+	if err != nil {
+		panic(err)
+	}
+	return aead
+}
+
+// sealSuccessor encrypts successor for the holder of the presented parent token: a random nonce
+// followed by the sealed token bytes.
+func sealSuccessor(presented string, parentDigest, successorDigest []byte, successor Secret) []byte {
+	rawParent, ok := decodeToken(presented)
+	rawSuccessor, ok2 := decodeToken(successor.Reveal())
+	if !ok || !ok2 {
+		return nil
+	}
+	aead := graceAEAD(rawParent)
+	nonce := make([]byte, aead.NonceSize(), aead.NonceSize()+tokenBytes+aead.Overhead())
+	_, _ = rand.Read(nonce)
+	return aead.Seal(nonce, nonce, rawSuccessor[:], graceAAD(parentDigest, successorDigest))
+}
+
+// openSuccessor opens what sealSuccessor sealed, with the presented parent token.
+func openSuccessor(presented string, parentDigest, successorDigest, sealed []byte) (Secret, bool) {
+	rawParent, ok := decodeToken(presented)
+	if !ok {
+		return Secret{}, false
+	}
+	aead := graceAEAD(rawParent)
+	if len(sealed) < aead.NonceSize() {
+		return Secret{}, false
+	}
+	raw, err := aead.Open(nil, sealed[:aead.NonceSize()], sealed[aead.NonceSize():], graceAAD(parentDigest, successorDigest))
+	if err != nil || len(raw) != tokenBytes {
+		return Secret{}, false
+	}
+	return newSecret(tokenEncoding.EncodeToString(raw)), true
+}
+
+func graceAAD(parentDigest, successorDigest []byte) []byte {
+	return append(append([]byte(graceKeyInfo+"\x00"), parentDigest...), successorDigest...)
+}
+
+// matches reports whether token's digest under some pepper of the ring is digest.
+func (d *digester) matches(token Secret, digest []byte) bool {
+	digests, ok := d.digestPresented(token.Reveal())
+	return ok && slices.ContainsFunc(digests, func(x []byte) bool { return hmac.Equal(x, digest) })
 }

@@ -70,7 +70,7 @@ func New(dbtx DBTX, cfg Config) (*Store, error) {
 		allowPlainPKCE: cfg.AllowPlainPKCE,
 		ttl:            cfg.RefreshTokenTTL,
 		familyLifetime: cfg.FamilyLifetime,
-		graceWindow:    cfg.GraceWindow,
+		graceWindow:    max(cfg.GraceWindow, 0), // StrictRotation: none
 		graceReuses:    cfg.GraceMaxReuses,
 	}
 	if tx, ok := dbtx.(pgx.Tx); ok {

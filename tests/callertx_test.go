@@ -30,7 +30,7 @@ func TestReplay_InACallerTransactionOnAConnNeverCommitsThatTransaction(t *testin
 		t.Fatal(err)
 	}
 	defer conn.Close(context.Background())
-	store, err := repository.New(conn, repository.Config{Pepper: repository.NewKey(b.pepper), Clock: b.clock.Now, Logger: slog.New(slog.NewJSONHandler(b.logs, nil))})
+	store, err := repository.New(conn, repository.Config{Pepper: repository.NewKey(b.pepper), GraceWindow: repository.StrictRotation, Clock: b.clock.Now, Logger: slog.New(slog.NewJSONHandler(b.logs, nil))})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -77,7 +77,7 @@ func TestReplay_InCallerTransactionsHoldingEveryPooledConnectionIsRevokedInBound
 	}
 	defer pool.Close()
 	var events sync.Map
-	store, err := repository.New(pool, repository.Config{Pepper: repository.NewKey(b.pepper), Clock: b.clock.Now, Logger: slog.New(slog.NewJSONHandler(b.logs, nil)),
+	store, err := repository.New(pool, repository.Config{Pepper: repository.NewKey(b.pepper), GraceWindow: repository.StrictRotation, Clock: b.clock.Now, Logger: slog.New(slog.NewJSONHandler(b.logs, nil)),
 		OnEvent: func(_ context.Context, e repository.Event) {
 			if e.Kind == repository.EventReplayDetected {
 				events.Store(e.FamilyID, e)
@@ -156,7 +156,7 @@ func TestReplay_WhileAnotherTransactionHoldsTheFamilyIsCommittedOutsideTheCaller
 	t.Parallel()
 	b := setup(t)
 	log := &eventLog{}
-	store, err := repository.New(b.pool, repository.Config{Pepper: repository.NewKey(b.pepper), Clock: b.clock.Now, Logger: slog.New(slog.NewJSONHandler(b.logs, nil)),
+	store, err := repository.New(b.pool, repository.Config{Pepper: repository.NewKey(b.pepper), GraceWindow: repository.StrictRotation, Clock: b.clock.Now, Logger: slog.New(slog.NewJSONHandler(b.logs, nil)),
 		OnEvent: log.add})
 	if err != nil {
 		t.Fatal(err)
@@ -233,7 +233,7 @@ func TestNew_OnACallerTransactionRevokesAReplayOutsideIt(t *testing.T) {
 	b := setup(t)
 	first, _ := b.replayed(t)
 	tx := b.begin(t)
-	s, err := repository.New(tx, repository.Config{Pepper: repository.NewKey(b.pepper), Clock: b.clock.Now, Logger: slog.New(slog.DiscardHandler)})
+	s, err := repository.New(tx, repository.Config{Pepper: repository.NewKey(b.pepper), GraceWindow: repository.StrictRotation, Clock: b.clock.Now, Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -275,7 +275,7 @@ func TestIsolation_AStricterDefaultStillRevokesEveryRacingReplay(t *testing.T) {
 			t.Parallel()
 			b := setup(t, setupOptions{realClock: true})
 			pool := strictDatabase(t, b, level)
-			store, err := repository.New(pool, repository.Config{Pepper: repository.NewKey(b.pepper), Logger: slog.New(slog.DiscardHandler)})
+			store, err := repository.New(pool, repository.Config{Pepper: repository.NewKey(b.pepper), GraceWindow: repository.StrictRotation, Logger: slog.New(slog.DiscardHandler)})
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -83,19 +83,19 @@ func TestCLI_MigrateUpDownVersionForce(t *testing.T) {
 	}
 	r := b.cli(t, "migrate", "version", "--json")
 	r.json(t, &v)
-	if r.code != 0 || v.Version != 2 || v.Dirty {
+	if r.code != 0 || v.Version != 3 || v.Dirty {
 		t.Fatalf("version: %+v %+v", r, v)
 	}
-	if r = b.cli(t, "migrate", "down", "1"); r.code != 0 || !strings.Contains(r.stdout, "schema version 1") {
-		t.Fatalf("down 1: %+v", r)
+	if r = b.cli(t, "migrate", "down", "2"); r.code != 0 || !strings.Contains(r.stdout, "schema version 1") {
+		t.Fatalf("down 2: %+v", r)
 	}
 	if n := b.count(t, "SELECT count(*) FROM information_schema.tables WHERE table_name = 'oauth_authorization_code'"); n != 0 {
-		t.Fatal("down 1 left the codes table")
+		t.Fatal("down 2 left the codes table")
 	}
-	if r = b.cli(t, "migrate", "up"); r.code != 0 || !strings.Contains(r.stdout, "schema version 2") {
+	if r = b.cli(t, "migrate", "up"); r.code != 0 || !strings.Contains(r.stdout, "schema version 3") {
 		t.Fatalf("up: %+v", r)
 	}
-	if r = b.cli(t, "migrate", "force", "2"); r.code != 0 {
+	if r = b.cli(t, "migrate", "force", "3"); r.code != 0 {
 		t.Fatalf("force: %+v", r)
 	}
 	for _, args := range [][]string{{"migrate"}, {"migrate", "sideways"}, {"migrate", "down"}, {"migrate", "down", "0"}, {"migrate", "force", "x"}} {

@@ -52,6 +52,13 @@ func (b *bundle) remember(secrets ...repository.Secret) {
 	}
 }
 
+// rememberRaw records raw credentials a client received, as remember does.
+func (b *bundle) rememberRaw(raw ...string) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.secrets = append(b.secrets, raw...)
+}
+
 // checkSecretHygiene looks for every raw credential the test created, and the pepper, in every
 // row of every table and in the store's log: none may be there (I6).
 func (b *bundle) checkSecretHygiene(t *testing.T) {
@@ -106,7 +113,10 @@ func setup(t *testing.T, opts ...setupOptions) *bundle {
 	b.clock.Set(time.Date(2030, 1, 1, 12, 0, 0, 0, time.UTC))
 	b.pepper = make([]byte, 32)
 	_, _ = rand.Read(b.pepper)
+	// Strict rotation unless a test asks for grace (withGrace): most tests present consumed tokens
+	// to see them refused. The defaults have their own tests.
 	cfg := repository.Config{
+		GraceWindow:     repository.StrictRotation,
 		Pepper:          repository.NewKey(b.pepper),
 		RefreshTokenTTL: 24 * time.Hour,
 		Logger:          slog.New(slog.NewJSONHandler(b.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),

@@ -66,6 +66,9 @@ type mToken struct {
 	consumedAt time.Time
 	graceUses  int
 	scope      string
+	// sealed: a rotation by a store with a grace window made it, and kept a copy of it sealed for
+	// its parent's holder, who gets this same token back on a grace reuse.
+	sealed bool
 }
 
 type mFamily struct {
@@ -463,8 +466,15 @@ func (m *modelRun) rotate(f *mFamily, t *mToken, client, key string, grace bool,
 		m.stats.add([...]string{"", "replay revoked in a transaction that committed", "replay revoked in a transaction that rolled back"}[v])
 	}
 	if v == viaTxRollback && (kind == rotSuccess || kind == rotGraceReuse) {
-		// The rollback undid the rotation: the token handed out never existed.
-		m.checkToken(label, got, f, ttl, successorScope)
+		// The rollback undid the rotation: a new token handed out never existed, and a grace
+		// reuse was not counted.
+		if live := f.live(); kind == rotGraceReuse && live.sealed {
+			if got.Token.Reveal() != live.secret {
+				m.rt.Fatalf("#%d %s: a grace reuse returned another token than the live t%d", m.step, label, live.n)
+			}
+		} else {
+			m.checkToken(label, got, f, ttl, successorScope)
+		}
 		m.stats.add("rotate ok, rolled back")
 		return
 	}
@@ -472,15 +482,26 @@ func (m *modelRun) rotate(f *mFamily, t *mToken, client, key string, grace bool,
 	case rotSuccess:
 		m.checkToken(label, got, f, ttl, successorScope)
 		t.consumed, t.consumedAt = true, now
-		m.addToken(f, got.Token.Reveal(), t.n, ttl, successorScope)
+		m.addToken(f, got.Token.Reveal(), t.n, ttl, successorScope).sealed = grace
 		f.rotations++
 	case rotGraceReuse:
-		m.stats.add("rotate ok (grace reuse)")
-		m.checkToken(label, got, f, ttl, successorScope)
 		live := f.live()
-		live.consumed, live.consumedAt = true, now
 		t.graceUses++
-		m.addToken(f, got.Token.Reveal(), t.n, ttl, successorScope)
+		if live.sealed {
+			// The same live token, as it was handed out.
+			m.stats.add("rotate ok (grace reuse, the same token)")
+			if got.Token.Reveal() != live.secret || !got.ExpiresAt.Equal(live.expires) || strings.Join(got.Scope, " ") != live.scope ||
+				got.FamilyID != f.id {
+				m.rt.Fatalf("#%d %s: a grace reuse returned %+v expiring %v, want the live token t%d (scope %q, expiring %v) again",
+					m.step, label, got.Grant, got.ExpiresAt, live.n, live.scope, live.expires)
+			}
+			break
+		}
+		// A live token made without a sealed copy (by a strict store) is replaced.
+		m.stats.add("rotate ok (grace reuse, replaced)")
+		m.checkToken(label, got, f, ttl, successorScope)
+		live.consumed, live.consumedAt = true, now
+		m.addToken(f, got.Token.Reveal(), t.n, ttl, successorScope).sealed = grace
 		f.rotations++
 	case rotReplayRevokes:
 		m.revoke(f, repository.ReasonReplayDetected)

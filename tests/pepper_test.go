@@ -16,7 +16,7 @@ func TestPepper_RetiringAPepperKeepsRecognisingItsReplaysAndUsageSaysWhatDepends
 	old := repository.Pepper{ID: "old", Secret: repository.NewKey(bytes.Repeat([]byte{1}, 32))}
 	cur := repository.Pepper{ID: "new", Secret: repository.NewKey(bytes.Repeat([]byte{2}, 32))}
 	store := func(ring ...repository.Pepper) *repository.Store {
-		s, err := repository.New(b.pool, repository.Config{Peppers: ring, Clock: b.clock.Now, Logger: slog.New(slog.DiscardHandler)})
+		s, err := repository.New(b.pool, repository.Config{Peppers: ring, GraceWindow: repository.StrictRotation, Clock: b.clock.Now, Logger: slog.New(slog.DiscardHandler)})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -95,7 +95,7 @@ func TestPepper_OldPepperTokenRotatesIntoTheCurrentPepperAndARetiredPepperIsRefu
 	k1 := repository.Pepper{ID: "k1", Secret: repository.NewKey(bytes.Repeat([]byte{1}, 32))}
 	k2 := repository.Pepper{ID: "k2", Secret: repository.NewKey(bytes.Repeat([]byte{2}, 32))}
 	store := func(ring ...repository.Pepper) *repository.Store {
-		s, err := repository.New(b.pool, repository.Config{Peppers: ring, Clock: b.clock.Now, Logger: slog.New(slog.DiscardHandler)})
+		s, err := repository.New(b.pool, repository.Config{Peppers: ring, GraceWindow: repository.StrictRotation, Clock: b.clock.Now, Logger: slog.New(slog.DiscardHandler)})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -32,15 +32,12 @@ func TestGrace_TwoClientsRacingOneTokenLeaveOneLiveTokenAndTheFamilyAlive(t *tes
 		if n := b.liveTokens(t, first.FamilyID); n != 1 {
 			t.Fatalf("family holds %d live tokens, want 1", n)
 		}
-		// Exactly one of the two tokens handed out is the live one.
-		live := 0
-		for _, tok := range got {
-			if _, err := b.store.Peek(b.ctx, tok.Token.Reveal(), tok.ClientID); err == nil {
-				live++
-			}
+		// Both racers hold the same token, and it is the live one.
+		if got[0].Token.Reveal() != got[1].Token.Reveal() {
+			t.Fatal("the racers got different tokens: the family forked")
 		}
-		if live != 1 {
-			t.Fatalf("%d of the racers' tokens are live, want 1", live)
+		if _, err := b.store.Peek(b.ctx, got[0].Token.Reveal(), got[0].ClientID); err != nil {
+			t.Fatalf("the racers' token is not live: %v", err)
 		}
 	}
 }
@@ -64,8 +61,12 @@ func TestGrace_LostResponseRetrySucceedsWithinTheWindow(t *testing.T) {
 	if n := b.liveTokens(t, t1.FamilyID); n != 1 {
 		t.Fatalf("%d live tokens after the grace reuse, want 1", n)
 	}
-	if _, err := b.store.Peek(b.ctx, lost.Token.Reveal(), lost.ClientID); !errors.Is(err, repository.ErrTokenConsumed) {
-		t.Fatalf("the lost token after the grace reuse: %v, want it consumed", err)
+	// The retry gets the lost token itself, as it was handed out, and it is still live.
+	if t3.Token.Reveal() != lost.Token.Reveal() || !t3.ExpiresAt.Equal(lost.ExpiresAt) {
+		t.Fatal("the retry got another token than the lost one")
+	}
+	if _, err := b.store.Peek(b.ctx, lost.Token.Reveal(), lost.ClientID); err != nil {
+		t.Fatalf("the lost token after the grace reuse: %v, want it live", err)
 	}
 	if !events.has(repository.EventGraceReuse, t1.FamilyID) {
 		t.Fatalf("no grace event: %+v", events.all())
@@ -74,8 +75,8 @@ func TestGrace_LostResponseRetrySucceedsWithinTheWindow(t *testing.T) {
 	if _, err := b.rotate(t3.Token, "client-a"); err != nil {
 		t.Fatalf("rotating the grace successor: %v", err)
 	}
-	if f := b.family(t, t1.FamilyID); f.RevokedAt != nil || f.RotationCount != 3 {
-		t.Fatalf("family: %+v", f)
+	if f := b.family(t, t1.FamilyID); f.RevokedAt != nil || f.RotationCount != 2 {
+		t.Fatalf("family: %+v, want two rotations (the retry is none)", f)
 	}
 }
 
@@ -114,8 +115,8 @@ func TestGrace_RetryPastTheCountRevokesTheFamily(t *testing.T) {
 	if f := b.family(t, t1.FamilyID); f.RevokedAt == nil {
 		t.Fatal("family not revoked")
 	}
-	if n := b.count(t, "SELECT count(*) FROM oauth_refresh_token WHERE family_id = $1", t1.FamilyID); n != 4 {
-		t.Fatalf("%d token rows, want 4 (t1, its first successor and two replacements)", n)
+	if n := b.count(t, "SELECT count(*) FROM oauth_refresh_token WHERE family_id = $1", t1.FamilyID); n != 2 {
+		t.Fatalf("%d token rows, want 2 (t1 and its successor, handed out three times)", n)
 	}
 }
 
@@ -309,5 +310,117 @@ func TestGrace_AnExpiredParentIsAReplayInsideTheWindow(t *testing.T) {
 	b.clock.Advance(time.Minute) // the parent has expired; the window is still open
 	if _, err := b.rotate(first.Token, "client-a"); !errors.Is(err, repository.ErrReplayDetected) {
 		t.Fatalf("an expired parent inside the window: %v, want ErrReplayDetected", err)
+	}
+}
+
+func TestGrace_EightRacersPresentingOneParentAllGetTheSameToken(t *testing.T) {
+	t.Parallel()
+	b := setup(t, withGrace(time.Minute, 10))
+	const trials, racers = 20, 8
+	for i := range trials {
+		first := b.issue(t)
+		got := make([]*repository.RefreshToken, racers)
+		for r, err := range race(racers, func(r int) (err error) {
+			got[r], err = b.rotate(first.Token, "client-a")
+			return err
+		}) {
+			if err != nil {
+				t.Fatalf("trial %d, racer %d: %v; within the window every racer gets the token", i, r, err)
+			}
+		}
+		for r := range got {
+			if got[r].Token.Reveal() != got[0].Token.Reveal() || !got[r].ExpiresAt.Equal(got[0].ExpiresAt) {
+				t.Fatalf("trial %d: racers %d and 0 got different tokens: the family forked", i, r)
+			}
+		}
+		b.assertAliveWithOneLiveToken(t, first.FamilyID)
+		if n := b.family(t, first.FamilyID).RotationCount; n != 1 {
+			t.Fatalf("trial %d: %d rotations, want 1", i, n)
+		}
+	}
+	b.checkInvariants(t, "after the races")
+}
+
+func TestGrace_ARacerRotatingTheLiveTokenEndsItsParentsGrace(t *testing.T) {
+	t.Parallel()
+	b := setup(t, withGrace(time.Minute, 10))
+	const racers = 6
+	var trials, sameToken, replays int64
+	var q quota
+	q.need("parents presented before the live token's rotation (the same token back)", 20, func() int64 { return sameToken })
+	q.need("parents presented after it (replays)", 20, func() int64 { return replays })
+	for ; (trials < 50 || !q.met()) && trials < 1000; trials++ {
+		first := b.issue(t)
+		live, err := b.rotate(first.Token, "client-a")
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Racer 0 rotates the live token; the others present its parent.
+		got := make([]*repository.RefreshToken, racers)
+		errs := race(racers, func(r int) (err error) {
+			presented := first.Token
+			if r == 0 {
+				presented = live.Token
+			}
+			got[r], err = b.rotate(presented, "client-a")
+			return err
+		})
+		if errs[0] != nil {
+			t.Fatalf("trial %d: the live token's rotation: %v", trials, errs[0])
+		}
+		replayed := false
+		for r := 1; r < racers; r++ {
+			switch {
+			case errs[r] == nil && got[r].Token.Reveal() == live.Token.Reveal():
+				sameToken++
+			case errors.Is(errs[r], repository.ErrReplayDetected):
+				replays++
+				replayed = true
+			default:
+				t.Fatalf("trial %d, racer %d: %v; want the live token back before its rotation, a replay after", trials, r, errs[r])
+			}
+		}
+		f := b.family(t, first.FamilyID)
+		if replayed != (f.RevokedAt != nil) {
+			t.Fatalf("trial %d: a parent came after the live token's rotation: %v, family revoked: %v", trials, replayed, f.RevokedAt != nil)
+		}
+		if n := b.liveTokens(t, first.FamilyID); n != 1 {
+			t.Fatalf("trial %d: %d unconsumed tokens", trials, n)
+		}
+	}
+	t.Logf("%d trials: %d parents got the live token back, %d were replays", trials, sameToken, replays)
+	q.check(t, "parents racing the live token's rotation")
+	b.checkInvariants(t, "after the races")
+}
+
+func TestGrace_TheSealedSuccessorIsDeletedWhenUsedAndAfterTheLongestWindow(t *testing.T) {
+	t.Parallel()
+	b := setup(t, withGrace(time.Minute, 3))
+	sealed := func(digestOf string) int {
+		return b.count(t, `SELECT count(*) FROM oauth_refresh_token WHERE family_id = $1 AND grace_ciphertext IS NOT NULL`, digestOf)
+	}
+	first := b.issue(t)
+	second, err := b.rotate(first.Token, "client-a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := sealed(first.FamilyID); n != 1 {
+		t.Fatalf("%d sealed successors after a rotation, want 1", n)
+	}
+	if _, err := b.rotate(second.Token, "client-a"); err != nil {
+		t.Fatal(err)
+	}
+	// Using the successor deleted its sealed copy; its own successor has one.
+	if n := b.count(t, `SELECT count(*) FROM oauth_refresh_token WHERE family_id = $1 AND consumed_at IS NOT NULL
+		AND grace_ciphertext IS NOT NULL`, first.FamilyID); n != 0 {
+		t.Fatalf("%d consumed tokens keep a sealed copy", n)
+	}
+	b.clock.Advance(repository.MaxGraceWindow + time.Second)
+	res, err := b.store.Cleanup(b.ctx, repository.CleanupOptions{})
+	if err != nil || res.GraceCiphertexts != 1 {
+		t.Fatalf("cleanup past the longest window: %+v, %v; want one sealed copy deleted", res, err)
+	}
+	if n := sealed(first.FamilyID); n != 0 {
+		t.Fatalf("%d sealed copies left past the longest window", n)
 	}
 }

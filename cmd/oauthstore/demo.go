@@ -64,11 +64,17 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		return err
 	}
 	step("2 rotate T1", "ok → T2; T1 is now a tombstone")
+	again, err := store.Rotate(ctx, repository.RotateRequest{Token: first.Token.Reveal(), ClientID: "demo-client"})
+	if err != nil || again.Token.Reveal() != second.Token.Reveal() {
+		return fmt.Errorf("resending T1 within the grace window: %v, want T2 again", err)
+	}
+	step("2b resend T1", "the response was lost: T2 again, the same token (grace window %s); still one live token",
+		repository.DefaultGraceWindow)
 	third, err := store.Rotate(ctx, repository.RotateRequest{Token: second.Token.Reveal(), ClientID: "demo-client"})
 	if err != nil {
 		return err
 	}
-	step("3 rotate T2", "ok → T3; the family holds exactly one live token")
+	step("3 rotate T2", "ok → T3; T1 is now a grandparent, which no window excuses")
 
 	_, err = store.Rotate(ctx, repository.RotateRequest{Token: first.Token.Reveal(), ClientID: "demo-client"})
 	if !errors.Is(err, repository.ErrReplayDetected) {

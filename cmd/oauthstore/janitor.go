@@ -63,11 +63,11 @@ func printCleanup(w io.Writer, asJSON bool, verb string, r repository.CleanupRes
 	if asJSON {
 		return writeJSON(w, map[string]any{
 			"families": r.Families, "refresh_tokens": r.RefreshTokens, "authorization_codes": r.AuthorizationCodes,
-			"states": r.States, "batches": r.Batches, "seconds": took.Seconds(), "rows_per_second": rate, "dry_run": took == 0,
+			"states": r.States, "grace_ciphertexts": r.GraceCiphertexts, "batches": r.Batches, "seconds": took.Seconds(), "rows_per_second": rate, "dry_run": took == 0,
 		})
 	}
-	_, err := fmt.Fprintf(w, "janitor: %s %d families, %d refresh tokens, %d authorization codes, %d states in %d batches (%s, %.0f rows/s)\n",
-		verb, r.Families, r.RefreshTokens, r.AuthorizationCodes, r.States, r.Batches, took.Round(time.Millisecond), rate)
+	_, err := fmt.Fprintf(w, "janitor: %s %d families, %d refresh tokens, %d authorization codes, %d states, %d expired grace copies in %d batches (%s, %.0f rows/s)\n",
+		verb, r.Families, r.RefreshTokens, r.AuthorizationCodes, r.States, r.GraceCiphertexts, r.Batches, took.Round(time.Millisecond), rate)
 	return err
 }
 
