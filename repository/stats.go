@@ -10,20 +10,36 @@ import (
 // Stats is the operator's view of the package's tables. Its counts scan the tables: gather it on
 // demand, not in a hot path.
 type Stats struct {
-	Families struct{ Live, Revoked, Expired int64 }
+	Families struct {
+		Live    int64 `json:"live"`
+		Revoked int64 `json:"revoked"`
+		Expired int64 `json:"expired"`
+	} `json:"families"`
 	// RefreshTokens: Live can be rotated now; Consumed are tombstones; Revoked are unconsumed in a
 	// revoked family; Expired are unconsumed past their idle lifetime.
-	RefreshTokens      struct{ Live, Consumed, Revoked, Expired int64 }
-	AuthorizationCodes struct{ Pending, Consumed, Expired int64 }
-	States             struct{ Pending, Expired int64 }
-	Tables             []TableSize
+	RefreshTokens struct {
+		Live     int64 `json:"live"`
+		Consumed int64 `json:"consumed"`
+		Revoked  int64 `json:"revoked"`
+		Expired  int64 `json:"expired"`
+	} `json:"refresh_tokens"`
+	AuthorizationCodes struct {
+		Pending  int64 `json:"pending"`
+		Consumed int64 `json:"consumed"`
+		Expired  int64 `json:"expired"`
+	} `json:"authorization_codes"`
+	States struct {
+		Pending int64 `json:"pending"`
+		Expired int64 `json:"expired"`
+	} `json:"states"`
+	Tables []TableSize `json:"tables"`
 }
 
 // TableSize is the size on disk of one table and of its indexes.
 type TableSize struct {
-	Table      string
-	TableBytes int64
-	IndexBytes int64
+	Table      string `json:"table"`
+	TableBytes int64  `json:"table_bytes"`
+	IndexBytes int64  `json:"index_bytes"`
 }
 
 // Stats counts the rows of every table by state and reports the tables' sizes.

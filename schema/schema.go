@@ -8,6 +8,8 @@ import (
 	"embed"
 	"errors"
 	"fmt"
+	"slices"
+	"strings"
 
 	"github.com/golang-migrate/migrate/v4"
 	pgxmigrate "github.com/golang-migrate/migrate/v4/database/pgx/v5"
@@ -79,4 +81,25 @@ func Migrate(ctx context.Context, pool *pgxpool.Pool) error {
 		return fmt.Errorf("schema: migrate up: %w", err)
 	}
 	return ctx.Err()
+}
+
+// Versions returns the versions of the embedded migrations, in order.
+func Versions() []uint {
+	entries, _ := files.ReadDir(".")
+	var out []uint
+	for _, e := range entries {
+		var v uint
+		var rest string
+		if n, _ := fmt.Sscanf(e.Name(), "%d_%s", &v, &rest); n == 2 && strings.HasSuffix(e.Name(), ".up.sql") {
+			out = append(out, v)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// Latest is the version of the newest embedded migration: the one this build of the package needs.
+func Latest() uint {
+	v := Versions()
+	return v[len(v)-1]
 }

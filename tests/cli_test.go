@@ -5,6 +5,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -51,8 +52,14 @@ type cliResult struct {
 // cli runs the built command against the test's database.
 func (b *bundle) cli(t *testing.T, args ...string) cliResult {
 	t.Helper()
+	return runCLI(t, []string{"DATABASE_URL=" + b.db.URL}, args...)
+}
+
+// runCLI runs the built command with env added to the environment.
+func runCLI(t *testing.T, env []string, args ...string) cliResult {
+	t.Helper()
 	cmd := exec.Command(oauthstoreBinary(t), args...)
-	cmd.Env = append(os.Environ(), "DATABASE_URL="+b.db.URL, "OAUTH_AT_REST_PEPPER=")
+	cmd.Env = append(append(os.Environ(), "DATABASE_URL=", "OAUTH_AT_REST_PEPPER="), env...)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	err := cmd.Run()
@@ -86,7 +93,7 @@ func TestCLI_MigrateUpDownVersionForce(t *testing.T) {
 	if r.code != 0 || v.Version != 3 || v.Dirty {
 		t.Fatalf("version: %+v %+v", r, v)
 	}
-	if r = b.cli(t, "migrate", "down", "2"); r.code != 0 || !strings.Contains(r.stdout, "schema version 1") {
+	if r = b.cli(t, "migrate", "down", "2", "--yes"); r.code != 0 || !strings.Contains(r.stdout, "schema version 1") {
 		t.Fatalf("down 2: %+v", r)
 	}
 	if n := b.count(t, "SELECT count(*) FROM information_schema.tables WHERE table_name = 'oauth_authorization_code'"); n != 0 {
@@ -153,7 +160,7 @@ func TestCLI_JanitorDeletesInBatchesAndDryRunDeletesNothing(t *testing.T) {
 	var done summary
 	r = b.cli(t, "janitor", "--batch-size", "3", "--json")
 	r.json(t, &done)
-	if r.code != 0 || done.Families != 7 || done.RefreshTokens != 14 || done.Batches != 7+1+1 {
+	if r.code != 0 || done.Families != 7 || done.RefreshTokens != 14 || done.Batches != 7+1+1+1 {
 		t.Fatalf("janitor: %+v %+v", r, done)
 	}
 	if _, err := b.store.Peek(b.ctx, live.Token.Reveal(), "client-a"); err != nil {
@@ -163,7 +170,7 @@ func TestCLI_JanitorDeletesInBatchesAndDryRunDeletesNothing(t *testing.T) {
 	if r.code != 0 || !strings.Contains(r.stdout, "janitor: deleted 0 families") {
 		t.Fatalf("summary line: %+v", r)
 	}
-	if r = b.cli(t, "janitor", "--batch-size", "-1"); r.code != 1 || !strings.Contains(r.stderr, "batch_size") {
+	if r = b.cli(t, "janitor", "--batch-size", "-1"); r.code != 2 || !strings.Contains(r.stderr, "batch_size") {
 		t.Fatalf("bad batch size: %+v", r)
 	}
 }
@@ -202,8 +209,19 @@ func TestCLI_RevokeByFamilyUserAndClient(t *testing.T) {
 			t.Errorf("%v: exit %d, want 2", args, r.code)
 		}
 	}
-	if r = b.cli(t, "revoke", "--family", "not-a-uuid", "--reason", "x"); r.code != 1 || !strings.Contains(r.stderr, "invalid input") {
+	// An invalid value is a usage error, said once, with one prefix.
+	if r = b.cli(t, "revoke", "--family", "not-a-uuid", "--reason", "x"); r.code != 2 || !strings.Contains(r.stderr, "invalid input") ||
+		strings.Count(r.stderr, "oauthstore:") != 1 {
 		t.Errorf("malformed id: %+v", r)
+	}
+	// A family revoked before is counted as nothing changed.
+	var again struct {
+		Revoked int64 `json:"revoked"`
+	}
+	r = b.cli(t, "revoke", "--family", one.FamilyID, "--reason", "again", "--json")
+	r.json(t, &again)
+	if r.code != 0 || again.Revoked != 0 {
+		t.Errorf("revoking a revoked family: %+v %+v, want 0 revoked", r, again)
 	}
 }
 
@@ -221,7 +239,14 @@ func TestCLI_SessionsListsAUsersActiveFamilies(t *testing.T) {
 		Scope    []string `json:"scope"`
 	}
 	r := b.cli(t, "sessions", "--user", "user-1", "--json")
-	r.json(t, &sessions)
+	var out struct {
+		Sessions  json.RawMessage `json:"sessions"`
+		Truncated bool            `json:"truncated"`
+	}
+	r.json(t, &out)
+	if err := json.Unmarshal(out.Sessions, &sessions); err != nil || out.Truncated {
+		t.Fatalf("sessions JSON: %v, truncated %v", err, out.Truncated)
+	}
 	if r.code != 0 || len(sessions) != 1 || sessions[0].FamilyID != a.FamilyID || sessions[0].ClientID != "client-a" {
 		t.Fatalf("sessions: %+v %+v", r, sessions)
 	}
@@ -332,6 +357,110 @@ func TestCLI_PepperStatusSaysWhatDependsOnEachPepperAndNeverPrintsOne(t *testing
 	for _, secret := range []string{base64.StdEncoding.EncodeToString(b.pepper), strings.TrimPrefix(fresh, "new:")} {
 		if strings.Contains(out, secret) {
 			t.Fatal("pepper status printed a pepper")
+		}
+	}
+}
+
+func TestCLI_MigrateDownAsksFirstAndRefusesWhatItCannotDo(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	b.issue(t)
+	before := b.tableChecksum(t)
+	r := b.cli(t, "migrate", "down", "1")
+	if r.code != 2 || !strings.Contains(r.stderr, "1 live families") || !strings.Contains(r.stderr, "--yes") {
+		t.Fatalf("down without --yes: %+v, want a refusal that says what would be lost", r)
+	}
+	for _, args := range [][]string{{"migrate", "down", "9", "--yes"}, {"migrate", "force", "99"}} {
+		if r = b.cli(t, args...); r.code != 2 {
+			t.Fatalf("%v: %+v, want a usage error", args, r)
+		}
+	}
+	if b.tableChecksum(t) != before || b.count(t, "SELECT version FROM oauthstore_schema_migrations") != 3 {
+		t.Fatal("a refused migrate changed the database")
+	}
+	if r = b.cli(t, "migrate", "down", "1", "--yes"); r.code != 0 || !strings.Contains(r.stdout, "schema version 2") {
+		t.Fatalf("down 1 --yes: %+v", r)
+	}
+	// A database behind this build is refused by the other commands, with the way out.
+	if r = b.cli(t, "stats"); r.code != 1 || !strings.Contains(r.stderr, "run `oauthstore migrate up`") {
+		t.Fatalf("stats on schema version 2: %+v", r)
+	}
+}
+
+func TestCLI_UsageErrorsExitTwoAndAreSaidOnce(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	for _, args := range [][]string{
+		{"janitor", "--batch-size", "-5"}, {"janitor", "--retain", "-1h"}, {"stats", "extra"},
+		{"sessions", "--user", "u", "--limit", "0"}, {"stats", "--no-such-flag"},
+	} {
+		r := b.cli(t, args...)
+		if r.code != 2 {
+			t.Errorf("%v: exit %d, want 2: %+v", args, r.code, r)
+		}
+		if n := strings.Count(r.stderr, "oauthstore: oauthstore:") + strings.Count(r.stderr, "flag provided but not defined: -no-such-flag"); n > 1 ||
+			strings.Count(r.stderr, "invalid input") > 1 {
+			t.Errorf("%v: the error is said more than once: %s", args, r.stderr)
+		}
+	}
+}
+
+func TestCLI_AnUnmigratedDatabaseSaysToMigrate(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	if _, err := b.pool.Exec(b.ctx, "DROP TABLE oauthstore_schema_migrations"); err != nil {
+		t.Fatal(err)
+	}
+	if r := b.cli(t, "sessions", "--user", "u"); r.code != 1 || !strings.Contains(r.stderr, "no oauthstore schema: run `oauthstore migrate up`") {
+		t.Fatalf("sessions on an unmigrated database: %+v", r)
+	}
+}
+
+func TestCLI_NeverPrintsThePasswordOfTheConnectionString(t *testing.T) {
+	t.Parallel()
+	const password = "Sup3rSecretPassw0rd"
+	url := "postgres://someone:" + password + "@127.0.0.1:1/db?connect_timeout=2"
+	var out strings.Builder
+	for _, args := range [][]string{
+		{"stats", "--help"}, {"janitor", "--help"}, {"revoke", "--help"}, {"sessions", "--help"}, {"migrate", "up", "--help"},
+		{"demo", "--help"}, {"pepper", "status", "--help"}, {"stats"}, {"migrate", "version"}, {"janitor", "--batch-size", "-5"},
+		{"stats", "--nope"},
+	} {
+		r := runCLI(t, []string{"DATABASE_URL=" + url}, args...)
+		out.WriteString(r.stdout + r.stderr)
+	}
+	r := runCLI(t, nil, "stats", "--database-url", "postgres://someone:"+password+"@127.0.0.1:1/db?sslmode=nonsense")
+	out.WriteString(r.stdout + r.stderr)
+	if r.code == 0 {
+		t.Fatal("stats on an unparsable connection string succeeded")
+	}
+	if strings.Contains(out.String(), password) {
+		t.Fatalf("a command printed the password:\n%s", out.String())
+	}
+}
+
+func TestCLI_GivesUpOnAServerThatNeverAnswers(t *testing.T) {
+	t.Parallel()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() { // accepts, and never says a word
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			defer c.Close()
+		}
+	}()
+	url := "postgres://u@" + ln.Addr().String() + "/db"
+	for _, args := range [][]string{{"stats"}, {"migrate", "up"}, {"janitor"}} {
+		start := time.Now()
+		r := runCLI(t, []string{"DATABASE_URL=" + url}, append(args, "--connect-timeout", "1s")...)
+		if took := time.Since(start); r.code != 1 || took > 20*time.Second {
+			t.Errorf("%v against a silent server: exit %d after %v: %+v", args, r.code, took, r)
 		}
 	}
 }

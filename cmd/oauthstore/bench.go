@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"os"
 	"strconv"
 	"strings"
 
@@ -31,7 +32,7 @@ Flags:
 
 func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("bench", stderr)
-	url := databaseURLFlag(fs)
+	db := databaseFlags(fs, false)
 	var opts bench.Options
 	fs.DurationVar(&opts.Duration, "duration", bench.DefaultDuration, "measured time of each cell")
 	fs.DurationVar(&opts.Warmup, "warmup", bench.DefaultWarmup, "warm-up of each cell before it is measured")
@@ -55,7 +56,7 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return err
 	}
 	if fs.NArg() > 0 {
-		return usageError{fmt.Sprintf("bench: unexpected argument %q", fs.Arg(0))}
+		return usageError{msg: fmt.Sprintf("bench: unexpected argument %q", fs.Arg(0))}
 	}
 	set := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
@@ -71,7 +72,10 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if opts.ScaleRows, err = intList("scale-rows", *scaleRows); err != nil {
 		return err
 	}
-	opts.DatabaseURL = *url
+	opts.DatabaseURL = db.url
+	if opts.DatabaseURL == "" {
+		opts.DatabaseURL = os.Getenv("DATABASE_URL")
+	}
 	opts.Progress = stderr
 	return bench.Run(ctx, opts, stdout)
 }
@@ -81,7 +85,7 @@ func intList(name, s string) ([]int, error) {
 	for f := range strings.SplitSeq(s, ",") {
 		n, err := strconv.Atoi(strings.TrimSpace(f))
 		if err != nil || n < 0 {
-			return nil, usageError{fmt.Sprintf("--%s: %q is not a list of counts", name, s)}
+			return nil, usageError{msg: fmt.Sprintf("--%s: %q is not a list of counts", name, s)}
 		}
 		out = append(out, n)
 	}

@@ -16,12 +16,12 @@ import (
 
 func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("demo", stderr)
-	url := databaseURLFlag(fs)
+	db := databaseFlags(fs, false)
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
 	began := time.Now()
-	d, err := openDatabase(ctx, *url, true, stderr)
+	d, err := openDatabase(ctx, db, true, stderr)
 	if err != nil {
 		return err
 	}
@@ -101,7 +101,11 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		return err
 	}
 	step("7 stored", "%d token rows, each only a %d-byte HMAC-SHA-256 digest; no raw token", rows, digestBytes)
-	step("done", "in %s; the demo family is deleted and a throwaway cluster removed", time.Since(began).Round(time.Millisecond))
+	left := "the demo family is deleted, the schema it migrated stays"
+	if d.throwaway {
+		left = "the throwaway cluster is removed"
+	}
+	step("done", "in %s; %s", time.Since(began).Round(time.Millisecond), left)
 	return w.Flush()
 }
 

@@ -12,7 +12,7 @@ import (
 
 func runJanitor(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("janitor", stderr)
-	url := databaseURLFlag(fs)
+	db := databaseFlags(fs, false)
 	batch := fs.Int("batch-size", repository.DefaultCleanupBatchSize, "rows deleted per statement, one short transaction each: codes or states, or whole families holding at most this many tokens")
 	limit := fs.Int("limit", 0, "stop after this many families, codes and states, each (0: no limit)")
 	retain := fs.Duration("retain", 0, "keep what is dead this much longer (extra time to keep evidence)")
@@ -22,7 +22,7 @@ func runJanitor(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
-	store, closeDB, err := adminStore(ctx, *url, stderr)
+	store, closeDB, err := adminStore(ctx, db, stderr)
 	if err != nil {
 		return err
 	}
@@ -44,11 +44,15 @@ func runJanitor(ctx context.Context, args []string, stdout, stderr io.Writer) er
 			rate := float64(done+r.RefreshTokens) / max(time.Since(began).Seconds(), 1e-3)
 			fmt.Fprintf(stderr, "\rjanitor: %d / ~%d families, codes and states (%d tokens), %.0f rows/s   ", done, total, r.RefreshTokens, rate)
 		}
-		defer fmt.Fprintln(stderr)
 	}
 	res, err := store.Cleanup(ctx, opts)
+	if opts.OnBatch != nil && res.Batches > 0 {
+		fmt.Fprintln(stderr) // the summary goes on a line of its own
+	}
 	if err != nil {
-		printCleanup(stderr, false, "deleted before the error", res, time.Since(began))
+		if res.Batches > 0 {
+			printCleanup(stderr, false, "deleted before the error", res, time.Since(began))
+		}
 		return err
 	}
 	return printCleanup(stdout, *asJSON, "deleted", res, time.Since(began))

@@ -14,7 +14,12 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
+	"time"
+
+	"github.com/jackc/pgerrcode"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/oauthstore/oauthstore/repository"
 )
@@ -91,24 +96,58 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	case errors.Is(err, flag.ErrHelp):
 		return exitOK
 	case errors.As(err, &u):
-		fmt.Fprintln(stderr, "oauthstore:", err)
+		if !u.printed {
+			printError(stderr, err)
+		}
+		return exitUsage
+	case errors.Is(err, repository.ErrInvalidInput):
+		printError(stderr, err)
 		return exitUsage
 	case errors.Is(err, repository.ErrFamilyNotFound):
-		fmt.Fprintln(stderr, "oauthstore:", err)
+		printError(stderr, err)
 		return exitNotFound
 	default:
-		fmt.Fprintln(stderr, "oauthstore:", err)
+		printError(stderr, err)
 		return exitError
 	}
 }
 
-type usageError struct{ msg string }
+// printError prints err once, with one "oauthstore: " prefix, and a hint when the database lacks
+// the schema.
+func printError(w io.Writer, err error) {
+	fmt.Fprintln(w, "oauthstore:", strings.TrimPrefix(err.Error(), "oauthstore: "))
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) && pgErr.Code == pgerrcode.UndefinedTable {
+		fmt.Fprintln(w, "oauthstore: the database has no oauthstore schema, or an old one: run `oauthstore migrate up`")
+	}
+}
+
+// usageError is a usage error (exit 2); printed is true when the flag package has printed it.
+type usageError struct {
+	msg     string
+	printed bool
+}
 
 func (e usageError) Error() string { return e.msg }
 
-// databaseURLFlag registers --database-url, defaulting to DATABASE_URL.
-func databaseURLFlag(fs *flag.FlagSet) *string {
-	return fs.String("database-url", os.Getenv("DATABASE_URL"), "PostgreSQL connection string (default $DATABASE_URL)")
+// dbFlags are how a command reaches its database.
+type dbFlags struct {
+	url              string
+	connectTimeout   time.Duration
+	statementTimeout time.Duration // 0: none (commands that write in batches)
+}
+
+// databaseFlags registers --database-url (default: $DATABASE_URL, whose value, which may hold a
+// password, is never printed) and --connect-timeout, and for read-only commands
+// --statement-timeout.
+func databaseFlags(fs *flag.FlagSet, readOnly bool) *dbFlags {
+	f := &dbFlags{}
+	fs.StringVar(&f.url, "database-url", "", "PostgreSQL connection string (default $DATABASE_URL)")
+	fs.DurationVar(&f.connectTimeout, "connect-timeout", 10*time.Second, "give up connecting after this long (0: the connection string's connect_timeout, or none)")
+	if readOnly {
+		fs.DurationVar(&f.statementTimeout, "statement-timeout", time.Minute, "cancel a statement that runs longer (0: none)")
+	}
+	return f
 }
 
 func newFlagSet(name string, stderr io.Writer) *flag.FlagSet {
@@ -117,12 +156,17 @@ func newFlagSet(name string, stderr io.Writer) *flag.FlagSet {
 	return fs
 }
 
+// parseFlags parses a command's flags and refuses arguments it does not take. The flag package
+// prints its own errors with the command's usage.
 func parseFlags(fs *flag.FlagSet, args []string) error {
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return err
 		}
-		return usageError{err.Error()}
+		return usageError{msg: err.Error(), printed: true}
+	}
+	if fs.NArg() > 0 {
+		return usageError{msg: fmt.Sprintf("%s: unexpected argument %q", fs.Name(), fs.Arg(0))}
 	}
 	return nil
 }

@@ -25,7 +25,7 @@ func runPepper(ctx context.Context, args []string, stdout, stderr io.Writer) err
 			fmt.Fprintln(stderr, pepperUsage)
 			return flag.ErrHelp
 		}
-		return usageError{pepperUsage}
+		return usageError{msg: pepperUsage}
 	}
 	fs := newFlagSet("pepper generate", stderr)
 	id := fs.String("id", time.Now().UTC().Format("2006-01-02"), "the new pepper's ID in the ring")
@@ -37,7 +37,7 @@ func runPepper(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	entry := *id + ":" + base64.StdEncoding.EncodeToString(secret)
 	// Validate the way the service will parse it.
 	if _, err := repository.ParsePepperRing(entry); err != nil {
-		return usageError{fmt.Sprintf("pepper generate: %v", err)}
+		return usageError{msg: fmt.Sprintf("pepper generate: %v", err)}
 	}
 	fmt.Fprintln(stdout, entry)
 	fmt.Fprintf(stderr, "Put it first in %s (id:base64,id:base64,…; the first is current). Keep the old entry until "+
@@ -59,7 +59,7 @@ type pepperStatus struct {
 // OAUTH_AT_REST_PEPPER (when set), whether it may be retired or removed.
 func runPepperStatus(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("pepper status", stderr)
-	url := databaseURLFlag(fs)
+	db := databaseFlags(fs, true)
 	asJSON := fs.Bool("json", false, "print JSON")
 	if err := parseFlags(fs, args); err != nil {
 		return err
@@ -71,7 +71,7 @@ func runPepperStatus(ctx context.Context, args []string, stdout, stderr io.Write
 			return err
 		}
 	}
-	store, closeDB, err := adminStore(ctx, *url, stderr)
+	store, closeDB, err := adminStore(ctx, db, stderr)
 	if err != nil {
 		return err
 	}

@@ -10,7 +10,7 @@ import (
 
 func runRevoke(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("revoke", stderr)
-	url := databaseURLFlag(fs)
+	db := databaseFlags(fs, false)
 	family := fs.String("family", "", "revoke this family (UUID)")
 	user := fs.String("user", "", "revoke every live family of this user (with --client: at that client only)")
 	client := fs.String("client", "", "revoke every live family of this client")
@@ -21,23 +21,30 @@ func runRevoke(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	}
 	switch {
 	case *reason == "":
-		return usageError{"revoke: --reason is required"}
+		return usageError{msg: "revoke: --reason is required"}
 	case *family != "" && (*user != "" || *client != ""):
-		return usageError{"revoke: --family goes alone"}
+		return usageError{msg: "revoke: --family goes alone"}
 	case *family == "" && *user == "" && *client == "":
-		return usageError{"revoke: name --family, --user or --client"}
+		return usageError{msg: "revoke: name --family, --user or --client"}
 	}
-	store, closeDB, err := adminStore(ctx, *url, stderr)
+	store, closeDB, err := adminStore(ctx, db, stderr)
 	if err != nil {
 		return err
 	}
 	defer closeDB()
+	// n counts the families this call revoked; one revoked before stays as it was.
 	var n int64
 	if *family != "" {
+		f, err := store.Family(ctx, *family)
+		if err != nil {
+			return err
+		}
 		if err := store.RevokeFamily(ctx, *family, *reason); err != nil {
 			return err
 		}
-		n = 1
+		if f.RevokedAt == nil {
+			n = 1
+		}
 	} else {
 		n, err = store.RevokeFamilies(ctx, repository.FamilyFilter{UserID: *user, ClientID: *client}, *reason)
 		if err != nil {
@@ -47,8 +54,8 @@ func runRevoke(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if *asJSON {
 		return writeJSON(stdout, map[string]any{"revoked": n})
 	}
-	if *family != "" {
-		_, err = fmt.Fprintf(stdout, "family %s is revoked\n", *family)
+	if *family != "" && n == 0 {
+		_, err = fmt.Fprintf(stdout, "family %s was already revoked; nothing changed\n", *family)
 		return err
 	}
 	_, err = fmt.Fprintf(stdout, "revoked %d families\n", n)

@@ -7,20 +7,26 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
+
+	"github.com/oauthstore/oauthstore/repository"
 )
 
 func runSessions(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("sessions", stderr)
-	url := databaseURLFlag(fs)
+	db := databaseFlags(fs, true)
 	user := fs.String("user", "", "the user whose active families to list (required)")
 	asJSON := fs.Bool("json", false, "print JSON")
+	limit := fs.Int("limit", 100, fmt.Sprintf("list at most this many, newest first (at most %d)", repository.MaxListedFamilies))
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
 	if *user == "" {
-		return usageError{"sessions: --user is required"}
+		return usageError{msg: "sessions: --user is required"}
 	}
-	store, closeDB, err := adminStore(ctx, *url, stderr)
+	if *limit < 1 || *limit > repository.MaxListedFamilies {
+		return usageError{msg: fmt.Sprintf("sessions: --limit must be 1..%d", repository.MaxListedFamilies)}
+	}
+	store, closeDB, err := adminStore(ctx, db, stderr)
 	if err != nil {
 		return err
 	}
@@ -29,6 +35,9 @@ func runSessions(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	if err != nil {
 		return err
 	}
+	// ActiveFamilies lists at most MaxListedFamilies: as many means there may be more.
+	truncated := len(families) > *limit || len(families) == repository.MaxListedFamilies
+	families = families[:min(len(families), *limit)]
 	if *asJSON {
 		type session struct {
 			FamilyID      string     `json:"family_id"`
@@ -46,7 +55,10 @@ func runSessions(ctx context.Context, args []string, stdout, stderr io.Writer) e
 			out = append(out, session{f.ID, f.ClientID, f.Scope, f.CreatedAt, f.LastRotatedAt, f.RotationCount,
 				f.IdleExpiresAt, f.ExpiresAt, f.SenderThumbprint != ""})
 		}
-		return writeJSON(stdout, out)
+		return writeJSON(stdout, map[string]any{"sessions": out, "truncated": truncated})
+	}
+	if truncated {
+		defer fmt.Fprintf(stdout, "(the %d newest; the user has more: --limit)\n", len(families))
 	}
 	if len(families) == 0 {
 		_, err := fmt.Fprintf(stdout, "no active sessions for user %s\n", *user)

@@ -9,12 +9,12 @@ import (
 
 func runStats(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("stats", stderr)
-	url := databaseURLFlag(fs)
+	db := databaseFlags(fs, true)
 	asJSON := fs.Bool("json", false, "print JSON")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
-	store, closeDB, err := adminStore(ctx, *url, stderr)
+	store, closeDB, err := adminStore(ctx, db, stderr)
 	if err != nil {
 		return err
 	}
