@@ -111,7 +111,7 @@ func (q *Queries) RefreshTokenGet(ctx context.Context, db DBTX, arg RefreshToken
 }
 
 const refreshTokenGetLive = `-- name: RefreshTokenGetLive :one
-SELECT digest, parent_digest, scope, expires_at, grace_ciphertext
+SELECT digest, pepper_id, parent_digest, scope, expires_at, grace_ciphertext
 FROM oauth_refresh_token
 WHERE family_id = $1::uuid
   AND consumed_at IS NULL
@@ -119,6 +119,7 @@ WHERE family_id = $1::uuid
 
 type RefreshTokenGetLiveRow struct {
 	Digest          []byte
+	PepperID        string
 	ParentDigest    []byte
 	Scope           []string
 	ExpiresAt       time.Time
@@ -132,6 +133,7 @@ func (q *Queries) RefreshTokenGetLive(ctx context.Context, db DBTX, familyID pgt
 	var i RefreshTokenGetLiveRow
 	err := row.Scan(
 		&i.Digest,
+		&i.PepperID,
 		&i.ParentDigest,
 		&i.Scope,
 		&i.ExpiresAt,

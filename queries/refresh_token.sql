@@ -16,7 +16,7 @@ WHERE t.digest = ANY(@digests::bytea[]);
 -- RefreshTokenGetLive returns the family's one live token, if any, with the encrypted copy of it
 -- that its parent's holder can open.
 -- name: RefreshTokenGetLive :one
-SELECT digest, parent_digest, scope, expires_at, grace_ciphertext
+SELECT digest, pepper_id, parent_digest, scope, expires_at, grace_ciphertext
 FROM oauth_refresh_token
 WHERE family_id = @family_id::uuid
   AND consumed_at IS NULL;

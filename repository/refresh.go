@@ -106,8 +106,9 @@ type RotateRequest struct {
 // A token that was already consumed is a replay: its family is revoked and ErrReplayDetected
 // returned — unless it is the parent of the family's unused current token, presented again within
 // Config.GraceWindow (a lost response, two tabs refreshing at once): then that same current token
-// is returned again, and nothing else changes. A wrong client, a wrong sender key, an expired
-// token or a scope beyond the grant consumes nothing (I5).
+// is returned again, with the scope and expiry it was issued with (a narrower scope asked for by
+// the resend is not applied), and only the parent's reuse count changes. A wrong client, a wrong
+// sender key, an expired token or a scope beyond the grant consumes nothing (I5).
 func (s *Store) Rotate(ctx context.Context, req RotateRequest) (*RefreshToken, error) {
 	if err := validateID("client_id", req.ClientID); err != nil {
 		return nil, err
@@ -144,7 +145,7 @@ func (s *Store) Rotate(ctx context.Context, req RotateRequest) (*RefreshToken, e
 		SuccessorDigest:  successor,
 		PepperID:         pepperID,
 	}
-	s.sealFor(&params, params.Digest, r)
+	s.sealFor(&params, params.Digest, s.refresh.currentPepperID(), r)
 	row, err := s.q.RefreshTokenRotate(ctx, s.dbtx, params)
 	// Under a stricter default isolation level than READ COMMITTED, a rotation that waited for a
 	// concurrent one of the same family fails to serialize: it lost the race, as a READ COMMITTED
@@ -166,11 +167,11 @@ type rotation struct {
 }
 
 // sealFor sets the successor's grace ciphertext in p, for the holder of the parent with the given
-// digest (the token presented); none when the grace window is off.
-func (s *Store) sealFor(p *db.RefreshTokenRotateParams, parentDigest []byte, r rotation) {
+// digest, made under the given pepper (the token presented); none when the grace window is off.
+func (s *Store) sealFor(p *db.RefreshTokenRotateParams, parentDigest []byte, parentPepperID string, r rotation) {
 	p.GraceCiphertext = nil
 	if s.graceWindow > 0 {
-		p.GraceCiphertext = sealSuccessor(r.presented, parentDigest, p.SuccessorDigest, r.successor)
+		p.GraceCiphertext = sealSuccessor(r.presented, s.refresh.graceSalt(parentPepperID), parentDigest, p.SuccessorDigest, r.successor)
 	}
 }
 
@@ -263,7 +264,7 @@ func (s *Store) settleRefused(ctx context.Context, tx pgx.Tx, digests [][]byte, 
 	// Nothing stands in the way: the token was made under an older pepper of the ring, or the first
 	// attempt met a rotation that rolled back. Rotate it under the digest it was found by.
 	p.Digest = t.Digest
-	s.sealFor(&p, p.Digest, r)
+	s.sealFor(&p, p.Digest, t.PepperID, r)
 	row, err := s.q.RefreshTokenRotate(ctx, tx, p)
 	if err != nil {
 		return refusedRotation{}, dbError("rotate", err)
@@ -279,7 +280,10 @@ func (s *Store) settleRefused(ctx context.Context, tx pgx.Tx, digests [][]byte, 
 // before such copies were kept is replaced by a new one under the same parent instead.
 func (s *Store) graceReuse(ctx context.Context, tx pgx.Tx, p db.RefreshTokenRotateParams, t db.RefreshTokenGetRow,
 	live db.RefreshTokenGetLiveRow, r rotation) (*RefreshToken, error) {
-	if same, ok := openSuccessor(r.presented, t.Digest, live.Digest, live.GraceCiphertext); ok && s.refresh.matches(same, live.Digest) {
+	// A live token made under a pepper retired since would be refused at its next rotation: it is
+	// replaced instead.
+	if same, ok := openSuccessor(r.presented, s.refresh.graceSalt(t.PepperID), t.Digest, live.Digest, live.GraceCiphertext); ok &&
+		!s.refresh.retired(live.PepperID) && s.refresh.matches(same, live.Digest) {
 		if _, err := s.q.RefreshTokenGraceReuse(ctx, tx, t.Digest); err != nil {
 			return nil, err
 		}
@@ -288,7 +292,7 @@ func (s *Store) graceReuse(ctx context.Context, tx pgx.Tx, p db.RefreshTokenRota
 		}), nil
 	}
 	p.Digest, p.GraceParent = live.Digest, t.Digest
-	s.sealFor(&p, t.Digest, r)
+	s.sealFor(&p, t.Digest, t.PepperID, r)
 	row, err := s.q.RefreshTokenRotate(ctx, tx, p)
 	if err != nil {
 		return nil, err

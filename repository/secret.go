@@ -245,6 +245,9 @@ type digestKey struct {
 	pepperID string
 	retired  bool
 	pool     sync.Pool
+	// graceSalt salts the key of the successors sealed for holders of tokens made under this
+	// pepper: the database and a stolen parent together do not open them.
+	graceSalt []byte
 }
 
 func newDigester(ring []Pepper, label string) *digester {
@@ -258,6 +261,9 @@ func newDigester(ring []Pepper, label string) *digester {
 		key := mac.Sum(nil)
 		d.keys[i].pepperID = p.ID
 		d.keys[i].retired = p.Retired
+		salt := hmac.New(sha256.New, p.Secret.Bytes())
+		salt.Write([]byte("oauthstore/v1/grace-salt/" + label))
+		d.keys[i].graceSalt = salt.Sum(nil)
 		d.keys[i].pool.New = func() any { return hmac.New(sha256.New, key) }
 	}
 	return d
@@ -329,14 +335,15 @@ func (d *digester) accepted(digests [][]byte) [][]byte {
 
 // The successor a rotation hands out is kept encrypted for the holder of its parent, so that a
 // lost response retried within the grace window gets the same successor back. The key comes from
-// the raw parent token, which the database never sees (it keeps a keyed digest of it): neither the
-// database nor the pepper opens the ciphertext. The associated data binds it to the parent's and
-// the successor's digests, so that it opens only as the copy of that successor.
+// the raw parent token, which the database never sees (it keeps a keyed digest of it), salted with
+// a key derived from the parent's pepper: neither the database with the pepper, nor the database
+// with a stolen parent, opens the ciphertext. The associated data binds it to the parent's and the
+// successor's digests, so that it opens only as the copy of that successor.
 
 const graceKeyInfo = "oauthstore/v1/grace-successor"
 
-func graceAEAD(rawParent [tokenBytes]byte) cipher.AEAD {
-	key, err := hkdf.Key(sha256.New, rawParent[:], nil, graceKeyInfo, 32)
+func graceAEAD(rawParent [tokenBytes]byte, salt []byte) cipher.AEAD {
+	key, err := hkdf.Key(sha256.New, rawParent[:], salt, graceKeyInfo, 32)
 	if err != nil {
 		panic(err) // only for a length beyond what HKDF-SHA-256 can give
 	}
@@ -351,27 +358,27 @@ func graceAEAD(rawParent [tokenBytes]byte) cipher.AEAD {
 	return aead
 }
 
-// sealSuccessor encrypts successor for the holder of the presented parent token: a random nonce
-// followed by the sealed token bytes.
-func sealSuccessor(presented string, parentDigest, successorDigest []byte, successor Secret) []byte {
+// sealSuccessor encrypts successor for the holder of the presented parent token, made under the
+// pepper with the given grace salt: a random nonce followed by the sealed token bytes.
+func sealSuccessor(presented string, salt, parentDigest, successorDigest []byte, successor Secret) []byte {
 	rawParent, ok := decodeToken(presented)
 	rawSuccessor, ok2 := decodeToken(successor.Reveal())
-	if !ok || !ok2 {
+	if !ok || !ok2 || salt == nil {
 		return nil
 	}
-	aead := graceAEAD(rawParent)
+	aead := graceAEAD(rawParent, salt)
 	nonce := make([]byte, aead.NonceSize(), aead.NonceSize()+tokenBytes+aead.Overhead())
 	_, _ = rand.Read(nonce)
 	return aead.Seal(nonce, nonce, rawSuccessor[:], graceAAD(parentDigest, successorDigest))
 }
 
 // openSuccessor opens what sealSuccessor sealed, with the presented parent token.
-func openSuccessor(presented string, parentDigest, successorDigest, sealed []byte) (Secret, bool) {
+func openSuccessor(presented string, salt, parentDigest, successorDigest, sealed []byte) (Secret, bool) {
 	rawParent, ok := decodeToken(presented)
-	if !ok {
+	if !ok || salt == nil {
 		return Secret{}, false
 	}
-	aead := graceAEAD(rawParent)
+	aead := graceAEAD(rawParent, salt)
 	if len(sealed) < aead.NonceSize() {
 		return Secret{}, false
 	}
@@ -391,3 +398,16 @@ func (d *digester) matches(token Secret, digest []byte) bool {
 	digests, ok := d.digestPresented(token.Reveal())
 	return ok && slices.ContainsFunc(digests, func(x []byte) bool { return hmac.Equal(x, digest) })
 }
+
+// graceSalt returns the grace salt of the pepper pepperID names, or nil when the ring lacks it.
+func (d *digester) graceSalt(pepperID string) []byte {
+	for i := range d.keys {
+		if d.keys[i].pepperID == pepperID {
+			return d.keys[i].graceSalt
+		}
+	}
+	return nil
+}
+
+// currentPepperID is the ID of the pepper new digests are made with.
+func (d *digester) currentPepperID() string { return d.keys[0].pepperID }

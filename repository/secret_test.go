@@ -254,30 +254,35 @@ func TestSealedSuccessor_OpensOnlyWithTheParentAndForItsDigests(t *testing.T) {
 	d := newDigester(ring(testPepper()), "refresh-token")
 	parent, parentDigest, _ := d.mint()
 	successor, successorDigest, _ := d.mint()
-	sealed := sealSuccessor(parent.Reveal(), parentDigest, successorDigest, successor)
+	salt := d.graceSalt(DefaultPepperID)
+	sealed := sealSuccessor(parent.Reveal(), salt, parentDigest, successorDigest, successor)
 	if len(sealed) != 12+tokenBytes+16 {
 		t.Fatalf("sealed copy of %d bytes", len(sealed))
 	}
-	got, ok := openSuccessor(parent.Reveal(), parentDigest, successorDigest, sealed)
+	got, ok := openSuccessor(parent.Reveal(), salt, parentDigest, successorDigest, sealed)
 	if !ok || got.Reveal() != successor.Reveal() {
 		t.Fatal("the parent's holder cannot open the sealed successor")
 	}
 	other, _, _ := d.mint()
+	other2 := newDigester(ring(bytes.Repeat([]byte{9}, 32)), "refresh-token")
 	for name, c := range map[string]struct {
 		presented   string
+		salt        []byte
 		parent, suc []byte
 		sealed      []byte
 	}{
-		"another token":          {other.Reveal(), parentDigest, successorDigest, sealed},
-		"the parent's digest":    {tokenEncoding.EncodeToString(parentDigest), parentDigest, successorDigest, sealed},
-		"the pepper":             {tokenEncoding.EncodeToString(testPepper()[:tokenBytes]), parentDigest, successorDigest, sealed},
-		"another successor":      {parent.Reveal(), parentDigest, parentDigest, sealed},
-		"another parent digest":  {parent.Reveal(), successorDigest, successorDigest, sealed},
-		"a flipped bit":          {parent.Reveal(), parentDigest, successorDigest, append(append([]byte(nil), sealed[:20]...), append([]byte{sealed[20] ^ 1}, sealed[21:]...)...)},
-		"a truncated ciphertext": {parent.Reveal(), parentDigest, successorDigest, sealed[:10]},
-		"nothing":                {parent.Reveal(), parentDigest, successorDigest, nil},
+		"another token":          {other.Reveal(), salt, parentDigest, successorDigest, sealed},
+		"the parent's digest":    {tokenEncoding.EncodeToString(parentDigest), salt, parentDigest, successorDigest, sealed},
+		"the pepper":             {tokenEncoding.EncodeToString(testPepper()[:tokenBytes]), salt, parentDigest, successorDigest, sealed},
+		"another successor":      {parent.Reveal(), salt, parentDigest, parentDigest, sealed},
+		"another parent digest":  {parent.Reveal(), salt, successorDigest, successorDigest, sealed},
+		"a flipped bit":          {parent.Reveal(), salt, parentDigest, successorDigest, append(append([]byte(nil), sealed[:20]...), append([]byte{sealed[20] ^ 1}, sealed[21:]...)...)},
+		"a truncated ciphertext": {parent.Reveal(), salt, parentDigest, successorDigest, sealed[:10]},
+		"nothing":                {parent.Reveal(), salt, parentDigest, successorDigest, nil},
+		"another pepper's salt":  {parent.Reveal(), other2.graceSalt(DefaultPepperID), parentDigest, successorDigest, sealed},
+		"no salt":                {parent.Reveal(), nil, parentDigest, successorDigest, sealed},
 	} {
-		if _, ok := openSuccessor(c.presented, c.parent, c.suc, c.sealed); ok {
+		if _, ok := openSuccessor(c.presented, c.salt, c.parent, c.suc, c.sealed); ok {
 			t.Errorf("%s opened the sealed successor", name)
 		}
 	}

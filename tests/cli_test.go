@@ -90,19 +90,19 @@ func TestCLI_MigrateUpDownVersionForce(t *testing.T) {
 	}
 	r := b.cli(t, "migrate", "version", "--json")
 	r.json(t, &v)
-	if r.code != 0 || v.Version != 3 || v.Dirty {
+	if r.code != 0 || v.Version != 4 || v.Dirty {
 		t.Fatalf("version: %+v %+v", r, v)
 	}
-	if r = b.cli(t, "migrate", "down", "2", "--yes"); r.code != 0 || !strings.Contains(r.stdout, "schema version 1") {
-		t.Fatalf("down 2: %+v", r)
+	if r = b.cli(t, "migrate", "down", "3", "--yes"); r.code != 0 || !strings.Contains(r.stdout, "schema version 1") {
+		t.Fatalf("down 3: %+v", r)
 	}
 	if n := b.count(t, "SELECT count(*) FROM information_schema.tables WHERE table_name = 'oauth_authorization_code'"); n != 0 {
-		t.Fatal("down 2 left the codes table")
+		t.Fatal("down 3 left the codes table")
 	}
-	if r = b.cli(t, "migrate", "up"); r.code != 0 || !strings.Contains(r.stdout, "schema version 3") {
+	if r = b.cli(t, "migrate", "up"); r.code != 0 || !strings.Contains(r.stdout, "schema version 4") {
 		t.Fatalf("up: %+v", r)
 	}
-	if r = b.cli(t, "migrate", "force", "3"); r.code != 0 {
+	if r = b.cli(t, "migrate", "force", "4"); r.code != 0 {
 		t.Fatalf("force: %+v", r)
 	}
 	for _, args := range [][]string{{"migrate"}, {"migrate", "sideways"}, {"migrate", "down"}, {"migrate", "down", "0"}, {"migrate", "force", "x"}} {
@@ -308,6 +308,9 @@ func TestCLI_DemoRunsAgainstDatabaseURLAndCleansUp(t *testing.T) {
 	if !strings.Contains(r.stderr, `replay_detected`) {
 		t.Fatalf("demo's replay event missing from stderr: %s", r.stderr)
 	}
+	if !strings.Contains(r.stdout, "the demo family is deleted, the schema it migrated stays") || strings.Contains(r.stdout, "throwaway") {
+		t.Fatalf("the demo on a given database does not say what it left: %s", r.stdout)
+	}
 	if n := b.count(t, "SELECT count(*) FROM oauth_family"); n != 0 {
 		t.Fatalf("the demo left %d families", n)
 	}
@@ -375,15 +378,15 @@ func TestCLI_MigrateDownAsksFirstAndRefusesWhatItCannotDo(t *testing.T) {
 			t.Fatalf("%v: %+v, want a usage error", args, r)
 		}
 	}
-	if b.tableChecksum(t) != before || b.count(t, "SELECT version FROM oauthstore_schema_migrations") != 3 {
+	if b.tableChecksum(t) != before || b.count(t, "SELECT version FROM oauthstore_schema_migrations") != 4 {
 		t.Fatal("a refused migrate changed the database")
 	}
-	if r = b.cli(t, "migrate", "down", "1", "--yes"); r.code != 0 || !strings.Contains(r.stdout, "schema version 2") {
+	if r = b.cli(t, "migrate", "down", "1", "--yes"); r.code != 0 || !strings.Contains(r.stdout, "schema version 3") {
 		t.Fatalf("down 1 --yes: %+v", r)
 	}
 	// A database behind this build is refused by the other commands, with the way out.
 	if r = b.cli(t, "stats"); r.code != 1 || !strings.Contains(r.stderr, "run `oauthstore migrate up`") {
-		t.Fatalf("stats on schema version 2: %+v", r)
+		t.Fatalf("stats on schema version 3: %+v", r)
 	}
 }
 
@@ -462,5 +465,74 @@ func TestCLI_GivesUpOnAServerThatNeverAnswers(t *testing.T) {
 		if took := time.Since(start); r.code != 1 || took > 20*time.Second {
 			t.Errorf("%v against a silent server: exit %d after %v: %+v", args, r.code, took, r)
 		}
+	}
+}
+
+func TestCLI_ReadOnlyCommandsGiveUpOnAStatementThatWaitsTooLong(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	tx := b.begin(t)
+	if _, err := tx.Exec(b.ctx, "LOCK TABLE oauth_family IN ACCESS EXCLUSIVE MODE"); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	r := b.cli(t, "stats", "--statement-timeout", "500ms")
+	if took := time.Since(start); r.code != 1 || took > 15*time.Second || !strings.Contains(r.stderr, "statement timeout") {
+		t.Fatalf("stats behind a lock with --statement-timeout 500ms: exit %d after %v: %+v", r.code, took, r)
+	}
+}
+
+func TestCLI_JanitorStopsOnInterruptAndSaysWhatItDid(t *testing.T) {
+	t.Parallel()
+	b := setup(t, setupOptions{realClock: true})
+	old := b.pastStore(t)
+	for range 5 {
+		tok, err := old.Issue(b.ctx, repository.IssueRequest{ClientID: "c", UserID: "u"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		b.remember(tok.Token)
+	}
+	cmd := exec.Command(oauthstoreBinary(t), "janitor", "--batch-size", "2", "--pause", "1m")
+	cmd.Env = append(os.Environ(), "DATABASE_URL="+b.db.URL, "OAUTH_AT_REST_PEPPER=")
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	// The first batch deletes two families, then the janitor pauses a minute: interrupt it there.
+	deadline := time.Now().Add(30 * time.Second)
+	for b.count(t, "SELECT count(*) FROM oauth_family") > 3 && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	start := time.Now()
+	if err := cmd.Process.Signal(os.Interrupt); err != nil {
+		t.Fatal(err)
+	}
+	err := cmd.Wait()
+	var exit *exec.ExitError
+	if !errors.As(err, &exit) || exit.ExitCode() != 1 || time.Since(start) > 10*time.Second ||
+		!strings.Contains(stderr.String(), "deleted before the error 2 families") {
+		t.Fatalf("janitor interrupted in its pause: %v after %v; stderr %s", err, time.Since(start), stderr.String())
+	}
+}
+
+func TestCLI_SessionsSaysWhenItShowsFewerThanThereAre(t *testing.T) {
+	t.Parallel()
+	b := setup(t, setupOptions{realClock: true})
+	for range 3 {
+		b.issue(t)
+	}
+	var out struct {
+		Sessions  []json.RawMessage `json:"sessions"`
+		Truncated bool              `json:"truncated"`
+	}
+	r := b.cli(t, "sessions", "--user", "user-1", "--limit", "2", "--json")
+	r.json(t, &out)
+	if r.code != 0 || len(out.Sessions) != 2 || !out.Truncated {
+		t.Fatalf("sessions --limit 2 of 3: %+v %+v", r, out)
+	}
+	if r = b.cli(t, "sessions", "--user", "user-1", "--limit", "2"); r.code != 0 || !strings.Contains(r.stdout, "the user has more") {
+		t.Fatalf("sessions table --limit 2 of 3: %+v", r)
 	}
 }

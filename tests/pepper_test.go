@@ -134,3 +134,32 @@ func TestPepper_OldPepperTokenRotatesIntoTheCurrentPepperAndARetiredPepperIsRefu
 		t.Fatalf("replay of an old-pepper tombstone: %v", err)
 	}
 }
+
+func TestPepper_AParentMadeUnderAnOlderPepperGetsTheSameSuccessorWithinTheWindow(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	old := repository.Pepper{ID: "old", Secret: repository.NewKey(bytes.Repeat([]byte{1}, 32))}
+	cur := repository.Pepper{ID: "new", Secret: repository.NewKey(bytes.Repeat([]byte{2}, 32))}
+	store := func(ring ...repository.Pepper) *repository.Store {
+		s, err := repository.New(b.pool, repository.Config{Peppers: ring, Clock: b.clock.Now, Logger: slog.New(slog.DiscardHandler)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	first, err := store(old).Issue(b.ctx, repository.IssueRequest{ClientID: "c", UserID: "u"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ring := store(cur, old) // the default grace window
+	next, err := ring.Rotate(b.ctx, repository.RotateRequest{Token: first.Token.Reveal(), ClientID: "c"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	again, err := ring.Rotate(b.ctx, repository.RotateRequest{Token: first.Token.Reveal(), ClientID: "c"})
+	if err != nil || again.Token.Reveal() != next.Token.Reveal() {
+		t.Fatalf("the old-pepper parent again within the window: %v; want the same successor", err)
+	}
+	b.remember(first.Token, next.Token)
+	b.assertAliveWithOneLiveToken(t, first.FamilyID)
+}

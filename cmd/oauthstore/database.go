@@ -31,6 +31,9 @@ type database struct {
 // and throwaway is allowed, to a new throwaway cluster that close removes. Its errors never show
 // the connection string.
 func openDatabase(ctx context.Context, f *dbFlags, throwaway bool, progress io.Writer) (*database, error) {
+	if err := f.validate(); err != nil {
+		return nil, err
+	}
 	url := f.url
 	if url == "" {
 		url = os.Getenv("DATABASE_URL")
@@ -61,7 +64,7 @@ func openDatabase(ctx context.Context, f *dbFlags, throwaway bool, progress io.W
 		// pgx's message quotes the string it could not parse: say only that.
 		return nil, usageError{msg: "the connection string is not valid (see https://www.postgresql.org/docs/current/libpq-connect.html#LIBPQ-CONNSTRING)"}
 	}
-	if f.connectTimeout > 0 {
+	if f.connectTimeout > 0 && cfg.ConnConfig.ConnectTimeout == 0 {
 		cfg.ConnConfig.ConnectTimeout = f.connectTimeout
 	}
 	if f.statementTimeout > 0 {

@@ -65,8 +65,11 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	}
 	step("2 rotate T1", "ok → T2; T1 is now a tombstone")
 	again, err := store.Rotate(ctx, repository.RotateRequest{Token: first.Token.Reveal(), ClientID: "demo-client"})
-	if err != nil || again.Token.Reveal() != second.Token.Reveal() {
-		return fmt.Errorf("resending T1 within the grace window: %v, want T2 again", err)
+	if err != nil {
+		return fmt.Errorf("resending T1 within the grace window: %w", err)
+	}
+	if again.Token.Reveal() != second.Token.Reveal() {
+		return errors.New("resending T1 within the grace window gave another token than T2")
 	}
 	step("2b resend T1", "the response was lost: T2 again, the same token (grace window %s); still one live token",
 		repository.DefaultGraceWindow)

@@ -36,24 +36,27 @@ const (
 const usage = `oauthstore: OAuth 2 refresh-token families and authorization codes in PostgreSQL
 
 Usage:
-  oauthstore migrate up | down N | version | force V   apply or inspect the embedded schema
+  oauthstore migrate up | down N --yes | version | force V   apply or inspect the embedded schema
   oauthstore janitor [--batch-size N] [--limit N] [--retain D] [--pause D] [--dry-run] [--json]
                                                        delete what is dead, in short batches
   oauthstore revoke (--family ID | --user ID [--client ID] | --client ID) --reason R [--json]
-  oauthstore sessions --user ID [--json]               a user's active families
+  oauthstore sessions --user ID [--limit N] [--json]   a user's active families
   oauthstore stats [--json]                            rows by state and sizes, per table
   oauthstore pepper generate [--id ID]                 a new random pepper in the ring format
   oauthstore pepper status [--json]                    what depends on each pepper: may it be retired?
   oauthstore demo                                      walk issue → rotate → replay → revoked
   oauthstore bench [flags]                             measure rotation throughput and latency
 
-Every command takes --database-url (default $DATABASE_URL) and --help. Without a database,
+Every command takes --database-url (default $DATABASE_URL, never printed), --connect-timeout
+and --help; the read-only ones --statement-timeout. Without a database,
 demo and bench start a throwaway PostgreSQL from the machine's server binaries.
 Exit codes: 0 done, 1 failed, 2 usage error, 3 not found.
 `
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	// The first signal asks the command to stop cleanly; a second one ends the process at once.
+	context.AfterFunc(ctx, stop)
 	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
 	stop()
 	os.Exit(code)
@@ -143,11 +146,22 @@ type dbFlags struct {
 func databaseFlags(fs *flag.FlagSet, readOnly bool) *dbFlags {
 	f := &dbFlags{}
 	fs.StringVar(&f.url, "database-url", "", "PostgreSQL connection string (default $DATABASE_URL)")
-	fs.DurationVar(&f.connectTimeout, "connect-timeout", 10*time.Second, "give up connecting after this long (0: the connection string's connect_timeout, or none)")
+	fs.DurationVar(&f.connectTimeout, "connect-timeout", 10*time.Second, "give up connecting after this long, unless the connection string sets connect_timeout (0: none)")
 	if readOnly {
-		fs.DurationVar(&f.statementTimeout, "statement-timeout", time.Minute, "cancel a statement that runs longer (0: none)")
+		fs.DurationVar(&f.statementTimeout, "statement-timeout", time.Minute, "cancel a statement that runs longer, at least 1ms (0: none)")
 	}
 	return f
+}
+
+// validate refuses timeouts that mean nothing.
+func (f *dbFlags) validate() error {
+	switch {
+	case f.connectTimeout < 0:
+		return usageError{msg: "--connect-timeout must not be negative"}
+	case f.statementTimeout < 0 || (f.statementTimeout > 0 && f.statementTimeout < time.Millisecond):
+		return usageError{msg: "--statement-timeout must be 0 or at least 1ms"}
+	}
+	return nil
 }
 
 func newFlagSet(name string, stderr io.Writer) *flag.FlagSet {

@@ -61,6 +61,14 @@ func runMigrate(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		return err
 	}
 	defer m.Close()
+	// golang-migrate does not take a context: on a signal, it stops after the migration it is in.
+	stop := context.AfterFunc(ctx, func() {
+		select {
+		case m.GracefulStop <- true:
+		default:
+		}
+	})
+	defer stop()
 	current, _, err := m.Version()
 	if err != nil && !errors.Is(err, migrate.ErrNilVersion) {
 		return fmt.Errorf("migrate %s: %w", action, err)
@@ -118,11 +126,16 @@ func confirmDown(ctx context.Context, d *database, current uint, n int, yes bool
 		return nil
 	}
 	var families, tokens, codes int64
-	_ = d.pool.QueryRow(ctx, `SELECT (SELECT count(*) FROM oauth_family WHERE revoked_at IS NULL AND idle_expires_at > now()),
+	err := d.pool.QueryRow(ctx, `SELECT (SELECT count(*) FROM oauth_family WHERE revoked_at IS NULL AND idle_expires_at > now()),
 		(SELECT count(*) FROM oauth_refresh_token), (SELECT count(*) FROM oauth_authorization_code WHERE consumed_at IS NOT NULL)`).
 		Scan(&families, &tokens, &codes)
-	fmt.Fprintf(stderr, "migrate down %d drops tables: %d live families (their users are signed out), %d refresh tokens and "+
-		"%d used codes (the evidence that detects their replay) may be lost.\n", n, families, tokens, codes)
+	if err != nil {
+		fmt.Fprintf(stderr, "migrate down %d drops tables, with the credentials in them and the evidence that detects their replay "+
+			"(what they hold could not be counted).\n", n)
+	} else {
+		fmt.Fprintf(stderr, "migrate down %d drops tables: %d live families (their users are signed out), %d refresh tokens and "+
+			"%d used codes (the evidence that detects their replay) may be lost.\n", n, families, tokens, codes)
+	}
 	return usageError{msg: fmt.Sprintf("migrate down %d: refused without --yes; nothing was changed", n)}
 }
 

@@ -1,0 +1,1 @@
+DROP INDEX CONCURRENTLY IF EXISTS oauth_refresh_token_grace_ciphertext_idx;
