@@ -46,12 +46,16 @@ SELECT
         WHERE c.family_id IS NULL
           AND c.expires_at < coalesce($1::timestamptz, statement_timestamp()) - $2::interval) AS authorization_codes,
     (SELECT count(*) FROM oauth_state s
-        WHERE s.expires_at < coalesce($1::timestamptz, statement_timestamp()) - $2::interval) AS states
+        WHERE s.expires_at < coalesce($1::timestamptz, statement_timestamp()) - $2::interval) AS states,
+    (SELECT count(*) FROM oauth_refresh_token t
+        WHERE t.grace_ciphertext IS NOT NULL
+          AND t.created_at < coalesce($1::timestamptz, statement_timestamp()) - $3::interval) AS grace_ciphertexts
 `
 
 type StatsCleanupBacklogParams struct {
-	Now    *time.Time
-	Retain time.Duration
+	Now         *time.Time
+	Retain      time.Duration
+	GraceWindow time.Duration
 }
 
 type StatsCleanupBacklogRow struct {
@@ -59,17 +63,19 @@ type StatsCleanupBacklogRow struct {
 	RefreshTokens      int64
 	AuthorizationCodes int64
 	States             int64
+	GraceCiphertexts   int64
 }
 
 // StatsCleanupBacklog counts what a cleanup with this retention would delete now.
 func (q *Queries) StatsCleanupBacklog(ctx context.Context, db DBTX, arg StatsCleanupBacklogParams) (StatsCleanupBacklogRow, error) {
-	row := db.QueryRow(ctx, statsCleanupBacklog, arg.Now, arg.Retain)
+	row := db.QueryRow(ctx, statsCleanupBacklog, arg.Now, arg.Retain, arg.GraceWindow)
 	var i StatsCleanupBacklogRow
 	err := row.Scan(
 		&i.Families,
 		&i.RefreshTokens,
 		&i.AuthorizationCodes,
 		&i.States,
+		&i.GraceCiphertexts,
 	)
 	return i, err
 }

@@ -57,4 +57,7 @@ SELECT
         WHERE c.family_id IS NULL
           AND c.expires_at < coalesce(sqlc.narg('now')::timestamptz, statement_timestamp()) - @retain::interval) AS authorization_codes,
     (SELECT count(*) FROM oauth_state s
-        WHERE s.expires_at < coalesce(sqlc.narg('now')::timestamptz, statement_timestamp()) - @retain::interval) AS states;
+        WHERE s.expires_at < coalesce(sqlc.narg('now')::timestamptz, statement_timestamp()) - @retain::interval) AS states,
+    (SELECT count(*) FROM oauth_refresh_token t
+        WHERE t.grace_ciphertext IS NOT NULL
+          AND t.created_at < coalesce(sqlc.narg('now')::timestamptz, statement_timestamp()) - @grace_window::interval) AS grace_ciphertexts;

@@ -81,11 +81,12 @@ func (a *Admin) CleanupBacklog(ctx context.Context, opts CleanupOptions) (Cleanu
 	if err := opts.withDefaults().validate(); err != nil {
 		return CleanupResult{}, err
 	}
-	r, err := a.q.StatsCleanupBacklog(ctx, a.dbtx, db.StatsCleanupBacklogParams{Now: a.now(), Retain: opts.Retain})
+	r, err := a.q.StatsCleanupBacklog(ctx, a.dbtx, db.StatsCleanupBacklogParams{Now: a.now(), Retain: opts.Retain, GraceWindow: MaxGraceWindow})
 	if err != nil {
 		return CleanupResult{}, dbError("cleanup backlog", err)
 	}
-	return CleanupResult{Families: r.Families, RefreshTokens: r.RefreshTokens, AuthorizationCodes: r.AuthorizationCodes, States: r.States}, nil
+	return CleanupResult{Families: r.Families, RefreshTokens: r.RefreshTokens, AuthorizationCodes: r.AuthorizationCodes, States: r.States,
+		GraceCiphertexts: r.GraceCiphertexts}, nil
 }
 
 // PepperUse is what still depends on one pepper of the ring, by the database clock.

@@ -395,7 +395,8 @@ func TestCLI_UsageErrorsExitTwoAndAreSaidOnce(t *testing.T) {
 	b := setup(t)
 	for _, args := range [][]string{
 		{"janitor", "--batch-size", "-5"}, {"janitor", "--retain", "-1h"}, {"stats", "extra"},
-		{"sessions", "--user", "u", "--limit", "0"}, {"stats", "--no-such-flag"},
+		{"sessions", "--user", "u", "--limit", "0"}, {"stats", "--no-such-flag"}, {"bench", "--workers", "0"},
+		{"stats", "--connect-timeout", "-1s"}, {"stats", "--statement-timeout", "1us"},
 	} {
 		r := b.cli(t, args...)
 		if r.code != 2 {

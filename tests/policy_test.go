@@ -416,6 +416,9 @@ func TestGrace_TheSealedSuccessorIsDeletedWhenUsedAndAfterTheLongestWindow(t *te
 		t.Fatalf("%d consumed tokens keep a sealed copy", n)
 	}
 	b.clock.Advance(repository.MaxGraceWindow + time.Second)
+	if backlog, err := b.store.CleanupBacklog(b.ctx, repository.CleanupOptions{}); err != nil || backlog.GraceCiphertexts != 1 {
+		t.Fatalf("backlog past the longest window: %+v, %v; want one sealed copy", backlog, err)
+	}
 	res, err := b.store.Cleanup(b.ctx, repository.CleanupOptions{})
 	if err != nil || res.GraceCiphertexts != 1 {
 		t.Fatalf("cleanup past the longest window: %+v, %v; want one sealed copy deleted", res, err)

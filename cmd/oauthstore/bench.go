@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -32,7 +33,9 @@ Flags:
 
 func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("bench", stderr)
-	db := databaseFlags(fs, false)
+	// The benchmark opens its own connections; it takes only the database.
+	db := &dbFlags{}
+	fs.StringVar(&db.url, "database-url", "", "PostgreSQL connection string (default $DATABASE_URL; without one, a throwaway cluster)")
 	var opts bench.Options
 	fs.DurationVar(&opts.Duration, "duration", bench.DefaultDuration, "measured time of each cell")
 	fs.DurationVar(&opts.Warmup, "warmup", bench.DefaultWarmup, "warm-up of each cell before it is measured")
@@ -55,9 +58,6 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
-	if fs.NArg() > 0 {
-		return usageError{msg: fmt.Sprintf("bench: unexpected argument %q", fs.Arg(0))}
-	}
 	set := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
 	var err error
@@ -77,7 +77,12 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		opts.DatabaseURL = os.Getenv("DATABASE_URL")
 	}
 	opts.Progress = stderr
-	return bench.Run(ctx, opts, stdout)
+	if err := bench.Run(ctx, opts, stdout); errors.Is(err, bench.ErrInvalidOptions) {
+		return usageError{msg: err.Error()}
+	} else if err != nil {
+		return err
+	}
+	return nil
 }
 
 func intList(name, s string) ([]int, error) {

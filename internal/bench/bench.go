@@ -135,34 +135,37 @@ func (o *Options) setDefaults() error {
 	}
 	switch {
 	case o.Duration < 0 || o.Duration > time.Hour:
-		return errors.New("duration outside 0..1h")
+		return fmt.Errorf("%w: duration outside 0..1h", ErrInvalidOptions)
 	case o.Warmup < 0 || o.Warmup > time.Minute:
-		return errors.New("warmup outside 0..1m")
+		return fmt.Errorf("%w: warmup outside 0..1m", ErrInvalidOptions)
 	case o.Rows < 0 || o.Rows > 100_000_000:
-		return errors.New("rows outside 0..100000000")
+		return fmt.Errorf("%w: rows outside 0..100000000", ErrInvalidOptions)
 	}
 	for _, w := range o.Workers {
 		if w < 1 || w > 180 {
-			return fmt.Errorf("worker count %d outside 1..180", w)
+			return fmt.Errorf("%w: worker count %d outside 1..180", ErrInvalidOptions, w)
 		}
 	}
 	for _, v := range o.Variants {
 		if _, ok := variantDescriptions[v]; !ok {
-			return fmt.Errorf("unknown variant %q (want a, b or c)", v)
+			return fmt.Errorf("%w: unknown variant %q (want a, b or c)", ErrInvalidOptions, v)
 		}
 	}
 	if o.Scale {
 		if !slices.IsSorted(o.ScaleRows) {
-			return errors.New("scale row counts must be ascending")
+			return fmt.Errorf("%w: scale row counts must be ascending", ErrInvalidOptions)
 		}
 		for _, n := range o.ScaleRows {
 			if n < 0 || n > 100_000_000 {
-				return fmt.Errorf("scale row count %d outside 0..100000000", n)
+				return fmt.Errorf("%w: scale row count %d outside 0..100000000", ErrInvalidOptions, n)
 			}
 		}
 	}
 	return nil
 }
+
+// ErrInvalidOptions is matched by every error of Run about its options.
+var ErrInvalidOptions = errors.New("bench: invalid options")
 
 // Run performs the benchmark and writes the report to out.
 func Run(ctx context.Context, opts Options, out io.Writer) (err error) {
