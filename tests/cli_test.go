@@ -533,7 +533,7 @@ func TestCLI_SessionsSaysWhenItShowsFewerThanThereAre(t *testing.T) {
 	if r.code != 0 || len(out.Sessions) != 2 || !out.Truncated {
 		t.Fatalf("sessions --limit 2 of 3: %+v %+v", r, out)
 	}
-	if r = b.cli(t, "sessions", "--user", "user-1", "--limit", "2"); r.code != 0 || !strings.Contains(r.stdout, "the user has more") {
+	if r = b.cli(t, "sessions", "--user", "user-1", "--limit", "2"); r.code != 0 || !strings.Contains(r.stdout, "the user may have more") {
 		t.Fatalf("sessions table --limit 2 of 3: %+v", r)
 	}
 }

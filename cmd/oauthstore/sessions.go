@@ -58,7 +58,7 @@ func runSessions(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		return writeJSON(stdout, map[string]any{"sessions": out, "truncated": truncated})
 	}
 	if truncated {
-		defer fmt.Fprintf(stdout, "(the %d newest; the user has more: --limit)\n", len(families))
+		defer fmt.Fprintf(stdout, "(the %d newest; the user may have more: --limit)\n", len(families))
 	}
 	if len(families) == 0 {
 		_, err := fmt.Fprintf(stdout, "no active sessions for user %s\n", *user)
