@@ -45,7 +45,7 @@ import (
 )
 
 // The kinds of operation, in report order.
-var opKinds = []string{"issue", "rotate", "replay", "wrong-client", "peek", "exchange", "code-replay",
+var opKinds = []string{"issue", "rotate", "resend", "replay", "wrong-client", "peek", "exchange", "code-replay",
 	"revoke-family", "revoke-token", "abandon", "state", "cleanup"}
 
 type config struct {
@@ -242,7 +242,10 @@ func (s *soak) unexpectedf(format string, args ...any) {
 type family struct {
 	id       string
 	token    string
-	previous string    // the last consumed token, for replays
+	previous string    // the last consumed token: a resend within the grace window gets token again
+	older    string    // the token consumed before previous: presenting it is a replay
+	rotated  time.Time // when previous was consumed
+	resends  int       // how often previous was presented again
 	expires  time.Time // when the newest token expires (the family's idle_expires_at)
 	code     *exchanged
 }
@@ -284,6 +287,8 @@ func (w *worker) step() {
 		w.exchange(ctx)
 	case r < 110:
 		w.replay(ctx)
+	case r < 112:
+		w.resend(ctx)
 	case r < 115:
 		w.codeReplay(ctx)
 	case r < 130:
@@ -358,21 +363,40 @@ func (w *worker) rotate(ctx context.Context) {
 	if rt.FamilyID != f.id {
 		w.s.unexpectedf("worker %d: rotation of family %s returned family %s", w.n, f.id, rt.FamilyID)
 	}
-	f.previous, f.token = f.token, rt.Token.Reveal()
-	if rt.ExpiresAt.After(f.expires) {
-		f.expires = rt.ExpiresAt
+	f.older, f.previous, f.token = f.previous, f.token, rt.Token.Reveal()
+	f.rotated, f.resends = time.Now(), 0
+	f.expires = rt.ExpiresAt // the family dies when its newest token expires
+}
+
+// resend presents the family's previous token again, as a client whose response was lost does:
+// within the grace window it gets the current token back, and nothing changes.
+func (w *worker) resend(ctx context.Context) {
+	f, _ := w.pick()
+	// Well inside the default window and allowance, so that no prediction races the clock.
+	if f == nil || f.previous == "" || time.Since(f.rotated) > repository.DefaultGraceWindow/2 || f.resends >= repository.DefaultGraceReuses {
+		w.rotate(ctx)
+		return
+	}
+	w.count("resend")
+	f.resends++
+	rt, err := w.s.store.Rotate(ctx, repository.RotateRequest{Token: f.previous, ClientID: w.client})
+	switch {
+	case err != nil:
+		w.s.unexpectedf("worker %d: resend in family %s: %v, want the current token again", w.n, f.id, err)
+	case rt.Token.Reveal() != f.token:
+		w.s.unexpectedf("worker %d: resend in family %s returned another token than the current one", w.n, f.id)
 	}
 }
 
-// replay presents the family's previous token: the family must be revoked.
+// replay presents the token from two rotations back: the family must be revoked.
 func (w *worker) replay(ctx context.Context) {
 	f, i := w.pick()
-	if f == nil || f.previous == "" {
+	if f == nil || f.older == "" {
 		w.rotate(ctx)
 		return
 	}
 	w.count("replay")
-	_, err := w.s.store.Rotate(ctx, repository.RotateRequest{Token: f.previous, ClientID: w.client})
+	_, err := w.s.store.Rotate(ctx, repository.RotateRequest{Token: f.older, ClientID: w.client})
 	if !errors.Is(err, repository.ErrReplayDetected) {
 		w.s.unexpectedf("worker %d: replay in family %s: %v, want ErrReplayDetected", w.n, f.id, err)
 		return
