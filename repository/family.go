@@ -105,15 +105,17 @@ func (a *Admin) revokeFamiliesBatch(ctx context.Context, filter FamilyFilter, re
 }
 
 func (f FamilyFilter) validate() error {
-	switch {
-	case f.UserID == "" && f.ClientID == "":
-		return inputError("filter", "neither user_id nor client_id")
-	case f.UserID != "" && validateID("user_id", f.UserID) != nil:
-		return validateID("user_id", f.UserID)
-	case f.ClientID != "" && validateID("client_id", f.ClientID) != nil:
-		return validateID("client_id", f.ClientID)
+	var errs [2]error
+	if f.UserID != "" {
+		errs[0] = validateID("user_id", f.UserID)
 	}
-	return nil
+	if f.ClientID != "" {
+		errs[1] = validateID("client_id", f.ClientID)
+	}
+	if f.UserID == "" && f.ClientID == "" {
+		return inputError("filter", "neither user_id nor client_id")
+	}
+	return firstError(errs[:]...)
 }
 
 // Family is one grant's family of refresh tokens.
