@@ -3,10 +3,11 @@
 //
 //	a  repository.Store.Rotate, as a service calls it: token decoding, HMAC digests and minting of
 //	   the successor included; one statement (RefreshTokenRotate).
-//	b  the same statement sent raw through pgx (db.Queries.RefreshTokenRotate) with digests
-//	   computed beforehand: the physical limit of the single-statement design.
+//	b  the same statement sent raw through pgx (db.Queries.RefreshTokenRotate) with digests and a
+//	   sealed successor of the real size (60 random bytes) computed beforehand: the physical limit
+//	   of the single-statement design.
 //	c  a conventional transaction doing the same rotation in five statements (SELECT … FOR UPDATE,
-//	   two UPDATEs, INSERT, COMMIT) on the same tables and digests as b.
+//	   two UPDATEs, INSERT, COMMIT) on the same tables, digests and sealed successors as b.
 //
 // Every worker rotates families of its own, so workers never wait on each other's row locks: the
 // numbers are throughput and latency, not contention. The command is `oauthstore bench`.

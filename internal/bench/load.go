@@ -205,6 +205,18 @@ func markUUIDv4(u *[16]byte) {
 	u[8] = u[8]&0x3f | 0x80
 }
 
+// sealedBytes is the size of the sealed copy of a successor that Store.Rotate keeps with it under
+// the default grace window: AES-256-GCM's 12-byte nonce, the 32-byte raw token and the 16-byte tag.
+const sealedBytes = 12 + 32 + 16
+
+// randomSealed stands for a sealed successor in the rotations with precomputed digests, so that
+// they store the same bytes per row as Store.Rotate does.
+func randomSealed() []byte {
+	b := make([]byte, sealedBytes)
+	_, _ = crand.Read(b)
+	return b
+}
+
 // randomDigest returns 32 bytes from crypto/rand: the digests the rotations of b and c present
 // and insert are as random as HMAC outputs, so their index inserts land as a's do.
 func randomDigest() []byte {

@@ -121,14 +121,15 @@ func (fx *fixture) worker(v string, pool *pgxpool.Pool, store *repository.Store,
 	case VariantRaw:
 		q := db.New()
 		ttl := tokenTTL
-		var successor []byte
-		return worker{prepare: func() { successor = randomDigest() }, op: func(ctx context.Context) error {
+		var successor, sealed []byte
+		return worker{prepare: func() { successor, sealed = randomDigest(), randomSealed() }, op: func(ctx context.Context) error {
 			_, err := q.RefreshTokenRotate(ctx, pool, db.RefreshTokenRotateParams{
 				Digest:          fx.b[i],
 				ClientID:        fx.client,
 				TTL:             ttl,
 				SuccessorDigest: successor,
 				PepperID:        pepperID,
+				GraceCiphertext: sealed,
 			})
 			if errors.Is(err, pgx.ErrNoRows) {
 				return errNotRotated
@@ -142,9 +143,9 @@ func (fx *fixture) worker(v string, pool *pgxpool.Pool, store *repository.Store,
 		}}
 	case VariantTransaction:
 		ttl := tokenTTL
-		var successor []byte
-		return worker{prepare: func() { successor = randomDigest() }, op: func(ctx context.Context) error {
-			if err := conventionalRotate(ctx, pool, fx.client, fx.c[i], successor, ttl); err != nil {
+		var successor, sealed []byte
+		return worker{prepare: func() { successor, sealed = randomDigest(), randomSealed() }, op: func(ctx context.Context) error {
+			if err := conventionalRotate(ctx, pool, fx.client, fx.c[i], successor, sealed, ttl); err != nil {
 				return err
 			}
 			fx.c[i] = successor
@@ -156,7 +157,7 @@ func (fx *fixture) worker(v string, pool *pgxpool.Pool, store *repository.Store,
 }
 
 // The statements of the conventional rotation (variant c): lock, consume, bump the family, insert
-// the successor, each its own round trip, between BEGIN and COMMIT.
+// the successor with its sealed copy, each its own round trip, between BEGIN and COMMIT.
 const (
 	conventionalSelect = `SELECT t.family_id, f.scope, f.expires_at
 FROM oauth_refresh_token t
@@ -168,18 +169,18 @@ WHERE t.digest = $1
   AND f.client_id = $2
   AND f.sender_thumbprint IS NULL
 FOR UPDATE`
-	conventionalConsume = `UPDATE oauth_refresh_token SET consumed_at = now() WHERE digest = $1`
+	conventionalConsume = `UPDATE oauth_refresh_token SET consumed_at = now(), grace_ciphertext = NULL WHERE digest = $1`
 	conventionalFamily  = `UPDATE oauth_family
 SET last_rotated_at = now(),
     rotation_count = rotation_count + 1,
     idle_expires_at = least(now() + $2::interval, expires_at)
 WHERE id = $1`
-	conventionalInsert = `INSERT INTO oauth_refresh_token (digest, pepper_id, family_id, parent_digest, scope, created_at, expires_at)
-VALUES ($1, $2, $3, $4, $5, now(), least(now() + $6::interval, $7::timestamptz))
+	conventionalInsert = `INSERT INTO oauth_refresh_token (digest, pepper_id, family_id, parent_digest, scope, created_at, expires_at, grace_ciphertext)
+VALUES ($1, $2, $3, $4, $5, now(), least(now() + $6::interval, $7::timestamptz), $8)
 RETURNING expires_at`
 )
 
-func conventionalRotate(ctx context.Context, pool *pgxpool.Pool, client string, digest, successor []byte, ttl time.Duration) error {
+func conventionalRotate(ctx context.Context, pool *pgxpool.Pool, client string, digest, successor, sealed []byte, ttl time.Duration) error {
 	return pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
 		var (
 			family        pgtype.UUID
@@ -200,6 +201,6 @@ func conventionalRotate(ctx context.Context, pool *pgxpool.Pool, client string, 
 			return err
 		}
 		var expires time.Time
-		return tx.QueryRow(ctx, conventionalInsert, successor, pepperID, family, digest, scope, ttl, familyExpires).Scan(&expires)
+		return tx.QueryRow(ctx, conventionalInsert, successor, pepperID, family, digest, scope, ttl, familyExpires, sealed).Scan(&expires)
 	})
 }
