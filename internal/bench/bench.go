@@ -11,6 +11,13 @@
 //
 // Every worker rotates families of its own, so workers never wait on each other's row locks: the
 // numbers are throughput and latency, not contention. The command is `oauthstore bench`.
+//
+// Cells run one at a time. Each starts from a CHECKPOINT, warms up, pauses while the server's
+// counters are read, and is then measured; next to its latency it reports what its measured
+// rotations wrote, per rotation: WAL bytes, heap tuples, the share of HOT updates and an upper
+// bound of index entries (see Writes). Variants a, b and c share the package's tables; since no
+// two cells run at once and every write outside the cells (load, seeding) is done on
+// connections that have exited before a cell starts, the deltas hold the cell's writes only.
 package bench
 
 import (
@@ -192,7 +199,7 @@ func Run(ctx context.Context, opts Options, out io.Writer) (err error) {
 	loaded := 0
 	for _, size := range sizes {
 		if size > loaded {
-			ls, err := e.preload(ctx, loaded, size)
+			ls, err := e.preload(ctx, packageTables, loaded, size)
 			if err != nil {
 				return err
 			}

@@ -67,6 +67,12 @@ func TestRun_Smoke(t *testing.T) {
 		if c.Ops == 0 || c.OpsPerSec <= 0 || c.P50 <= 0 || c.P50 > c.P99 || c.P99 > c.P999 || c.P999 > c.Max {
 			t.Errorf("implausible cell %+v", c)
 		}
+		// A rotation consumes its token, bumps the family and inserts the successor: three heap
+		// tuples, exactly, when the counters cover the measured phase and nothing else.
+		w := c.Writes
+		if !w.Settled || w.WALPerRotation <= 0 || w.TuplesPerRotation != 3 || w.HOTRatio == nil || w.IndexEntriesPerRotation <= 0 {
+			t.Errorf("variant %s, %d workers: implausible writes %+v", c.Variant, c.Workers, w)
+		}
 	}
 	if len(rep.Ratios) != 2 || rep.Ratios[0].StoreOverRaw <= 0 || rep.Ratios[0].StoreOverConv <= 0 {
 		t.Errorf("ratios %+v", rep.Ratios)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"runtime"
 	"time"
 
@@ -29,14 +30,17 @@ type env struct {
 
 // Environment describes the machine and the server, for the report.
 type Environment struct {
-	Database      string            `json:"database"`
-	ServerVersion string            `json:"server_version"`
-	Settings      map[string]string `json:"settings"`
-	GoVersion     string            `json:"go_version"`
-	GOOS          string            `json:"goos"`
-	GOARCH        string            `json:"goarch"`
-	NumCPU        int               `json:"num_cpu"`
-	GOMAXPROCS    int               `json:"gomaxprocs"`
+	Database      string `json:"database"`
+	ServerVersion string `json:"server_version"`
+	// ServerVersionNum is server_version_num, e.g. 150004: the statistics flush differently
+	// before 15.
+	ServerVersionNum int               `json:"server_version_num"`
+	Settings         map[string]string `json:"settings"`
+	GoVersion        string            `json:"go_version"`
+	GOOS             string            `json:"goos"`
+	GOARCH           string            `json:"goarch"`
+	NumCPU           int               `json:"num_cpu"`
+	GOMAXPROCS       int               `json:"gomaxprocs"`
 }
 
 // throwawaySettings are the server settings of the cluster the benchmark starts itself.
@@ -81,7 +85,7 @@ func openEnv(ctx context.Context, opts Options) (_ *env, err error) {
 		return nil, fmt.Errorf("create schema %s: %w", SchemaName, err)
 	}
 	e.created = true
-	e.admin, err = e.pool(ctx, 4, 0)
+	e.admin, err = e.pool(ctx, poolSpec{maxConns: 4, app: adminApp, searchPath: SchemaName})
 	if err != nil {
 		return nil, err
 	}
@@ -99,16 +103,32 @@ func openEnv(ctx context.Context, opts Options) (_ *env, err error) {
 	return e, nil
 }
 
-// pool returns a pool on the benchmark's schema. Every variant uses the same settings.
-func (e *env) pool(ctx context.Context, maxConns, minConns int) (*pgxpool.Pool, error) {
+// The application names of the benchmark's connections. Cells and writers are told apart from the
+// coordinator's own connections, so that the run can wait until they are gone (their table
+// statistics are flushed when they exit); the process ID keeps two runs on one server apart.
+var (
+	adminApp  = "oauthstore-bench"
+	cellApp   = fmt.Sprintf("oauthstore-bench-cell-%d", os.Getpid())
+	writerApp = fmt.Sprintf("oauthstore-bench-writer-%d", os.Getpid())
+)
+
+// poolSpec is what differs between the benchmark's pools.
+type poolSpec struct {
+	maxConns, minConns int
+	app                string
+	searchPath         string
+}
+
+// pool returns a pool on the database under test. Every variant uses the same settings.
+func (e *env) pool(ctx context.Context, spec poolSpec) (*pgxpool.Pool, error) {
 	cfg, err := pgxpool.ParseConfig(e.url)
 	if err != nil {
 		return nil, err
 	}
-	cfg.MaxConns = int32(maxConns)
-	cfg.MinConns = int32(minConns)
-	cfg.ConnConfig.RuntimeParams["search_path"] = SchemaName
-	cfg.ConnConfig.RuntimeParams["application_name"] = "oauthstore-bench"
+	cfg.MaxConns = int32(spec.maxConns)
+	cfg.MinConns = int32(spec.minConns)
+	cfg.ConnConfig.RuntimeParams["search_path"] = spec.searchPath
+	cfg.ConnConfig.RuntimeParams["application_name"] = spec.app
 	p, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
 		return nil, err
@@ -125,7 +145,8 @@ func (e *env) describe(ctx context.Context) error {
 	e.info.GOOS, e.info.GOARCH = runtime.GOOS, runtime.GOARCH
 	e.info.NumCPU = runtime.NumCPU()
 	e.info.GOMAXPROCS = runtime.GOMAXPROCS(0)
-	if err := e.admin.QueryRow(ctx, `SELECT current_setting('server_version')`).Scan(&e.info.ServerVersion); err != nil {
+	if err := e.admin.QueryRow(ctx, `SELECT current_setting('server_version'), current_setting('server_version_num')::int`).
+		Scan(&e.info.ServerVersion, &e.info.ServerVersionNum); err != nil {
 		return err
 	}
 	e.info.Settings = map[string]string{}
@@ -146,6 +167,51 @@ func (e *env) describe(ctx context.Context) error {
 	}
 	return rows.Err()
 }
+
+// writerPool is a pool that writes outside the measured cells (load, seeding). Its connections
+// are closed, and gone from the server, before any cell starts: a backend flushes its table
+// statistics lazily, and the writes of one still open could land in a cell's counters.
+type writerPool struct {
+	pool *pgxpool.Pool
+	e    *env
+}
+
+func (e *env) writer(ctx context.Context, maxConns int) (*writerPool, error) {
+	p, err := e.pool(ctx, poolSpec{maxConns: maxConns, app: writerApp, searchPath: SchemaName})
+	if err != nil {
+		return nil, err
+	}
+	return &writerPool{pool: p, e: e}, nil
+}
+
+// close closes the pool and waits until its backends have exited.
+func (w *writerPool) close(ctx context.Context) error {
+	w.pool.Close()
+	return w.e.waitGone(ctx, writerApp)
+}
+
+// waitGone waits until no backend of this database has application name app any more.
+func (e *env) waitGone(ctx context.Context, app string) error {
+	deadline := time.Now().Add(goneTimeout)
+	for {
+		var n int
+		err := e.admin.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity
+			WHERE application_name = $1 AND datname = current_database()`, app).Scan(&n)
+		if err != nil || n == 0 {
+			return err
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%d connections of %s still open %s after they were closed", n, app, goneTimeout)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+}
+
+const goneTimeout = 30 * time.Second
 
 // close drops the benchmark's schema on a database it was given, and stops a throwaway cluster.
 func (e *env) close(ctx context.Context) error {

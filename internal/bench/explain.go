@@ -55,7 +55,7 @@ func explainRotate(ctx context.Context, e *env, fx *fixture, rows int) (*Explain
 		var id [16]byte
 		copy(id[:], randomDigest())
 		markUUIDv4(&id)
-		if err := copyFamilies(ctx, e, []familyRow{{id: id, digest: digest, client: e.opts.Client, user: "bench-explain", created: time.Now()}}); err != nil {
+		if err := copyFamilies(ctx, e.admin, packageTables, []familyRow{{id: id, digest: digest, client: e.opts.Client, user: "bench-explain", created: time.Now()}}); err != nil {
 			return nil, err
 		}
 	}

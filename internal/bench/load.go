@@ -4,13 +4,16 @@ import (
 	"context"
 	crand "crypto/rand"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"math/rand/v2"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgtype"
+	"github.com/jackc/pgx/v5/pgxpool"
 )
 
 const (
@@ -21,14 +24,29 @@ const (
 	familyLife  = 90 * 24 * time.Hour
 )
 
-var (
-	benchScope    = []string{"offline_access", "openid"}
-	familyColumns = []string{"id", "client_id", "user_id", "scope", "created_at", "expires_at", "idle_expires_at"}
-	tokenColumns  = []string{"digest", "pepper_id", "family_id", "scope", "created_at", "expires_at"}
-)
+var benchScope = []string{"offline_access", "openid"}
+
+// packageTables are the package's own tables, where variants a, b and c rotate. The load fills the
+// columns a family and its first token cannot do without.
+var packageTables = tableSet{
+	schema:        SchemaName,
+	family:        "oauth_family",
+	token:         "oauth_refresh_token",
+	familyColumns: []string{"id", "client_id", "user_id", "scope", "created_at", "expires_at", "idle_expires_at"},
+	familyValues: func(r *familyRow) []any {
+		return []any{pgtype.UUID{Bytes: r.id, Valid: true}, r.client, r.user, benchScope,
+			r.created, r.created.Add(familyLife), r.created.Add(tokenTTL)}
+	},
+	tokenColumns: []string{"digest", "pepper_id", "family_id", "scope", "created_at", "expires_at"},
+	tokenValues: func(r *familyRow) []any {
+		return []any{r.digest, pepperID, pgtype.UUID{Bytes: r.id, Valid: true}, benchScope,
+			r.created, r.created.Add(tokenTTL)}
+	},
+}
 
 // LoadStat reports one bulk load.
 type LoadStat struct {
+	Tables         string  `json:"tables"`
 	FromRows       int     `json:"from_rows"`
 	ToRows         int     `json:"to_rows"`
 	CopySeconds    float64 `json:"copy_seconds"`
@@ -47,13 +65,13 @@ type familyRow struct {
 	created time.Time
 }
 
-// preload adds live families (one unconsumed token each) until the tables hold want of them
-// besides the benchmark's own, with COPY in batches on loadWorkers connections, then runs
+// preload adds live families (one unconsumed token each) to the tables of set until they hold want
+// of them besides the benchmark's own, with COPY in batches on loadWorkers connections, then runs
 // VACUUM (ANALYZE) so that the planner and the visibility map know the new size, and a CHECKPOINT.
-func (e *env) preload(ctx context.Context, have, want int) (LoadStat, error) {
-	st := LoadStat{FromRows: have, ToRows: want}
-	fmt.Fprintf(e.opts.Progress, "loading families %d..%d with COPY (%d per batch, %d connections)…\n",
-		have, want, loadBatch, loadWorkers)
+func (e *env) preload(ctx context.Context, set tableSet, have, want int) (LoadStat, error) {
+	st := LoadStat{Tables: set.String(), FromRows: have, ToRows: want}
+	fmt.Fprintf(e.opts.Progress, "loading families %d..%d into %s with COPY (%d per batch, %d connections)…\n",
+		have, want, set, loadBatch, loadWorkers)
 	began := time.Now()
 	var seed [32]byte
 	_, _ = crand.Read(seed[:])
@@ -69,6 +87,10 @@ func (e *env) preload(ctx context.Context, have, want int) (LoadStat, error) {
 	)
 	lctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	w, err := e.writer(ctx, loadWorkers)
+	if err != nil {
+		return st, err
+	}
 	// take hands out the next batch, or false when all are taken or a loader failed.
 	take := func() (int, int, bool) {
 		mu.Lock()
@@ -99,7 +121,7 @@ func (e *env) preload(ctx context.Context, have, want int) (LoadStat, error) {
 					r.user = fmt.Sprintf("user-%d", k/3)
 					r.created = base.Add(-time.Duration(rng.Int64N(int64(10 * 24 * time.Hour))))
 				}
-				err := copyFamilies(lctx, e, rows)
+				err := copyFamilies(lctx, w.pool, set, rows)
 				mu.Lock()
 				if err != nil {
 					if firstErr == nil {
@@ -119,8 +141,8 @@ func (e *env) preload(ctx context.Context, have, want int) (LoadStat, error) {
 		})
 	}
 	wg.Wait()
-	if firstErr != nil {
-		return st, fmt.Errorf("load: %w", firstErr)
+	if err := errors.Join(firstErr, w.close(ctx)); err != nil {
+		return st, fmt.Errorf("load: %w", err)
 	}
 	st.CopySeconds = time.Since(began).Seconds()
 	if st.CopySeconds > 0 {
@@ -128,57 +150,50 @@ func (e *env) preload(ctx context.Context, have, want int) (LoadStat, error) {
 	}
 	fmt.Fprintf(e.opts.Progress, "  loaded in %.1fs; VACUUM (ANALYZE), CHECKPOINT…\n", st.CopySeconds)
 	began = time.Now()
-	if _, err := e.admin.Exec(ctx, "VACUUM (ANALYZE) oauth_family, oauth_refresh_token"); err != nil {
+	if _, err := e.admin.Exec(ctx, "VACUUM (ANALYZE) "+strings.Join(set.tables(), ", ")); err != nil {
 		return st, fmt.Errorf("vacuum analyze: %w", err)
 	}
 	// The measurement starts from clean buffers rather than under the checkpoint the load left due.
 	// CHECKPOINT needs pg_checkpoint or a superuser; without either the load's checkpoint runs on.
 	_, _ = e.admin.Exec(ctx, "CHECKPOINT")
 	st.AnalyzeSeconds = time.Since(began).Seconds()
-	err := e.admin.QueryRow(ctx, `SELECT
+	err = e.admin.QueryRow(ctx, `SELECT
 		sum(pg_table_size(c.oid))::bigint, sum(pg_indexes_size(c.oid))::bigint
-		FROM pg_class c WHERE c.oid IN ('oauth_family'::regclass, 'oauth_refresh_token'::regclass)`).
+		FROM pg_class c WHERE c.oid IN (SELECT to_regclass(n) FROM unnest($1::text[]) n)`, set.tables()).
 		Scan(&st.TableBytes, &st.IndexBytes)
 	fmt.Fprintf(e.opts.Progress, "  vacuum analyze + checkpoint %.1fs; tables %d MB, indexes %d MB\n",
 		st.AnalyzeSeconds, st.TableBytes>>20, st.IndexBytes>>20)
 	return st, err
 }
 
-// copyFamilies writes families and then their tokens (the foreign key wants that order), each
-// table with one COPY on one connection.
-func copyFamilies(ctx context.Context, e *env, rows []familyRow) error {
-	conn, err := e.admin.Acquire(ctx)
+// copyFamilies writes families and then their tokens into set (the foreign key wants that order),
+// each table with one COPY on one connection of pool.
+func copyFamilies(ctx context.Context, pool *pgxpool.Pool, set tableSet, rows []familyRow) error {
+	conn, err := pool.Acquire(ctx)
 	if err != nil {
 		return err
 	}
 	defer conn.Release()
-	i := 0
-	_, err = conn.CopyFrom(ctx, pgx.Identifier{"oauth_family"}, familyColumns, pgx.CopyFromFunc(func() ([]any, error) {
-		if i == len(rows) {
-			return nil, nil
+	copyRows := func(table string, columns []string, values func(*familyRow) []any) error {
+		i := 0
+		_, err := conn.CopyFrom(ctx, pgx.Identifier{set.schema, table}, columns, pgx.CopyFromFunc(func() ([]any, error) {
+			if i == len(rows) {
+				return nil, nil
+			}
+			i++
+			return values(&rows[i-1]), nil
+		}))
+		if err != nil {
+			return fmt.Errorf("copy %s: %w", table, err)
 		}
-		r := &rows[i]
-		i++
-		return []any{pgtype.UUID{Bytes: r.id, Valid: true}, r.client, r.user, benchScope,
-			r.created, r.created.Add(familyLife), r.created.Add(tokenTTL)}, nil
-	}))
-	if err != nil {
-		return fmt.Errorf("copy oauth_family: %w", err)
+		return nil
 	}
-	i = 0
-	_, err = conn.CopyFrom(ctx, pgx.Identifier{"oauth_refresh_token"}, tokenColumns, pgx.CopyFromFunc(func() ([]any, error) {
-		if i == len(rows) {
-			return nil, nil
+	if set.family != "" {
+		if err := copyRows(set.family, set.familyColumns, set.familyValues); err != nil {
+			return err
 		}
-		r := &rows[i]
-		i++
-		return []any{r.digest, pepperID, pgtype.UUID{Bytes: r.id, Valid: true}, benchScope,
-			r.created, r.created.Add(tokenTTL)}, nil
-	}))
-	if err != nil {
-		return fmt.Errorf("copy oauth_refresh_token: %w", err)
 	}
-	return nil
+	return copyRows(set.token, set.tokenColumns, set.tokenValues)
 }
 
 func batchSeed(seed [32]byte, start int) [32]byte {

@@ -36,111 +36,118 @@ type Cell struct {
 	// competed with the measurement. Both -1 when the server is not on this machine.
 	ServerCores float64 `json:"server_cores"`
 	OtherCores  float64 `json:"other_cores"`
-	// Autovacuums counts the autovacuum and autoanalyze runs on the two tables that finished in
-	// the measured window: background work competing for the same CPUs.
+	// Autovacuums counts the autovacuum and autoanalyze runs on the variant's tables that
+	// finished in the measured window: background work competing for the same CPUs.
 	Autovacuums int64 `json:"autovacuums"`
+	// Writes is what the measured rotations wrote: WAL, heap tuples, index entries.
+	Writes Writes `json:"writes"`
 	// Attempts is how many times the cell was measured (more than one when other load disturbed
 	// it and Options.WaitIdle asked to measure again); the last measurement is reported.
 	Attempts int `json:"attempts"`
 }
 
-// measureCell runs variant v with w workers on a fresh pool (MaxConns = w) for warmup + dur and
-// returns the throughput and latency percentiles of the operations started in the measured window.
+// measureCell runs variant v with w workers on a fresh pool (MaxConns = w): a warm-up, a pause
+// in which the server's counters are read, and the measured phase, which starts with every worker
+// at once and in which each worker starts operations for dur. It returns the throughput and
+// latency percentiles of the measured phase's operations and what they wrote.
+//
+// The cell starts from a CHECKPOINT (where the role may run one), so that every cell finds the
+// same state: the first change of a page after it writes the whole page to the WAL
+// (full_page_writes), and no cell inherits a checkpoint that an earlier one made due.
 func measureCell(ctx context.Context, e *env, fx *fixture, v string, w int, warmup, dur time.Duration, profile string) (Cell, error) {
 	cell := Cell{Variant: v, Workers: w}
-	pool, err := e.pool(ctx, w, w)
+	tables := tablesOf(v).tables()
+	_, _ = e.admin.Exec(ctx, "CHECKPOINT")
+	before, settled, err := e.settle(ctx, tables, nil, 0, time.Now().Add(e.exitFlushInterval()))
 	if err != nil {
 		return cell, err
 	}
-	defer pool.Close()
+	pool, err := e.pool(ctx, poolSpec{maxConns: w, minConns: w, app: cellApp, searchPath: tablesOf(v).schema})
+	if err != nil {
+		return cell, err
+	}
+	poolOpen := true
+	defer func() {
+		if poolOpen {
+			pool.Close()
+		}
+	}()
 	var store *repository.Store
 	if v == VariantStore {
 		if store, err = fx.store(pool); err != nil {
 			return cell, err
 		}
 	}
+	workers := make([]worker, w)
+	for k := range workers {
+		workers[k] = fx.worker(v, pool, store, k)
+	}
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	start := time.Now()
-	measureFrom := start.Add(warmup)
-	end := measureFrom.Add(dur)
-	lat := make([][]time.Duration, w)
-	errs := make([]error, w)
-	var wg sync.WaitGroup
-	for k := range w {
-		wk := fx.worker(v, pool, store, k)
-		wg.Go(func() {
-			rec := make([]time.Duration, 0, 4096)
-			for ctx.Err() == nil {
-				wk.prepare()
-				t0 := time.Now()
-				if !t0.Before(end) {
-					break
-				}
-				err := wk.op(ctx)
-				d := time.Since(t0)
-				if err != nil {
-					errs[k] = err
-					cancel()
-					break
-				}
-				if !t0.Before(measureFrom) {
-					rec = append(rec, d)
-				}
-			}
-			lat[k] = rec
-		})
+	warm := runWorkers(ctx, cancel, workers, time.Now().Add(warmup), false)
+	if err := warm.wait(); err != nil {
+		return cell, err
+	}
+	base, ok, err := e.settle(ctx, tables, pool, before.inserts()+int64(warm.ops), time.Now().Add(e.flushInterval()))
+	if err != nil {
+		return cell, err
+	}
+	settled = settled && ok
+	wal0, err := e.walPosition(ctx)
+	if err != nil {
+		return cell, err
 	}
 
-	// The coordinator samples CPU use and profiles the measured window only.
-	var cpu0, cpu1 cpuSample
-	var av0, av1 int64
-	timer := time.NewTimer(time.Until(measureFrom))
+	// The coordinator samples CPU use and profiles the measured phase only.
+	cpu0 := sampleCPU(e.serverPID)
+	av0 := e.autovacuums(ctx, tables)
+	if profile != "" {
+		f, err := os.Create(profile)
+		if err != nil {
+			return cell, err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return cell, err
+		}
+	}
+	start := time.Now()
+	end := start.Add(dur)
+	run := runWorkers(ctx, cancel, workers, end, true)
+	timer := time.NewTimer(time.Until(end))
 	select {
 	case <-timer.C:
-		cpu0 = sampleCPU(e.serverPID)
-		av0 = e.autovacuums(ctx)
-		if profile != "" {
-			f, err := os.Create(profile)
-			if err != nil {
-				cancel()
-				wg.Wait()
-				return cell, err
-			}
-			defer f.Close()
-			if err := pprof.StartCPUProfile(f); err != nil {
-				cancel()
-				wg.Wait()
-				return cell, err
-			}
-			timer.Reset(time.Until(end))
-			select {
-			case <-timer.C:
-			case <-ctx.Done():
-			}
-			pprof.StopCPUProfile()
-		} else {
-			timer.Reset(time.Until(end))
-			select {
-			case <-timer.C:
-			case <-ctx.Done():
-			}
-		}
-		cpu1 = sampleCPU(e.serverPID)
-		av1 = e.autovacuums(ctx)
 	case <-ctx.Done():
 		timer.Stop()
 	}
-	wg.Wait()
-	if err := errors.Join(errs...); err != nil {
+	if profile != "" {
+		pprof.StopCPUProfile()
+	}
+	cpu1 := sampleCPU(e.serverPID)
+	av1 := e.autovacuums(ctx, tables)
+	if err := run.wait(); err != nil {
 		return cell, err
 	}
 	if err := ctx.Err(); err != nil {
 		return cell, err
 	}
+	walBytes, err := e.walSince(ctx, wal0)
+	if err != nil {
+		return cell, err
+	}
+	pool.Close()
+	poolOpen = false
+	if err := e.waitGone(ctx, cellApp); err != nil {
+		return cell, err
+	}
+	after, ok, err := e.settle(ctx, tables, nil, base.inserts()+int64(run.ops), time.Now().Add(e.exitFlushInterval()))
+	if err != nil {
+		return cell, err
+	}
+	settled = settled && ok
 
-	sum := latency.Summarize(slices.Concat(lat...))
+	sum := latency.Summarize(slices.Concat(run.lat...))
 	cell.Ops = sum.N
 	cell.Seconds = dur.Seconds()
 	if cell.Ops == 0 {
@@ -154,7 +161,60 @@ func measureCell(ctx context.Context, e *env, fx *fixture, v string, w int, warm
 		cell.OtherCores = max(0, cell.MachineCores-cell.ClientCores-cell.ServerCores)
 	}
 	cell.Autovacuums = av1 - av0
+	cell.Writes = writesBetween(base, after, walBytes, cell.Ops, settled)
 	return cell, nil
+}
+
+// workerRun is one phase of a cell: every worker starts operations until a deadline.
+type workerRun struct {
+	wg   sync.WaitGroup
+	lat  [][]time.Duration // per worker, when recorded
+	errs []error
+	ops  int // operations completed, after wait
+	done []int
+}
+
+// runWorkers starts the workers; each starts operations until until, and records their latency
+// when record is set. The first error cancels the others.
+func runWorkers(ctx context.Context, cancel context.CancelFunc, workers []worker, until time.Time, record bool) *workerRun {
+	r := &workerRun{lat: make([][]time.Duration, len(workers)), errs: make([]error, len(workers)), done: make([]int, len(workers))}
+	for k, wk := range workers {
+		r.wg.Go(func() {
+			var rec []time.Duration
+			if record {
+				rec = make([]time.Duration, 0, 4096)
+			}
+			for ctx.Err() == nil {
+				wk.prepare()
+				t0 := time.Now()
+				if !t0.Before(until) {
+					break
+				}
+				err := wk.op(ctx)
+				d := time.Since(t0)
+				if err != nil {
+					r.errs[k] = err
+					cancel()
+					break
+				}
+				r.done[k]++
+				if record {
+					rec = append(rec, d)
+				}
+			}
+			r.lat[k] = rec
+		})
+	}
+	return r
+}
+
+// wait waits for every worker to stop and returns the first error.
+func (r *workerRun) wait() error {
+	r.wg.Wait()
+	for _, n := range r.done {
+		r.ops += n
+	}
+	return errors.Join(r.errs...)
 }
 
 const (
@@ -189,11 +249,11 @@ func (e *env) waitIdle(ctx context.Context, limit time.Duration) {
 	}
 }
 
-// autovacuums returns how many autovacuum and autoanalyze runs the two tables have had; the
-// statistics are those the server has flushed, so the count may lag by a fraction of a second.
-func (e *env) autovacuums(ctx context.Context) int64 {
+// autovacuums returns how many autovacuum and autoanalyze runs tables have had; the statistics
+// are those the server has flushed, so the count may lag by a fraction of a second.
+func (e *env) autovacuums(ctx context.Context, tables []string) int64 {
 	var n int64
 	_ = e.admin.QueryRow(ctx, `SELECT coalesce(sum(autovacuum_count + autoanalyze_count), 0)::bigint
-		FROM pg_stat_user_tables WHERE relid IN ('oauth_family'::regclass, 'oauth_refresh_token'::regclass)`).Scan(&n)
+		FROM pg_stat_user_tables WHERE relid IN (SELECT to_regclass(n) FROM unnest($1::text[]) n)`, tables).Scan(&n)
 	return n
 }

@@ -156,28 +156,37 @@ func (r *Report) writeText(out io.Writer) error {
 	fmt.Fprintln(out)
 
 	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "families\tvariant\tworkers\tops/s\tp50\tp99\tp999\tmax\tCPU client\tserver\tother\tautovac\tnote\t")
-	contended := false
+	fmt.Fprintln(tw, "families\tvariant\tworkers\tops/s\tp50\tp99\tp999\tmax\tWAL B/rot\ttup/rot\tHOT\tidx/rot ≤\tCPU client\tserver\tother\tautovac\tnote\t")
+	contended, unsettled := false, false
 	for _, c := range r.Cells {
 		var notes []string
 		if c.OtherCores > ContendedCores {
 			notes, contended = append(notes, "!"), true
 		}
+		if !c.Writes.Settled {
+			notes, unsettled = append(notes, "?"), true
+		}
 		if c.Attempts > 1 {
 			notes = append(notes, fmt.Sprintf("attempt %d", c.Attempts))
 		}
 		mark := strings.Join(notes, " ")
-		fmt.Fprintf(tw, "%d\t%s\t%d\t%.0f\t%s\t%s\t%s\t%s\t%.2f\t%s\t%s\t%d\t%s\t\n", c.Rows, c.Variant, c.Workers, c.OpsPerSec,
-			fmtDur(c.P50), fmtDur(c.P99), fmtDur(c.P999), fmtDur(c.Max), c.ClientCores, cores(c.ServerCores), cores(c.OtherCores),
-			c.Autovacuums, mark)
+		wr := c.Writes
+		fmt.Fprintf(tw, "%d\t%s\t%d\t%.0f\t%s\t%s\t%s\t%s\t%.0f\t%.2f\t%s\t%.2f\t%.2f\t%s\t%s\t%d\t%s\t\n", c.Rows, c.Variant, c.Workers, c.OpsPerSec,
+			fmtDur(c.P50), fmtDur(c.P99), fmtDur(c.P999), fmtDur(c.Max),
+			wr.WALPerRotation, wr.TuplesPerRotation, hotRatio(wr.HOTRatio), wr.IndexEntriesPerRotation,
+			c.ClientCores, cores(c.ServerCores), cores(c.OtherCores), c.Autovacuums, mark)
 	}
 	if err := tw.Flush(); err != nil {
 		return err
 	}
-	fmt.Fprintf(out, "(CPU in cores of the %d: client = this process, server = the PostgreSQL processes, other = the rest of the\n"+
-		"machine's busy CPU; autovac = autovacuum/autoanalyze runs on the two tables finished in the window)\n", env.NumCPU)
+	fmt.Fprint(out, writesLegend)
+	fmt.Fprintf(out, "CPU in cores of the %d: client = this process, server = the PostgreSQL processes, other = the rest of the\n"+
+		"machine's busy CPU; autovac = autovacuum/autoanalyze runs on the variant's tables finished in the window\n", env.NumCPU)
 	if contended {
 		fmt.Fprintf(out, "! = other load used more than %.2f cores during these cells: their numbers are low by that much CPU\n", ContendedCores)
+	}
+	if unsettled {
+		fmt.Fprintf(out, "? = the table counters did not settle within %s: tup/rot, HOT and idx/rot of these cells are unreliable\n", statsTimeout)
 	}
 	fmt.Fprintln(out)
 
@@ -226,6 +235,22 @@ func (r *Report) writeText(out io.Writer) error {
 
 // ContendedCores is the CPU of other processes above which a cell is marked as disturbed.
 const ContendedCores = 0.15
+
+// writesLegend explains the write columns of a cell table.
+const writesLegend = `per measured rotation, from deltas around the measured phase only:
+WAL B/rot = WAL bytes the cluster inserted (pg_current_wal_insert_lsn, pg_wal_lsn_diff);
+tup/rot = heap tuples written (n_tup_ins + n_tup_upd + n_tup_del of pg_stat_user_tables) on the variant's tables;
+HOT = n_tup_hot_upd / n_tup_upd on those tables ("-": no updates);
+idx/rot ≤ = index entries written, an upper bound: Σ (n_tup_ins + n_tup_upd − n_tup_hot_upd) × indexes of the table
+  (a partial index is counted for every row written, whether or not the row is in it)
+`
+
+func hotRatio(r *float64) string {
+	if r == nil {
+		return "-"
+	}
+	return fmt.Sprintf("%.2f", *r)
+}
 
 func cores(v float64) string {
 	if v < 0 {

@@ -28,13 +28,18 @@ type fixture struct {
 	b, c   [][]byte // variants b and c: the current digest of each family
 }
 
-func newFixture(ctx context.Context, e *env, workers []int, variants []string) (*fixture, error) {
+func newFixture(ctx context.Context, e *env, workers []int, variants []string) (_ *fixture, err error) {
 	n := slices.Max(workers) * FamiliesPerWorker
 	fx := &fixture{client: e.opts.Client, pepper: make([]byte, repository.MinPepperBytes)}
 	_, _ = crand.Read(fx.pepper)
 	fmt.Fprintf(e.opts.Progress, "seeding %d families per variant…\n", n)
+	w, err := e.writer(ctx, 1)
+	if err != nil {
+		return nil, err
+	}
+	defer func() { err = errors.Join(err, w.close(ctx)) }()
 	if slices.Contains(variants, VariantStore) {
-		store, err := fx.store(e.admin)
+		store, err := fx.store(w.pool)
 		if err != nil {
 			return nil, err
 		}
@@ -50,7 +55,7 @@ func newFixture(ctx context.Context, e *env, workers []int, variants []string) (
 			fx.a = append(fx.a, rt.Token.Reveal())
 		}
 	}
-	seed := func(name string) ([][]byte, error) {
+	seed := func(v string) ([][]byte, error) {
 		rows := make([]familyRow, n)
 		now := time.Now()
 		digests := make([][]byte, n)
@@ -59,20 +64,19 @@ func newFixture(ctx context.Context, e *env, workers []int, variants []string) (
 			markUUIDv4(&rows[i].id)
 			rows[i].digest = randomDigest()
 			rows[i].client = e.opts.Client
-			rows[i].user = fmt.Sprintf("bench-%s-%d", name, i)
+			rows[i].user = fmt.Sprintf("bench-%s-%d", v, i)
 			rows[i].created = now
 			digests[i] = rows[i].digest
 		}
-		return digests, copyFamilies(ctx, e, rows)
+		return digests, copyFamilies(ctx, w.pool, tablesOf(v), rows)
 	}
-	var err error
 	if slices.Contains(variants, VariantRaw) {
-		if fx.b, err = seed("b"); err != nil {
+		if fx.b, err = seed(VariantRaw); err != nil {
 			return nil, err
 		}
 	}
 	if slices.Contains(variants, VariantTransaction) {
-		if fx.c, err = seed("c"); err != nil {
+		if fx.c, err = seed(VariantTransaction); err != nil {
 			return nil, err
 		}
 	}
