@@ -8,6 +8,10 @@
 //	   of the single-statement design.
 //	c  a conventional transaction doing the same rotation in five statements (SELECT … FOR UPDATE,
 //	   two UPDATEs, INSERT, COMMIT) on the same tables, digests and sealed successors as b.
+//	d  the floor: the cheapest single statement that consumes one row and inserts one
+//	   (DELETE … RETURNING feeding an INSERT), on a table of its own in the benchmark's schema
+//	   whose rows are as wide as the token rows and which has nothing but a primary key; loaded
+//	   and seeded like b. b/d is what the package's rules cost over that.
 //
 // Every worker rotates families of its own, so workers never wait on each other's row locks: the
 // numbers are throughput and latency, not contention. The command is `oauthstore bench`.
@@ -34,12 +38,14 @@ const (
 	VariantStore       = "a" // repository.Store.Rotate
 	VariantRaw         = "b" // the generated statement with precomputed digests
 	VariantTransaction = "c" // BEGIN; SELECT … FOR UPDATE; UPDATE; UPDATE; INSERT; COMMIT
+	VariantFloor       = "d" // DELETE … RETURNING + INSERT on a table with only a primary key
 )
 
 var variantDescriptions = map[string]string{
 	VariantStore:       "Store.Rotate (mint + HMAC + one statement)",
-	VariantRaw:         "RefreshTokenRotate raw via pgx, precomputed digests",
+	VariantRaw:         "RefreshTokenRotate raw via pgx, precomputed digests and sealed successor",
 	VariantTransaction: "multi-statement transaction (6 round trips)",
+	VariantFloor:       "floor: one DELETE … RETURNING + INSERT on a table with only a primary key",
 }
 
 // Defaults of Options.
@@ -61,7 +67,7 @@ var (
 	DefaultWorkers      = []int{1, 8, 32}
 	DefaultScaleWorkers = []int{1, 8}
 	DefaultScaleRows    = []int{10_000, 1_000_000, 10_000_000}
-	DefaultVariants     = []string{VariantStore, VariantRaw, VariantTransaction}
+	DefaultVariants     = []string{VariantStore, VariantRaw, VariantTransaction, VariantFloor}
 	DefaultScaleVar     = []string{VariantStore, VariantRaw}
 )
 
@@ -78,7 +84,7 @@ type Options struct {
 	Warmup   time.Duration
 	// Workers are the worker counts; each cell uses a pool with MaxConns = workers.
 	Workers []int
-	// Variants to measure, from "a", "b", "c".
+	// Variants to measure, from "a", "b", "c", "d".
 	Variants []string
 	// Client is the client_id of the rotated families. The default is one of the 100 clients of
 	// the preloaded families, so that the statistics know it as a planner would in production; a
@@ -156,7 +162,7 @@ func (o *Options) setDefaults() error {
 	}
 	for _, v := range o.Variants {
 		if _, ok := variantDescriptions[v]; !ok {
-			return fmt.Errorf("%w: unknown variant %q (want a, b or c)", ErrInvalidOptions, v)
+			return fmt.Errorf("%w: unknown variant %q (want a, b, c or d)", ErrInvalidOptions, v)
 		}
 	}
 	if o.Scale {
@@ -195,15 +201,21 @@ func Run(ctx context.Context, opts Options, out io.Writer) (err error) {
 	if opts.Scale {
 		sizes = opts.ScaleRows
 	}
+	sets := tableSetsOf(opts.Variants)
+	if opts.Explain && !slices.ContainsFunc(sets, func(s tableSet) bool { return s.String() == packageTables.String() }) {
+		sets = append(sets, packageTables)
+	}
 	var fx *fixture
 	loaded := 0
 	for _, size := range sizes {
 		if size > loaded {
-			ls, err := e.preload(ctx, packageTables, loaded, size)
-			if err != nil {
-				return err
+			for _, set := range sets {
+				ls, err := e.preload(ctx, set, loaded, size)
+				if err != nil {
+					return err
+				}
+				rep.Loads = append(rep.Loads, ls)
 			}
-			rep.Loads = append(rep.Loads, ls)
 			loaded = size
 		}
 		if fx == nil || opts.Scale {

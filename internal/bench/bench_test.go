@@ -24,7 +24,7 @@ func TestTrimQueryText(t *testing.T) {
 func TestOptions_Refused(t *testing.T) {
 	for _, o := range []Options{
 		{Workers: []int{0}},
-		{Variants: []string{"d"}},
+		{Variants: []string{"x"}},
 		{Scale: true, ScaleRows: []int{10, 5}},
 		{Rows: -1},
 	} {
@@ -49,6 +49,7 @@ func TestRun_Smoke(t *testing.T) {
 		Duration: 300 * time.Millisecond,
 		Warmup:   100 * time.Millisecond,
 		Workers:  []int{1, 2},
+		Variants: []string{VariantStore, VariantRaw, VariantTransaction, VariantFloor},
 		Rows:     2_000,
 		Explain:  true,
 		JSON:     true,
@@ -60,21 +61,26 @@ func TestRun_Smoke(t *testing.T) {
 	if err := json.Unmarshal(out.Bytes(), &rep); err != nil {
 		t.Fatalf("report is not JSON: %v", err)
 	}
-	if len(rep.Cells) != 6 {
-		t.Fatalf("%d cells, want 6", len(rep.Cells))
+	if len(rep.Cells) != 8 {
+		t.Fatalf("%d cells, want 8", len(rep.Cells))
 	}
 	for _, c := range rep.Cells {
 		if c.Ops == 0 || c.OpsPerSec <= 0 || c.P50 <= 0 || c.P50 > c.P99 || c.P99 > c.P999 || c.P999 > c.Max {
 			t.Errorf("implausible cell %+v", c)
 		}
 		// A rotation consumes its token, bumps the family and inserts the successor: three heap
-		// tuples, exactly, when the counters cover the measured phase and nothing else.
+		// tuples, exactly, when the counters cover the measured phase and nothing else. The floor
+		// deletes one and inserts one, and updates nothing.
 		w := c.Writes
-		if !w.Settled || w.WALPerRotation <= 0 || w.TuplesPerRotation != 3 || w.HOTRatio == nil || w.IndexEntriesPerRotation <= 0 {
+		tuples, updates := 3.0, true
+		if c.Variant == VariantFloor {
+			tuples, updates = 2, false
+		}
+		if !w.Settled || w.WALPerRotation <= 0 || w.TuplesPerRotation != tuples || (w.HOTRatio != nil) != updates || w.IndexEntriesPerRotation <= 0 {
 			t.Errorf("variant %s, %d workers: implausible writes %+v", c.Variant, c.Workers, w)
 		}
 	}
-	if len(rep.Ratios) != 2 || rep.Ratios[0].StoreOverRaw <= 0 || rep.Ratios[0].StoreOverConv <= 0 {
+	if len(rep.Ratios) != 2 || rep.Ratios[0].StoreOverRaw <= 0 || rep.Ratios[0].StoreOverConv <= 0 || rep.Ratios[0].RawOverFloor <= 0 {
 		t.Errorf("ratios %+v", rep.Ratios)
 	}
 	if rep.Explain == nil || !strings.Contains(rep.Explain.Custom, "oauth_refresh_token") || !strings.Contains(rep.Explain.Generic, "$1") {

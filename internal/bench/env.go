@@ -93,6 +93,9 @@ func openEnv(ctx context.Context, opts Options) (_ *env, err error) {
 	if err := schema.Migrate(ctx, e.admin); err != nil {
 		return nil, err
 	}
+	if err := e.createFloor(ctx); err != nil {
+		return nil, fmt.Errorf("create the floor's table: %w", err)
+	}
 	if err := e.describe(ctx); err != nil {
 		return nil, err
 	}

@@ -42,12 +42,14 @@ type Config struct {
 	WaitIdleSeconds float64  `json:"wait_idle_seconds"`
 }
 
-// Ratio compares the throughput of a with b and c at one worker count and table size.
+// Ratio compares the throughput of the variants at one worker count and table size.
 type Ratio struct {
 	Workers       int     `json:"workers"`
 	Rows          int     `json:"preloaded_families"`
 	StoreOverRaw  float64 `json:"a_over_b,omitempty"`
 	StoreOverConv float64 `json:"a_over_c,omitempty"`
+	// RawOverFloor is b/d: the single-statement rotation against the floor.
+	RawOverFloor float64 `json:"b_over_d,omitempty"`
 }
 
 // ScalePoint is one cell of a scale run with its latency relative to the smallest table.
@@ -100,18 +102,21 @@ func (r *Report) computeRatios() {
 			continue
 		}
 		seen[k] = true
-		a := r.cell(VariantStore, c.Workers, c.Rows)
-		if a == nil {
-			continue
+		ratio := func(x, y string) float64 {
+			cx, cy := r.cell(x, c.Workers, c.Rows), r.cell(y, c.Workers, c.Rows)
+			if cx == nil || cy == nil {
+				return 0
+			}
+			return cx.OpsPerSec / cy.OpsPerSec
 		}
-		ra := Ratio{Workers: c.Workers, Rows: c.Rows}
-		if b := r.cell(VariantRaw, c.Workers, c.Rows); b != nil {
-			ra.StoreOverRaw = a.OpsPerSec / b.OpsPerSec
+		ra := Ratio{Workers: c.Workers, Rows: c.Rows,
+			StoreOverRaw:  ratio(VariantStore, VariantRaw),
+			StoreOverConv: ratio(VariantStore, VariantTransaction),
+			RawOverFloor:  ratio(VariantRaw, VariantFloor),
 		}
-		if cc := r.cell(VariantTransaction, c.Workers, c.Rows); cc != nil {
-			ra.StoreOverConv = a.OpsPerSec / cc.OpsPerSec
+		if ra != (Ratio{Workers: c.Workers, Rows: c.Rows}) {
+			r.Ratios = append(r.Ratios, ra)
 		}
-		r.Ratios = append(r.Ratios, ra)
 	}
 }
 
@@ -150,8 +155,8 @@ func (r *Report) writeText(out io.Writer) error {
 		fmt.Fprintf(out, "variant %s  %s\n", v, variantDescriptions[v])
 	}
 	for _, l := range r.Loads {
-		fmt.Fprintf(out, "load       %d → %d families: COPY %.1fs (%.0f families/s), VACUUM ANALYZE + CHECKPOINT %.1fs; tables %d MB, indexes %d MB\n",
-			l.FromRows, l.ToRows, l.CopySeconds, l.RowsPerSecond, l.AnalyzeSeconds, l.TableBytes>>20, l.IndexBytes>>20)
+		fmt.Fprintf(out, "load       %s, %d → %d families: COPY %.1fs (%.0f families/s), VACUUM ANALYZE + CHECKPOINT %.1fs; tables %d MB, indexes %d MB\n",
+			l.Tables, l.FromRows, l.ToRows, l.CopySeconds, l.RowsPerSecond, l.AnalyzeSeconds, l.TableBytes>>20, l.IndexBytes>>20)
 	}
 	fmt.Fprintln(out)
 
@@ -191,11 +196,12 @@ func (r *Report) writeText(out io.Writer) error {
 	fmt.Fprintln(out)
 
 	if len(r.Ratios) > 0 {
-		fmt.Fprintln(tw, "families\tworkers\ta/b\ttarget\ta/c\ttarget\t")
+		fmt.Fprintln(tw, "families\tworkers\ta/b\ttarget\ta/c\ttarget\tb/d\t")
 		for _, ra := range r.Ratios {
 			ab, abt := ratioCells(ra.StoreOverRaw, ra.Workers <= 8, TargetStoreOverRaw)
 			ac, act := ratioCells(ra.StoreOverConv, ra.Workers == 1, TargetStoreOverTransaction)
-			fmt.Fprintf(tw, "%d\t%d\t%s\t%s\t%s\t%s\t\n", ra.Rows, ra.Workers, ab, abt, ac, act)
+			bd, _ := ratioCells(ra.RawOverFloor, false, 0)
+			fmt.Fprintf(tw, "%d\t%d\t%s\t%s\t%s\t%s\t%s\t\n", ra.Rows, ra.Workers, ab, abt, ac, act, bd)
 		}
 		if err := tw.Flush(); err != nil {
 			return err

@@ -29,5 +29,22 @@ func (s tableSet) String() string {
 
 // tablesOf returns the tables variant v rotates in.
 func tablesOf(v string) tableSet {
+	if v == VariantFloor {
+		return floorTables
+	}
 	return packageTables
+}
+
+// tableSetsOf returns the table sets the variants rotate in, each once, in the order of variants.
+func tableSetsOf(variants []string) []tableSet {
+	var out []tableSet
+	seen := map[string]bool{}
+	for _, v := range variants {
+		s := tablesOf(v)
+		if !seen[s.String()] {
+			seen[s.String()] = true
+			out = append(out, s)
+		}
+	}
+	return out
 }

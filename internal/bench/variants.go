@@ -22,10 +22,10 @@ import (
 // cell rotates families [w*FamiliesPerWorker, (w+1)*FamiliesPerWorker) of its variant in turn, so
 // no two workers ever touch the same family.
 type fixture struct {
-	client string // the client every rotated family belongs to
-	pepper []byte
-	a      []string // variant a: raw tokens, as a client holds them
-	b, c   [][]byte // variants b and c: the current digest of each family
+	client  string // the client every rotated family belongs to
+	pepper  []byte
+	a       []string // variant a: raw tokens, as a client holds them
+	b, c, d [][]byte // variants b, c and d: the current digest of each family
 }
 
 func newFixture(ctx context.Context, e *env, workers []int, variants []string) (_ *fixture, err error) {
@@ -77,6 +77,11 @@ func newFixture(ctx context.Context, e *env, workers []int, variants []string) (
 	}
 	if slices.Contains(variants, VariantTransaction) {
 		if fx.c, err = seed(VariantTransaction); err != nil {
+			return nil, err
+		}
+	}
+	if slices.Contains(variants, VariantFloor) {
+		if fx.d, err = seed(VariantFloor); err != nil {
 			return nil, err
 		}
 	}
@@ -153,6 +158,21 @@ func (fx *fixture) worker(v string, pool *pgxpool.Pool, store *repository.Store,
 				return err
 			}
 			fx.c[i] = successor
+			advance()
+			return nil
+		}}
+	case VariantFloor:
+		ttl := tokenTTL
+		var successor []byte
+		return worker{prepare: func() { successor = randomDigest() }, op: func(ctx context.Context) error {
+			tag, err := pool.Exec(ctx, floorRotate, fx.d[i], successor, ttl)
+			if err != nil {
+				return err
+			}
+			if tag.RowsAffected() != 1 {
+				return errNotRotated
+			}
+			fx.d[i] = successor
 			advance()
 			return nil
 		}}
