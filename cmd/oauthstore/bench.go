@@ -23,12 +23,14 @@ count, against one cluster in one run.
   c  a conventional transaction: BEGIN; SELECT … FOR UPDATE; UPDATE; UPDATE; INSERT; COMMIT
   d  the floor: one DELETE … RETURNING + INSERT on a table of token-row width with only a
      primary key (b/d: what the package's rules cost)
+  p  the previous design: the tables and RefreshTokenRotate of commit ae44542, frozen in
+     internal/bench and rotated as b in schema oauthstore_bench_prev (b/p: new over old design)
 
 Each worker rotates its own families (no lock contention); each cell gets a pool with
 MaxConns = workers and a warm-up before it is measured. Without --database-url or DATABASE_URL
 a throwaway PostgreSQL is started (max_connections 200, shared_buffers 512MB; fsync off unless
---fsync). On a given database everything is created in schema oauthstore_bench, which the run
-drops at the end.
+--fsync). On a given database everything is created in schemas oauthstore_bench and
+oauthstore_bench_prev, which the run drops at the end.
 
 Flags:
 `
@@ -42,7 +44,7 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs.DurationVar(&opts.Duration, "duration", bench.DefaultDuration, "measured time of each cell")
 	fs.DurationVar(&opts.Warmup, "warmup", bench.DefaultWarmup, "warm-up of each cell before it is measured")
 	workers := fs.String("workers", "1,8,32", "comma-separated worker counts (with --scale: default 1,8)")
-	variants := fs.String("variants", "a,b,c,d", "comma-separated variants to measure (with --scale: default a,b)")
+	variants := fs.String("variants", "a,b,c,d,p", "comma-separated variants to measure (with --scale: default a,b)")
 	fs.IntVar(&opts.Rows, "rows", bench.DefaultRows, "live token families preloaded before measuring (COPY)")
 	fs.StringVar(&opts.Client, "client", bench.DefaultClient, "client_id of the rotated families (the default is one of the preloaded families' 100 clients)")
 	fs.BoolVar(&opts.Scale, "scale", false, "measure a and b at 1 and 8 workers at each of --scale-rows preloaded families")

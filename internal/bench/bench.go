@@ -12,6 +12,11 @@
 //	   (DELETE … RETURNING feeding an INSERT), on a table of its own in the benchmark's schema
 //	   whose rows are as wide as the token rows and which has nothing but a primary key; loaded
 //	   and seeded like b. b/d is what the package's rules cost over that.
+//	p  the previous design: the package's tables (schema/0001, 0003, 0004) and RefreshTokenRotate
+//	   (queries/refresh_token.sql) as of commit ae44542, frozen in this package and created in
+//	   schema oauthstore_bench_prev; loaded, seeded and rotated as b, with the same precomputed
+//	   digests and sealed successors. b/p is the current design over the previous one: 1 while
+//	   they are the same.
 //
 // Every worker rotates families of its own, so workers never wait on each other's row locks: the
 // numbers are throughput and latency, not contention. The command is `oauthstore bench`.
@@ -39,6 +44,7 @@ const (
 	VariantRaw         = "b" // the generated statement with precomputed digests
 	VariantTransaction = "c" // BEGIN; SELECT … FOR UPDATE; UPDATE; UPDATE; INSERT; COMMIT
 	VariantFloor       = "d" // DELETE … RETURNING + INSERT on a table with only a primary key
+	VariantPrevious    = "p" // the previous design, frozen: its tables and its RefreshTokenRotate
 )
 
 var variantDescriptions = map[string]string{
@@ -46,6 +52,7 @@ var variantDescriptions = map[string]string{
 	VariantRaw:         "RefreshTokenRotate raw via pgx, precomputed digests and sealed successor",
 	VariantTransaction: "multi-statement transaction (6 round trips)",
 	VariantFloor:       "floor: one DELETE … RETURNING + INSERT on a table with only a primary key",
+	VariantPrevious:    "previous design (ae44542): its tables and RefreshTokenRotate, frozen, rotated as b",
 }
 
 // Defaults of Options.
@@ -58,7 +65,8 @@ const (
 	// FamiliesPerWorker is how many families each worker rotates in turn.
 	FamiliesPerWorker = 8
 	// SchemaName is the schema the benchmark creates its tables in (and drops afterwards on a
-	// database it did not start), so that it never touches the tables of the database's owner.
+	// database it did not start), so that it never touches the tables of the database's owner;
+	// the previous design's tables go to PrevSchemaName alike.
 	SchemaName = "oauthstore_bench"
 )
 
@@ -67,7 +75,7 @@ var (
 	DefaultWorkers      = []int{1, 8, 32}
 	DefaultScaleWorkers = []int{1, 8}
 	DefaultScaleRows    = []int{10_000, 1_000_000, 10_000_000}
-	DefaultVariants     = []string{VariantStore, VariantRaw, VariantTransaction, VariantFloor}
+	DefaultVariants     = []string{VariantStore, VariantRaw, VariantTransaction, VariantFloor, VariantPrevious}
 	DefaultScaleVar     = []string{VariantStore, VariantRaw}
 )
 
@@ -84,7 +92,7 @@ type Options struct {
 	Warmup   time.Duration
 	// Workers are the worker counts; each cell uses a pool with MaxConns = workers.
 	Workers []int
-	// Variants to measure, from "a", "b", "c", "d".
+	// Variants to measure, from "a", "b", "c", "d", "p".
 	Variants []string
 	// Client is the client_id of the rotated families. The default is one of the 100 clients of
 	// the preloaded families, so that the statistics know it as a planner would in production; a
@@ -162,7 +170,7 @@ func (o *Options) setDefaults() error {
 	}
 	for _, v := range o.Variants {
 		if _, ok := variantDescriptions[v]; !ok {
-			return fmt.Errorf("%w: unknown variant %q (want a, b, c or d)", ErrInvalidOptions, v)
+			return fmt.Errorf("%w: unknown variant %q (want a, b, c, d or p)", ErrInvalidOptions, v)
 		}
 	}
 	if o.Scale {

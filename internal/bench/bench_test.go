@@ -49,7 +49,7 @@ func TestRun_Smoke(t *testing.T) {
 		Duration: 300 * time.Millisecond,
 		Warmup:   100 * time.Millisecond,
 		Workers:  []int{1, 2},
-		Variants: []string{VariantStore, VariantRaw, VariantTransaction, VariantFloor},
+		Variants: []string{VariantStore, VariantRaw, VariantTransaction, VariantFloor, VariantPrevious},
 		Rows:     2_000,
 		Explain:  true,
 		JSON:     true,
@@ -61,8 +61,8 @@ func TestRun_Smoke(t *testing.T) {
 	if err := json.Unmarshal(out.Bytes(), &rep); err != nil {
 		t.Fatalf("report is not JSON: %v", err)
 	}
-	if len(rep.Cells) != 8 {
-		t.Fatalf("%d cells, want 8", len(rep.Cells))
+	if len(rep.Cells) != 10 {
+		t.Fatalf("%d cells, want 10", len(rep.Cells))
 	}
 	for _, c := range rep.Cells {
 		if c.Ops == 0 || c.OpsPerSec <= 0 || c.P50 <= 0 || c.P50 > c.P99 || c.P99 > c.P999 || c.P999 > c.Max {
@@ -80,7 +80,7 @@ func TestRun_Smoke(t *testing.T) {
 			t.Errorf("variant %s, %d workers: implausible writes %+v", c.Variant, c.Workers, w)
 		}
 	}
-	if len(rep.Ratios) != 2 || rep.Ratios[0].StoreOverRaw <= 0 || rep.Ratios[0].StoreOverConv <= 0 || rep.Ratios[0].RawOverFloor <= 0 {
+	if len(rep.Ratios) != 2 || rep.Ratios[0].StoreOverRaw <= 0 || rep.Ratios[0].StoreOverConv <= 0 || rep.Ratios[0].RawOverFloor <= 0 || rep.Ratios[0].RawOverPrevious <= 0 {
 		t.Errorf("ratios %+v", rep.Ratios)
 	}
 	if rep.Explain == nil || !strings.Contains(rep.Explain.Custom, "oauth_refresh_token") || !strings.Contains(rep.Explain.Generic, "$1") {

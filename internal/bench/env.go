@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"runtime"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -22,7 +23,7 @@ type env struct {
 	cluster *pgtemp.Cluster // nil on a database given by URL
 	admin   *pgxpool.Pool   // loading, seeding, ANALYZE, EXPLAIN
 	info    Environment
-	created bool // this run created SchemaName, so it drops it
+	created bool // this run created SchemaName and PrevSchemaName, so it drops them
 	// serverPID is the postmaster's PID when the server runs on this machine and its data
 	// directory is readable; 0 otherwise. It lets the report tell server CPU from other load.
 	serverPID int
@@ -56,7 +57,7 @@ func openEnv(ctx context.Context, opts Options) (_ *env, err error) {
 			err = errors.Join(err, e.close(context.WithoutCancel(ctx)))
 		}
 	}()
-	e.info.Database = "DATABASE_URL / --database-url, schema " + SchemaName
+	e.info.Database = "DATABASE_URL / --database-url, schemas " + SchemaName + " and " + PrevSchemaName
 	if e.url == "" {
 		began := time.Now()
 		fmt.Fprintln(opts.Progress, "starting a throwaway PostgreSQL…")
@@ -68,21 +69,24 @@ func openEnv(ctx context.Context, opts Options) (_ *env, err error) {
 		e.info.Database = fmt.Sprintf("throwaway cluster (pgtemp, unix socket), started in %s",
 			time.Since(began).Round(time.Millisecond))
 	}
-	// The schema is created on a pool without the search path, then every pool uses it.
+	// The schemas are created on a connection without the search path, then every pool uses one.
 	boot, err := pgx.Connect(ctx, e.url)
 	if err != nil {
 		return nil, fmt.Errorf("connect: %w", err)
 	}
 	defer boot.Close(context.WithoutCancel(ctx))
-	var exists bool
-	if err := boot.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)`, SchemaName).Scan(&exists); err != nil {
+	var existing []string
+	if err := boot.QueryRow(ctx, `SELECT coalesce(array_agg(nspname::text), '{}') FROM pg_namespace WHERE nspname = ANY($1)`,
+		[]string{SchemaName, PrevSchemaName}).Scan(&existing); err != nil {
 		return nil, err
 	}
-	if exists {
-		return nil, fmt.Errorf("schema %s already exists (left by an interrupted run?); drop it or use another database", SchemaName)
+	if len(existing) > 0 {
+		return nil, fmt.Errorf("schema %s already exists (left by an interrupted run?); drop it or use another database",
+			strings.Join(existing, " and "))
 	}
-	if _, err := boot.Exec(ctx, "CREATE SCHEMA "+SchemaName); err != nil {
-		return nil, fmt.Errorf("create schema %s: %w", SchemaName, err)
+	// One simple-protocol query: both schemas or neither.
+	if _, err := boot.Exec(ctx, "CREATE SCHEMA "+SchemaName+"; CREATE SCHEMA "+PrevSchemaName); err != nil {
+		return nil, fmt.Errorf("create schemas %s and %s: %w", SchemaName, PrevSchemaName, err)
 	}
 	e.created = true
 	e.admin, err = e.pool(ctx, poolSpec{maxConns: 4, app: adminApp, searchPath: SchemaName})
@@ -95,6 +99,9 @@ func openEnv(ctx context.Context, opts Options) (_ *env, err error) {
 	}
 	if err := e.createFloor(ctx); err != nil {
 		return nil, fmt.Errorf("create the floor's table: %w", err)
+	}
+	if err := e.createPrevious(ctx); err != nil {
+		return nil, fmt.Errorf("create the previous design's tables: %w", err)
 	}
 	if err := e.describe(ctx); err != nil {
 		return nil, err
@@ -216,7 +223,7 @@ func (e *env) waitGone(ctx context.Context, app string) error {
 
 const goneTimeout = 30 * time.Second
 
-// close drops the benchmark's schema on a database it was given, and stops a throwaway cluster.
+// close drops the benchmark's schemas on a database it was given, and stops a throwaway cluster.
 func (e *env) close(ctx context.Context) error {
 	var errs []error
 	if e.admin != nil {
@@ -228,10 +235,12 @@ func (e *env) close(ctx context.Context) error {
 		ctx, cancel := context.WithTimeout(ctx, 10*time.Minute)
 		defer cancel()
 		if conn, err := pgx.Connect(ctx, e.url); err != nil {
-			errs = append(errs, fmt.Errorf("drop schema %s: %w", SchemaName, err))
+			errs = append(errs, fmt.Errorf("drop schemas %s and %s: %w", SchemaName, PrevSchemaName, err))
 		} else {
-			if _, err := conn.Exec(ctx, "DROP SCHEMA IF EXISTS "+SchemaName+" CASCADE"); err != nil {
-				errs = append(errs, fmt.Errorf("drop schema %s: %w", SchemaName, err))
+			for _, s := range []string{SchemaName, PrevSchemaName} {
+				if _, err := conn.Exec(ctx, "DROP SCHEMA IF EXISTS "+s+" CASCADE"); err != nil {
+					errs = append(errs, fmt.Errorf("drop schema %s: %w", s, err))
+				}
 			}
 			errs = append(errs, conn.Close(ctx))
 		}

@@ -50,6 +50,8 @@ type Ratio struct {
 	StoreOverConv float64 `json:"a_over_c,omitempty"`
 	// RawOverFloor is b/d: the single-statement rotation against the floor.
 	RawOverFloor float64 `json:"b_over_d,omitempty"`
+	// RawOverPrevious is b/p: the current design's statement over the previous design's.
+	RawOverPrevious float64 `json:"b_over_p,omitempty"`
 }
 
 // ScalePoint is one cell of a scale run with its latency relative to the smallest table.
@@ -110,9 +112,10 @@ func (r *Report) computeRatios() {
 			return cx.OpsPerSec / cy.OpsPerSec
 		}
 		ra := Ratio{Workers: c.Workers, Rows: c.Rows,
-			StoreOverRaw:  ratio(VariantStore, VariantRaw),
-			StoreOverConv: ratio(VariantStore, VariantTransaction),
-			RawOverFloor:  ratio(VariantRaw, VariantFloor),
+			StoreOverRaw:    ratio(VariantStore, VariantRaw),
+			StoreOverConv:   ratio(VariantStore, VariantTransaction),
+			RawOverFloor:    ratio(VariantRaw, VariantFloor),
+			RawOverPrevious: ratio(VariantRaw, VariantPrevious),
 		}
 		if ra != (Ratio{Workers: c.Workers, Rows: c.Rows}) {
 			r.Ratios = append(r.Ratios, ra)
@@ -196,16 +199,18 @@ func (r *Report) writeText(out io.Writer) error {
 	fmt.Fprintln(out)
 
 	if len(r.Ratios) > 0 {
-		fmt.Fprintln(tw, "families\tworkers\ta/b\ttarget\ta/c\ttarget\tb/d\t")
+		fmt.Fprintln(tw, "families\tworkers\ta/b\ttarget\ta/c\ttarget\tb/d\tb/p\t")
 		for _, ra := range r.Ratios {
 			ab, abt := ratioCells(ra.StoreOverRaw, ra.Workers <= 8, TargetStoreOverRaw)
 			ac, act := ratioCells(ra.StoreOverConv, ra.Workers == 1, TargetStoreOverTransaction)
 			bd, _ := ratioCells(ra.RawOverFloor, false, 0)
-			fmt.Fprintf(tw, "%d\t%d\t%s\t%s\t%s\t%s\t%s\t\n", ra.Rows, ra.Workers, ab, abt, ac, act, bd)
+			bp, _ := ratioCells(ra.RawOverPrevious, false, 0)
+			fmt.Fprintf(tw, "%d\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t\n", ra.Rows, ra.Workers, ab, abt, ac, act, bd, bp)
 		}
 		if err := tw.Flush(); err != nil {
 			return err
 		}
+		fmt.Fprintln(out, "throughput ratios; b/d = the single statement over the floor, b/p = the current design over the previous one")
 		fmt.Fprintln(out)
 	}
 

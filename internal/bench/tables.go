@@ -29,8 +29,11 @@ func (s tableSet) String() string {
 
 // tablesOf returns the tables variant v rotates in.
 func tablesOf(v string) tableSet {
-	if v == VariantFloor {
+	switch v {
+	case VariantFloor:
 		return floorTables
+	case VariantPrevious:
+		return previousTables
 	}
 	return packageTables
 }

@@ -22,10 +22,10 @@ import (
 // cell rotates families [w*FamiliesPerWorker, (w+1)*FamiliesPerWorker) of its variant in turn, so
 // no two workers ever touch the same family.
 type fixture struct {
-	client  string // the client every rotated family belongs to
-	pepper  []byte
-	a       []string // variant a: raw tokens, as a client holds them
-	b, c, d [][]byte // variants b, c and d: the current digest of each family
+	client     string // the client every rotated family belongs to
+	pepper     []byte
+	a          []string // variant a: raw tokens, as a client holds them
+	b, c, d, p [][]byte // variants b, c, d and p: the current digest of each family
 }
 
 func newFixture(ctx context.Context, e *env, workers []int, variants []string) (_ *fixture, err error) {
@@ -82,6 +82,11 @@ func newFixture(ctx context.Context, e *env, workers []int, variants []string) (
 	}
 	if slices.Contains(variants, VariantFloor) {
 		if fx.d, err = seed(VariantFloor); err != nil {
+			return nil, err
+		}
+	}
+	if slices.Contains(variants, VariantPrevious) {
+		if fx.p, err = seed(VariantPrevious); err != nil {
 			return nil, err
 		}
 	}
@@ -173,6 +178,17 @@ func (fx *fixture) worker(v string, pool *pgxpool.Pool, store *repository.Store,
 				return errNotRotated
 			}
 			fx.d[i] = successor
+			advance()
+			return nil
+		}}
+	case VariantPrevious:
+		ttl := tokenTTL
+		var successor, sealed []byte
+		return worker{prepare: func() { successor, sealed = randomDigest(), randomSealed() }, op: func(ctx context.Context) error {
+			if err := rotatePrevious(ctx, pool, fx.client, fx.p[i], successor, sealed, ttl); err != nil {
+				return err
+			}
+			fx.p[i] = successor
 			advance()
 			return nil
 		}}
