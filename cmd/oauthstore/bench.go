@@ -28,9 +28,12 @@ count, against one cluster in one run.
 
 Each worker rotates its own families (no lock contention); each cell gets a pool with
 MaxConns = workers and a warm-up before it is measured. Without --database-url or DATABASE_URL
-a throwaway PostgreSQL is started (max_connections 200, shared_buffers 512MB; fsync off unless
---fsync). On a given database everything is created in schemas oauthstore_bench and
-oauthstore_bench_prev, which the run drops at the end.
+a throwaway PostgreSQL is started (max_connections 200, shared_buffers 512MB) and every cell
+runs twice: first with fsync, synchronous_commit and full_page_writes on (the headline table),
+then with the three off (the second table), switched with ALTER SYSTEM on the same cluster
+(--durability on or off runs one of the two). On a given database the cells run once under
+its settings, which are reported and not changed, and everything is created in schemas
+oauthstore_bench and oauthstore_bench_prev, which the run drops at the end.
 
 Flags:
 `
@@ -49,7 +52,8 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs.StringVar(&opts.Client, "client", bench.DefaultClient, "client_id of the rotated families (the default is one of the preloaded families' 100 clients)")
 	fs.BoolVar(&opts.Scale, "scale", false, "measure a and b at 1 and 8 workers at each of --scale-rows preloaded families")
 	scaleRows := fs.String("scale-rows", "10000,1000000,10000000", "ascending preloaded family counts of --scale")
-	fs.BoolVar(&opts.Fsync, "fsync", false, "keep fsync, synchronous_commit and full_page_writes on the throwaway cluster")
+	fs.StringVar(&opts.Durability, "durability", bench.DurabilityBoth, "on the throwaway cluster: both (every cell with fsync, synchronous_commit and full_page_writes on, then again with the three off), on, or off")
+	fsync := fs.Bool("fsync", false, "the same as --durability on (kept for older scripts)")
 	fs.BoolVar(&opts.Explain, "explain", false, "append the executed plans of RefreshTokenRotate (auto_explain, ANALYZE, BUFFERS)")
 	fs.StringVar(&opts.CPUProfile, "cpuprofile", "", "write a Go CPU profile of variant a's measured window to `file`")
 	fs.IntVar(&opts.ProfileWorkers, "profile-workers", bench.DefaultProfileWorkers, "worker count of the cell --cpuprofile profiles")
@@ -75,6 +79,12 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	if opts.ScaleRows, err = intList("scale-rows", *scaleRows); err != nil {
 		return err
+	}
+	if *fsync {
+		if set["durability"] && opts.Durability != bench.DurabilityOn {
+			return usageError{msg: "--fsync is --durability on; it cannot go with --durability " + opts.Durability}
+		}
+		opts.Durability = bench.DurabilityOn
 	}
 	opts.DatabaseURL = db.url
 	if opts.DatabaseURL == "" {

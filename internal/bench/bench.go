@@ -21,6 +21,12 @@
 // Every worker rotates families of its own, so workers never wait on each other's row locks: the
 // numbers are throughput and latency, not contention. The command is `oauthstore bench`.
 //
+// On a throwaway cluster every cell runs twice, in two phases of the same run on the same cluster:
+// first with fsync, synchronous_commit and full_page_writes on (the headline: what a durable
+// server does), then with the three off (ALTER SYSTEM and a reload switch them); Options.Durability
+// runs one of the two. On a database given by URL the cells run once, under its settings as
+// found, which the report prints and the run never changes.
+//
 // Cells run one at a time. Each starts from a CHECKPOINT, warms up, pauses while the server's
 // counters are read, and is then measured; next to its latency it reports what its measured
 // rotations wrote, per rotation: WAL bytes, heap tuples, the share of HOT updates and an upper
@@ -84,9 +90,11 @@ type Options struct {
 	// DatabaseURL is the database to run against. Empty: a throwaway cluster is started from the
 	// machine's PostgreSQL server binaries (max_connections 200, shared_buffers 512MB).
 	DatabaseURL string
-	// Fsync keeps the throwaway cluster's durability (fsync, synchronous_commit,
-	// full_page_writes); off by default. It has no effect on DatabaseURL.
-	Fsync bool
+	// Durability is what the throwaway cluster runs the cells under: "both" (the default) runs
+	// all of them with fsync, synchronous_commit and full_page_writes on (the headline), then
+	// all of them again with the three off, on the same cluster; "on" or "off" runs one of the
+	// two. A database given by URL is measured once, with its settings as found.
+	Durability string
 	// Duration is the measured time of each cell (variant × worker count), after Warmup.
 	Duration time.Duration
 	Warmup   time.Duration
@@ -152,6 +160,9 @@ func (o *Options) setDefaults() error {
 	if len(o.ScaleRows) == 0 {
 		o.ScaleRows = DefaultScaleRows
 	}
+	if o.Durability == "" {
+		o.Durability = DurabilityBoth
+	}
 	if o.Progress == nil {
 		o.Progress = io.Discard
 	}
@@ -162,6 +173,8 @@ func (o *Options) setDefaults() error {
 		return fmt.Errorf("%w: warmup outside 0..1m", ErrInvalidOptions)
 	case o.Rows < 0 || o.Rows > 100_000_000:
 		return fmt.Errorf("%w: rows outside 0..100000000", ErrInvalidOptions)
+	case o.Durability != DurabilityBoth && o.Durability != DurabilityOn && o.Durability != DurabilityOff:
+		return fmt.Errorf("%w: durability %q (want both, on or off)", ErrInvalidOptions, o.Durability)
 	}
 	for _, w := range o.Workers {
 		if w < 1 || w > 180 {
@@ -184,6 +197,29 @@ func (o *Options) setDefaults() error {
 		}
 	}
 	return nil
+}
+
+// measureWithRetries measures a cell, again (up to maxContendedRetries times) when Options.WaitIdle
+// asks for it and other load disturbed it.
+func measureWithRetries(ctx context.Context, e *env, fx *fixture, v string, w int, profile string) (Cell, error) {
+	opts := e.opts
+	fmt.Fprintf(opts.Progress, "measuring %s at %d workers (%s + %s warm-up)…\n", v, w, opts.Duration, opts.Warmup)
+	for attempt := 0; ; attempt++ {
+		if opts.WaitIdle > 0 {
+			e.waitIdle(ctx, opts.WaitIdle)
+		}
+		c, err := measureCell(ctx, e, fx, v, w, opts.Warmup, opts.Duration, profile)
+		if err != nil {
+			return c, fmt.Errorf("variant %s, %d workers: %w", v, w, err)
+		}
+		c.Attempts = attempt + 1
+		if opts.WaitIdle == 0 || c.OtherCores <= ContendedCores || attempt == maxContendedRetries {
+			fmt.Fprintf(opts.Progress, "  %.0f ops/s, p50 %s, p99 %s, %.0f WAL bytes/rotation\n",
+				c.OpsPerSec, fmtDur(c.P50), fmtDur(c.P99), c.Writes.WALPerRotation)
+			return c, nil
+		}
+		fmt.Fprintf(opts.Progress, "  other load took %.2f cores; measuring again\n", c.OtherCores)
+	}
 }
 
 // ErrInvalidOptions is matched by every error of Run about its options.
@@ -213,8 +249,8 @@ func Run(ctx context.Context, opts Options, out io.Writer) (err error) {
 	if opts.Explain && !slices.ContainsFunc(sets, func(s tableSet) bool { return s.String() == packageTables.String() }) {
 		sets = append(sets, packageTables)
 	}
-	var fx *fixture
 	loaded := 0
+	var fx *fixture
 	for _, size := range sizes {
 		if size > loaded {
 			for _, set := range sets {
@@ -226,39 +262,33 @@ func Run(ctx context.Context, opts Options, out io.Writer) (err error) {
 			}
 			loaded = size
 		}
-		if fx == nil || opts.Scale {
-			// The rotated families come after the load. A scale run starts fresh ones at each size,
-			// so that every size starts from families without tombstones.
+		for i, d := range e.phases() {
+			settings, err := e.setDurability(ctx, d)
+			if err != nil {
+				return err
+			}
+			if !slices.ContainsFunc(rep.Phases, func(p Phase) bool { return p.Durability == d }) {
+				rep.Phases = append(rep.Phases, Phase{Durability: d, Settings: settings})
+			}
+			fmt.Fprintf(opts.Progress, "%d preloaded families, durability %s: %v\n", size, d, settings)
+			// The rotated families come after the load. Every phase at every size starts fresh ones,
+			// without tombstones.
 			if fx, err = newFixture(ctx, e, opts.Workers, opts.Variants); err != nil {
 				return err
 			}
-		}
-		for _, w := range opts.Workers {
-			for _, v := range opts.Variants {
-				profile := ""
-				if v == VariantStore && w == opts.ProfileWorkers && size == sizes[len(sizes)-1] {
-					profile = opts.CPUProfile
-				}
-				fmt.Fprintf(opts.Progress, "measuring %s at %d workers, %d preloaded families (%s + %s warm-up)…\n",
-					v, w, size, opts.Duration, opts.Warmup)
-				var c Cell
-				for attempt := 0; ; attempt++ {
-					if opts.WaitIdle > 0 {
-						e.waitIdle(ctx, opts.WaitIdle)
+			for _, w := range opts.Workers {
+				for _, v := range opts.Variants {
+					profile := ""
+					if v == VariantStore && w == opts.ProfileWorkers && size == sizes[len(sizes)-1] && i == 0 {
+						profile = opts.CPUProfile
 					}
-					c, err = measureCell(ctx, e, fx, v, w, opts.Warmup, opts.Duration, profile)
+					c, err := measureWithRetries(ctx, e, fx, v, w, profile)
 					if err != nil {
-						return fmt.Errorf("variant %s, %d workers: %w", v, w, err)
+						return err
 					}
-					c.Attempts = attempt + 1
-					if opts.WaitIdle == 0 || c.OtherCores <= ContendedCores || attempt == maxContendedRetries {
-						break
-					}
-					fmt.Fprintf(opts.Progress, "  other load took %.2f cores; measuring again\n", c.OtherCores)
+					c.Rows, c.Durability = size, d
+					rep.Cells = append(rep.Cells, c)
 				}
-				c.Rows = size
-				rep.Cells = append(rep.Cells, c)
-				fmt.Fprintf(opts.Progress, "  %.0f ops/s, p50 %s, p99 %s\n", c.OpsPerSec, fmtDur(c.P50), fmtDur(c.P99))
 			}
 		}
 	}

@@ -27,6 +27,7 @@ func TestOptions_Refused(t *testing.T) {
 		{Variants: []string{"x"}},
 		{Scale: true, ScaleRows: []int{10, 5}},
 		{Rows: -1},
+		{Durability: "sometimes"},
 	} {
 		if err := o.setDefaults(); err == nil {
 			t.Errorf("%+v accepted", o)
@@ -48,7 +49,7 @@ func TestRun_Smoke(t *testing.T) {
 	err := Run(ctx, Options{
 		Duration: 300 * time.Millisecond,
 		Warmup:   100 * time.Millisecond,
-		Workers:  []int{1, 2},
+		Workers:  []int{2},
 		Variants: []string{VariantStore, VariantRaw, VariantTransaction, VariantFloor, VariantPrevious},
 		Rows:     2_000,
 		Explain:  true,
@@ -60,6 +61,11 @@ func TestRun_Smoke(t *testing.T) {
 	var rep Report
 	if err := json.Unmarshal(out.Bytes(), &rep); err != nil {
 		t.Fatalf("report is not JSON: %v", err)
+	}
+	// Every cell twice: durability on, the headline, then off.
+	if len(rep.Phases) != 2 || rep.Phases[0].Settings["fsync"] != "on" || rep.Phases[0].Settings["full_page_writes"] != "on" ||
+		rep.Phases[1].Settings["synchronous_commit"] != "off" {
+		t.Errorf("phases %+v", rep.Phases)
 	}
 	if len(rep.Cells) != 10 {
 		t.Fatalf("%d cells, want 10", len(rep.Cells))
@@ -80,8 +86,21 @@ func TestRun_Smoke(t *testing.T) {
 			t.Errorf("variant %s, %d workers: implausible writes %+v", c.Variant, c.Workers, w)
 		}
 	}
-	if len(rep.Ratios) != 2 || rep.Ratios[0].StoreOverRaw <= 0 || rep.Ratios[0].StoreOverConv <= 0 || rep.Ratios[0].RawOverFloor <= 0 || rep.Ratios[0].RawOverPrevious <= 0 {
+	if len(rep.Ratios) != 2 || rep.Ratios[0].Durability != DurabilityOn || rep.Ratios[0].StoreOverRaw <= 0 || rep.Ratios[0].StoreOverConv <= 0 || rep.Ratios[0].RawOverFloor <= 0 || rep.Ratios[0].RawOverPrevious <= 0 {
 		t.Errorf("ratios %+v", rep.Ratios)
+	}
+	var text bytes.Buffer
+	if err := rep.writeText(&text); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{
+		"== durability fsync=on, synchronous_commit=on, full_page_writes=on (headline)",
+		"== durability fsync=off, synchronous_commit=off, full_page_writes=off",
+		"WAL B/rot", "idx/rot ≤", "an upper bound", "b/d", "b/p",
+	} {
+		if !strings.Contains(text.String(), want) {
+			t.Errorf("the text report lacks %q:\n%s", want, text.String())
+		}
 	}
 	if rep.Explain == nil || !strings.Contains(rep.Explain.Custom, "oauth_refresh_token") || !strings.Contains(rep.Explain.Generic, "$1") {
 		t.Errorf("explain %+v", rep.Explain)

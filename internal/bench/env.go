@@ -61,7 +61,7 @@ func openEnv(ctx context.Context, opts Options) (_ *env, err error) {
 	if e.url == "" {
 		began := time.Now()
 		fmt.Fprintln(opts.Progress, "starting a throwaway PostgreSQL…")
-		c, err := pgtemp.Start(ctx, pgtemp.Options{Fsync: opts.Fsync, Settings: throwawaySettings})
+		c, err := pgtemp.Start(ctx, pgtemp.Options{Fsync: opts.Durability != DurabilityOff, Settings: throwawaySettings})
 		if err != nil {
 			return nil, err
 		}

@@ -16,16 +16,18 @@ import (
 
 // Cell is the result of one variant at one worker count.
 type Cell struct {
-	Variant   string        `json:"variant"`
-	Workers   int           `json:"workers"`
-	Rows      int           `json:"preloaded_families"`
-	Ops       int           `json:"ops"`
-	Seconds   float64       `json:"seconds"`
-	OpsPerSec float64       `json:"ops_per_sec"`
-	P50       time.Duration `json:"p50_ns"`
-	P99       time.Duration `json:"p99_ns"`
-	P999      time.Duration `json:"p999_ns"`
-	Max       time.Duration `json:"max_ns"`
+	// Durability names the phase (Phase.Durability) the cell ran in.
+	Durability string        `json:"durability"`
+	Variant    string        `json:"variant"`
+	Workers    int           `json:"workers"`
+	Rows       int           `json:"preloaded_families"`
+	Ops        int           `json:"ops"`
+	Seconds    float64       `json:"seconds"`
+	OpsPerSec  float64       `json:"ops_per_sec"`
+	P50        time.Duration `json:"p50_ns"`
+	P99        time.Duration `json:"p99_ns"`
+	P999       time.Duration `json:"p999_ns"`
+	Max        time.Duration `json:"max_ns"`
 	// ClientCores is the CPU the benchmark process (client) used in the measured window, in
 	// cores; MachineCores is the whole machine's busy CPU (client + server + anything else).
 	// Zero where the platform does not tell.

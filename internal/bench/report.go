@@ -18,8 +18,10 @@ const (
 
 // Report is everything a run found.
 type Report struct {
-	Config       Config         `json:"config"`
-	Environment  Environment    `json:"environment"`
+	Config      Config      `json:"config"`
+	Environment Environment `json:"environment"`
+	// Phases are the durability settings the cells ran under, the headline first.
+	Phases       []Phase        `json:"phases"`
 	Loads        []LoadStat     `json:"loads"`
 	Cells        []Cell         `json:"cells"`
 	Ratios       []Ratio        `json:"ratios"`
@@ -36,14 +38,16 @@ type Config struct {
 	Variants        []string `json:"variants"`
 	Rows            []int    `json:"preloaded_families"`
 	Scale           bool     `json:"scale"`
-	Fsync           bool     `json:"fsync"`
+	Durability      string   `json:"durability"`
 	FamiliesPerWkr  int      `json:"families_per_worker"`
 	Client          string   `json:"client_id"`
 	WaitIdleSeconds float64  `json:"wait_idle_seconds"`
 }
 
-// Ratio compares the throughput of the variants at one worker count and table size.
+// Ratio compares the throughput of the variants at one worker count and table size, under one
+// phase's durability.
 type Ratio struct {
+	Durability    string  `json:"durability"`
 	Workers       int     `json:"workers"`
 	Rows          int     `json:"preloaded_families"`
 	StoreOverRaw  float64 `json:"a_over_b,omitempty"`
@@ -56,15 +60,16 @@ type Ratio struct {
 
 // ScalePoint is one cell of a scale run with its latency relative to the smallest table.
 type ScalePoint struct {
-	Variant   string        `json:"variant"`
-	Workers   int           `json:"workers"`
-	Rows      int           `json:"preloaded_families"`
-	OpsPerSec float64       `json:"ops_per_sec"`
-	P50       time.Duration `json:"p50_ns"`
-	P99       time.Duration `json:"p99_ns"`
-	P50Growth float64       `json:"p50_growth"`
-	P99Growth float64       `json:"p99_growth"`
-	OpsGrowth float64       `json:"ops_growth"`
+	Durability string        `json:"durability"`
+	Variant    string        `json:"variant"`
+	Workers    int           `json:"workers"`
+	Rows       int           `json:"preloaded_families"`
+	OpsPerSec  float64       `json:"ops_per_sec"`
+	P50        time.Duration `json:"p50_ns"`
+	P99        time.Duration `json:"p99_ns"`
+	P50Growth  float64       `json:"p50_growth"`
+	P99Growth  float64       `json:"p99_growth"`
+	OpsGrowth  float64       `json:"ops_growth"`
 }
 
 func reportConfig(o Options) Config {
@@ -75,7 +80,7 @@ func reportConfig(o Options) Config {
 		Variants:        o.Variants,
 		Rows:            []int{o.Rows},
 		Scale:           o.Scale,
-		Fsync:           o.Fsync,
+		Durability:      o.Durability,
 		FamiliesPerWkr:  FamiliesPerWorker,
 		Client:          o.Client,
 		WaitIdleSeconds: o.WaitIdle.Seconds(),
@@ -86,10 +91,11 @@ func reportConfig(o Options) Config {
 	return c
 }
 
-func (r *Report) cell(v string, w, rows int) *Cell {
+// cell returns the cell of variant v like c (same phase, workers and rows), or nil.
+func (r *Report) cell(like *Cell, v string, rows int) *Cell {
 	for i := range r.Cells {
 		c := &r.Cells[i]
-		if c.Variant == v && c.Workers == w && c.Rows == rows {
+		if c.Variant == v && c.Durability == like.Durability && c.Workers == like.Workers && c.Rows == rows {
 			return c
 		}
 	}
@@ -97,40 +103,46 @@ func (r *Report) cell(v string, w, rows int) *Cell {
 }
 
 func (r *Report) computeRatios() {
-	seen := map[[2]int]bool{}
-	for _, c := range r.Cells {
-		k := [2]int{c.Rows, c.Workers}
+	type key struct {
+		durability    string
+		rows, workers int
+	}
+	seen := map[key]bool{}
+	for i := range r.Cells {
+		c := &r.Cells[i]
+		k := key{c.Durability, c.Rows, c.Workers}
 		if seen[k] {
 			continue
 		}
 		seen[k] = true
 		ratio := func(x, y string) float64 {
-			cx, cy := r.cell(x, c.Workers, c.Rows), r.cell(y, c.Workers, c.Rows)
+			cx, cy := r.cell(c, x, c.Rows), r.cell(c, y, c.Rows)
 			if cx == nil || cy == nil {
 				return 0
 			}
 			return cx.OpsPerSec / cy.OpsPerSec
 		}
-		ra := Ratio{Workers: c.Workers, Rows: c.Rows,
-			StoreOverRaw:    ratio(VariantStore, VariantRaw),
-			StoreOverConv:   ratio(VariantStore, VariantTransaction),
-			RawOverFloor:    ratio(VariantRaw, VariantFloor),
-			RawOverPrevious: ratio(VariantRaw, VariantPrevious),
-		}
-		if ra != (Ratio{Workers: c.Workers, Rows: c.Rows}) {
+		none := Ratio{Durability: c.Durability, Workers: c.Workers, Rows: c.Rows}
+		ra := none
+		ra.StoreOverRaw = ratio(VariantStore, VariantRaw)
+		ra.StoreOverConv = ratio(VariantStore, VariantTransaction)
+		ra.RawOverFloor = ratio(VariantRaw, VariantFloor)
+		ra.RawOverPrevious = ratio(VariantRaw, VariantPrevious)
+		if ra != none {
 			r.Ratios = append(r.Ratios, ra)
 		}
 	}
 }
 
 func (r *Report) computeScale(baseRows int) {
-	for _, c := range r.Cells {
-		base := r.cell(c.Variant, c.Workers, baseRows)
+	for i := range r.Cells {
+		c := &r.Cells[i]
+		base := r.cell(c, c.Variant, baseRows)
 		if base == nil {
 			continue
 		}
 		r.Scale = append(r.Scale, ScalePoint{
-			Variant: c.Variant, Workers: c.Workers, Rows: c.Rows,
+			Durability: c.Durability, Variant: c.Variant, Workers: c.Workers, Rows: c.Rows,
 			OpsPerSec: c.OpsPerSec, P50: c.P50, P99: c.P99,
 			P50Growth: float64(c.P50) / float64(base.P50),
 			P99Growth: float64(c.P99) / float64(base.P99),
@@ -163,10 +175,46 @@ func (r *Report) writeText(out io.Writer) error {
 	}
 	fmt.Fprintln(out)
 
+	for i, ph := range r.Phases {
+		title := "durability " + phaseSettings(ph)
+		switch {
+		case ph.Durability == DurabilityAsFound:
+			title += " (the server's settings as found)"
+		case i == 0 && len(r.Phases) > 1:
+			title += " (headline)"
+		}
+		fmt.Fprintf(out, "== %s\n\n", title)
+		if err := r.writeCells(out, ph.Durability, i == 0); err != nil {
+			return err
+		}
+		if err := r.writeRatios(out, ph.Durability); err != nil {
+			return err
+		}
+		if err := r.writeScale(out, ph.Durability); err != nil {
+			return err
+		}
+	}
+
+	if x := r.Explain; x != nil {
+		fmt.Fprintf(out, "RefreshTokenRotate as executed (auto_explain, ANALYZE, BUFFERS) on %d preloaded families, on a measured\n"+
+			"family with %d tombstones, %d runs per plan mode; statement text sha256 %s…;\n", x.Rows, x.Tombstones, x.Runs, x.StatementSHA256)
+		fmt.Fprintf(out, "median server execution time: custom plan %s, generic plan %s. Last custom plan:\n%s\n\n",
+			fmtDur(x.CustomMedian), fmtDur(x.GenericMedian), x.Custom)
+		fmt.Fprintf(out, "last generic plan (what the prepared statement of a pooled connection may settle on):\n%s\n\n", x.Generic)
+	}
+	fmt.Fprintf(out, "total %s\n", (time.Duration(r.TotalSeconds * float64(time.Second))).Round(time.Second))
+	return nil
+}
+
+// writeCells writes the table of the cells of one phase, and the legend with the first.
+func (r *Report) writeCells(out io.Writer, durability string, legend bool) error {
 	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "families\tvariant\tworkers\tops/s\tp50\tp99\tp999\tmax\tWAL B/rot\ttup/rot\tHOT\tidx/rot ≤\tCPU client\tserver\tother\tautovac\tnote\t")
 	contended, unsettled := false, false
 	for _, c := range r.Cells {
+		if c.Durability != durability {
+			continue
+		}
 		var notes []string
 		if c.OtherCores > ContendedCores {
 			notes, contended = append(notes, "!"), true
@@ -187,9 +235,11 @@ func (r *Report) writeText(out io.Writer) error {
 	if err := tw.Flush(); err != nil {
 		return err
 	}
-	fmt.Fprint(out, writesLegend)
-	fmt.Fprintf(out, "CPU in cores of the %d: client = this process, server = the PostgreSQL processes, other = the rest of the\n"+
-		"machine's busy CPU; autovac = autovacuum/autoanalyze runs on the variant's tables finished in the window\n", env.NumCPU)
+	if legend {
+		fmt.Fprint(out, writesLegend)
+		fmt.Fprintf(out, "CPU in cores of the %d: client = this process, server = the PostgreSQL processes, other = the rest of the\n"+
+			"machine's busy CPU; autovac = autovacuum/autoanalyze runs on the variant's tables finished in the window\n", r.Environment.NumCPU)
+	}
 	if contended {
 		fmt.Fprintf(out, "! = other load used more than %.2f cores during these cells: their numbers are low by that much CPU\n", ContendedCores)
 	}
@@ -197,51 +247,68 @@ func (r *Report) writeText(out io.Writer) error {
 		fmt.Fprintf(out, "? = the table counters did not settle within %s: tup/rot, HOT and idx/rot of these cells are unreliable\n", statsTimeout)
 	}
 	fmt.Fprintln(out)
+	return nil
+}
 
-	if len(r.Ratios) > 0 {
-		fmt.Fprintln(tw, "families\tworkers\ta/b\ttarget\ta/c\ttarget\tb/d\tb/p\t")
-		for _, ra := range r.Ratios {
-			ab, abt := ratioCells(ra.StoreOverRaw, ra.Workers <= 8, TargetStoreOverRaw)
-			ac, act := ratioCells(ra.StoreOverConv, ra.Workers == 1, TargetStoreOverTransaction)
-			bd, _ := ratioCells(ra.RawOverFloor, false, 0)
-			bp, _ := ratioCells(ra.RawOverPrevious, false, 0)
-			fmt.Fprintf(tw, "%d\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t\n", ra.Rows, ra.Workers, ab, abt, ac, act, bd, bp)
+// writeRatios writes the throughput ratios of one phase.
+func (r *Report) writeRatios(out io.Writer, durability string) error {
+	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "families\tworkers\ta/b\ttarget\ta/c\ttarget\tb/d\tb/p\t")
+	n := 0
+	for _, ra := range r.Ratios {
+		if ra.Durability != durability {
+			continue
 		}
-		if err := tw.Flush(); err != nil {
-			return err
-		}
-		fmt.Fprintln(out, "throughput ratios; b/d = the single statement over the floor, b/p = the current design over the previous one")
-		fmt.Fprintln(out)
+		n++
+		ab, abt := ratioCells(ra.StoreOverRaw, ra.Workers <= 8, TargetStoreOverRaw)
+		ac, act := ratioCells(ra.StoreOverConv, ra.Workers == 1, TargetStoreOverTransaction)
+		bd, _ := ratioCells(ra.RawOverFloor, false, 0)
+		bp, _ := ratioCells(ra.RawOverPrevious, false, 0)
+		fmt.Fprintf(tw, "%d\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t\n", ra.Rows, ra.Workers, ab, abt, ac, act, bd, bp)
 	}
+	if n == 0 {
+		return nil
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	fmt.Fprintln(out, "throughput ratios; b/d = the single statement over the floor, b/p = the current design over the previous one")
+	fmt.Fprintln(out)
+	return nil
+}
 
-	if len(r.Scale) > 0 {
-		fmt.Fprintln(out, "scale: latency and throughput relative to the smallest table")
-		fmt.Fprintln(tw, "variant\tworkers\tfamilies\tops/s\tp50\tp99\tp50 ×\tp99 ×\tops/s ×\t")
-		for _, v := range r.Config.Variants {
-			for _, w := range r.Config.Workers {
-				for _, s := range r.Scale {
-					if s.Variant == v && s.Workers == w {
-						fmt.Fprintf(tw, "%s\t%d\t%d\t%.0f\t%s\t%s\t%.2f\t%.2f\t%.2f\t\n", s.Variant, s.Workers, s.Rows,
-							s.OpsPerSec, fmtDur(s.P50), fmtDur(s.P99), s.P50Growth, s.P99Growth, s.OpsGrowth)
-					}
+// writeScale writes the scale table of one phase.
+func (r *Report) writeScale(out io.Writer, durability string) error {
+	if len(r.Scale) == 0 {
+		return nil
+	}
+	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(out, "scale: latency and throughput relative to the smallest table")
+	fmt.Fprintln(tw, "variant\tworkers\tfamilies\tops/s\tp50\tp99\tp50 ×\tp99 ×\tops/s ×\t")
+	for _, v := range r.Config.Variants {
+		for _, w := range r.Config.Workers {
+			for _, s := range r.Scale {
+				if s.Durability == durability && s.Variant == v && s.Workers == w {
+					fmt.Fprintf(tw, "%s\t%d\t%d\t%.0f\t%s\t%s\t%.2f\t%.2f\t%.2f\t\n", s.Variant, s.Workers, s.Rows,
+						s.OpsPerSec, fmtDur(s.P50), fmtDur(s.P99), s.P50Growth, s.P99Growth, s.OpsGrowth)
 				}
 			}
 		}
-		if err := tw.Flush(); err != nil {
-			return err
-		}
-		fmt.Fprintln(out)
 	}
-
-	if x := r.Explain; x != nil {
-		fmt.Fprintf(out, "RefreshTokenRotate as executed (auto_explain, ANALYZE, BUFFERS) on %d preloaded families, on a measured\n"+
-			"family with %d tombstones, %d runs per plan mode; statement text sha256 %s…;\n", x.Rows, x.Tombstones, x.Runs, x.StatementSHA256)
-		fmt.Fprintf(out, "median server execution time: custom plan %s, generic plan %s. Last custom plan:\n%s\n\n",
-			fmtDur(x.CustomMedian), fmtDur(x.GenericMedian), x.Custom)
-		fmt.Fprintf(out, "last generic plan (what the prepared statement of a pooled connection may settle on):\n%s\n\n", x.Generic)
+	if err := tw.Flush(); err != nil {
+		return err
 	}
-	fmt.Fprintf(out, "total %s\n", (time.Duration(r.TotalSeconds * float64(time.Second))).Round(time.Second))
+	fmt.Fprintln(out)
 	return nil
+}
+
+// phaseSettings formats a phase's durability settings, e.g. "fsync=on, synchronous_commit=on, …".
+func phaseSettings(ph Phase) string {
+	var parts []string
+	for _, k := range durabilitySettings {
+		parts = append(parts, k+"="+ph.Settings[k])
+	}
+	return strings.Join(parts, ", ")
 }
 
 // ContendedCores is the CPU of other processes above which a cell is marked as disturbed.
