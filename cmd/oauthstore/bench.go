@@ -9,6 +9,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/oauthstore/oauthstore/internal/bench"
 )
@@ -31,7 +32,9 @@ MaxConns = workers and a warm-up before it is measured. Without --database-url o
 a throwaway PostgreSQL is started (max_connections 200, shared_buffers 512MB) and every cell
 runs twice: first with fsync, synchronous_commit and full_page_writes on (the headline table),
 then with the three off (the second table), switched with ALTER SYSTEM on the same cluster
-(--durability on or off runs one of the two). On a given database the cells run once under
+(--durability on or off runs one of the two). The RTT series runs --rtt-variants again through
+an in-process TCP proxy that delays each direction by RTT/2, to the server's TCP port, in the
+first of those phases. On a given database the cells run once under
 its settings, which are reported and not changed, and everything is created in schemas
 oauthstore_bench and oauthstore_bench_prev, which the run drops at the end.
 
@@ -52,6 +55,9 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs.StringVar(&opts.Client, "client", bench.DefaultClient, "client_id of the rotated families (the default is one of the preloaded families' 100 clients)")
 	fs.BoolVar(&opts.Scale, "scale", false, "measure a and b at 1 and 8 workers at each of --scale-rows preloaded families")
 	scaleRows := fs.String("scale-rows", "10000,1000000,10000000", "ascending preloaded family counts of --scale")
+	rtts := fs.String("rtt", "0,200us,500us,1ms", "comma-separated round-trip times of the RTT series, \"none\" to skip it (with --scale: default none)")
+	rttWorkers := fs.String("rtt-workers", "1,8", "comma-separated worker counts of the RTT series")
+	rttVariants := fs.String("rtt-variants", "a,c", "comma-separated variants of the RTT series")
 	fs.StringVar(&opts.Durability, "durability", bench.DurabilityBoth, "on the throwaway cluster: both (every cell with fsync, synchronous_commit and full_page_writes on, then again with the three off), on, or off")
 	fsync := fs.Bool("fsync", false, "the same as --durability on (kept for older scripts)")
 	fs.BoolVar(&opts.Explain, "explain", false, "append the executed plans of RefreshTokenRotate (auto_explain, ANALYZE, BUFFERS)")
@@ -80,6 +86,22 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if opts.ScaleRows, err = intList("scale-rows", *scaleRows); err != nil {
 		return err
 	}
+	switch {
+	case strings.TrimSpace(*rtts) == "none" || strings.TrimSpace(*rtts) == "":
+		opts.NoRTT = true
+	case set["rtt"] || !opts.Scale:
+		for f := range strings.SplitSeq(*rtts, ",") {
+			d, err := time.ParseDuration(strings.TrimSpace(f))
+			if err != nil {
+				return usageError{msg: fmt.Sprintf("--rtt: %q is not a list of durations", *rtts)}
+			}
+			opts.RTTs = append(opts.RTTs, d)
+		}
+	}
+	if opts.RTTWorkers, err = intList("rtt-workers", *rttWorkers); err != nil {
+		return err
+	}
+	opts.RTTVariants = strings.Split(*rttVariants, ",")
 	if *fsync {
 		if set["durability"] && opts.Durability != bench.DurabilityOn {
 			return usageError{msg: "--fsync is --durability on; it cannot go with --durability " + opts.Durability}

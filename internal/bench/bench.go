@@ -27,6 +27,11 @@
 // runs one of the two. On a database given by URL the cells run once, under its settings as
 // found, which the report prints and the run never changes.
 //
+// The RTT series measures some variants (a and c by default) again with their connections going
+// through an in-process TCP proxy to the server's TCP port, which delays each direction by RTT/2
+// (0, 0.2, 0.5 and 1 ms by default): what the single statement saves grows with the round trips
+// it saves. It runs in the first phase at the first table size.
+//
 // Cells run one at a time. Each starts from a CHECKPOINT, warms up, pauses while the server's
 // counters are read, and is then measured; next to its latency it reports what its measured
 // rotations wrote, per rotation: WAL bytes, heap tuples, the share of HOT updates and an upper
@@ -83,6 +88,9 @@ var (
 	DefaultScaleRows    = []int{10_000, 1_000_000, 10_000_000}
 	DefaultVariants     = []string{VariantStore, VariantRaw, VariantTransaction, VariantFloor, VariantPrevious}
 	DefaultScaleVar     = []string{VariantStore, VariantRaw}
+	DefaultRTTs         = []time.Duration{0, 200 * time.Microsecond, 500 * time.Microsecond, time.Millisecond}
+	DefaultRTTWorkers   = []int{1, 8}
+	DefaultRTTVariants  = []string{VariantStore, VariantTransaction}
 )
 
 // Options configure a run. Zero values take the defaults above.
@@ -111,6 +119,15 @@ type Options struct {
 	// Scale measures at each of ScaleRows preloaded families instead, growing the same tables.
 	Scale     bool
 	ScaleRows []int
+	// RTTs are the round-trip times of the RTT series: cells of RTTVariants at RTTWorkers whose
+	// connections go through an in-process TCP proxy to the server's TCP port (on a throwaway
+	// cluster, which then also listens on 127.0.0.1) that delays each direction by RTT/2; RTT 0
+	// is the proxy without delay. The series runs in the first phase at the first table size.
+	// Nil takes DefaultRTTs, or none with Scale; NoRTT skips the series.
+	RTTs        []time.Duration
+	RTTWorkers  []int
+	RTTVariants []string
+	NoRTT       bool
 	// Explain appends EXPLAIN (ANALYZE, BUFFERS) of the rotating statement, custom and generic
 	// plan, taken on the loaded tables after the measurements.
 	Explain bool
@@ -160,6 +177,18 @@ func (o *Options) setDefaults() error {
 	if len(o.ScaleRows) == 0 {
 		o.ScaleRows = DefaultScaleRows
 	}
+	if o.RTTs == nil && !o.Scale {
+		o.RTTs = DefaultRTTs
+	}
+	if o.NoRTT {
+		o.RTTs = nil
+	}
+	if len(o.RTTWorkers) == 0 {
+		o.RTTWorkers = DefaultRTTWorkers
+	}
+	if len(o.RTTVariants) == 0 {
+		o.RTTVariants = DefaultRTTVariants
+	}
 	if o.Durability == "" {
 		o.Durability = DurabilityBoth
 	}
@@ -176,14 +205,19 @@ func (o *Options) setDefaults() error {
 	case o.Durability != DurabilityBoth && o.Durability != DurabilityOn && o.Durability != DurabilityOff:
 		return fmt.Errorf("%w: durability %q (want both, on or off)", ErrInvalidOptions, o.Durability)
 	}
-	for _, w := range o.Workers {
+	for _, w := range slices.Concat(o.Workers, o.RTTWorkers) {
 		if w < 1 || w > 180 {
 			return fmt.Errorf("%w: worker count %d outside 1..180", ErrInvalidOptions, w)
 		}
 	}
-	for _, v := range o.Variants {
+	for _, v := range slices.Concat(o.Variants, o.RTTVariants) {
 		if _, ok := variantDescriptions[v]; !ok {
 			return fmt.Errorf("%w: unknown variant %q (want a, b, c, d or p)", ErrInvalidOptions, v)
+		}
+	}
+	for _, rtt := range o.RTTs {
+		if rtt < 0 || rtt > 100*time.Millisecond {
+			return fmt.Errorf("%w: round-trip time %s outside 0..100ms", ErrInvalidOptions, rtt)
 		}
 	}
 	if o.Scale {
@@ -201,16 +235,16 @@ func (o *Options) setDefaults() error {
 
 // measureWithRetries measures a cell, again (up to maxContendedRetries times) when Options.WaitIdle
 // asks for it and other load disturbed it.
-func measureWithRetries(ctx context.Context, e *env, fx *fixture, v string, w int, profile string) (Cell, error) {
+func measureWithRetries(ctx context.Context, e *env, fx *fixture, spec cellSpec) (Cell, error) {
 	opts := e.opts
-	fmt.Fprintf(opts.Progress, "measuring %s at %d workers (%s + %s warm-up)…\n", v, w, opts.Duration, opts.Warmup)
+	fmt.Fprintf(opts.Progress, "measuring %s (%s + %s warm-up)…\n", spec, opts.Duration, opts.Warmup)
 	for attempt := 0; ; attempt++ {
 		if opts.WaitIdle > 0 {
 			e.waitIdle(ctx, opts.WaitIdle)
 		}
-		c, err := measureCell(ctx, e, fx, v, w, opts.Warmup, opts.Duration, profile)
+		c, err := measureCell(ctx, e, fx, spec, opts.Warmup, opts.Duration)
 		if err != nil {
-			return c, fmt.Errorf("variant %s, %d workers: %w", v, w, err)
+			return c, fmt.Errorf("%s: %w", spec, err)
 		}
 		c.Attempts = attempt + 1
 		if opts.WaitIdle == 0 || c.OtherCores <= ContendedCores || attempt == maxContendedRetries {
@@ -245,7 +279,13 @@ func Run(ctx context.Context, opts Options, out io.Writer) (err error) {
 	if opts.Scale {
 		sizes = opts.ScaleRows
 	}
-	sets := tableSetsOf(opts.Variants)
+	// Every variant of the run, the RTT series' included (some twice), and every worker count.
+	variants, workers := opts.Variants, opts.Workers
+	if len(opts.RTTs) > 0 {
+		variants = slices.Concat(opts.Variants, opts.RTTVariants)
+		workers = slices.Concat(opts.Workers, opts.RTTWorkers)
+	}
+	sets := tableSetsOf(variants)
 	if opts.Explain && !slices.ContainsFunc(sets, func(s tableSet) bool { return s.String() == packageTables.String() }) {
 		sets = append(sets, packageTables)
 	}
@@ -273,22 +313,35 @@ func Run(ctx context.Context, opts Options, out io.Writer) (err error) {
 			fmt.Fprintf(opts.Progress, "%d preloaded families, durability %s: %v\n", size, d, settings)
 			// The rotated families come after the load. Every phase at every size starts fresh ones,
 			// without tombstones.
-			if fx, err = newFixture(ctx, e, opts.Workers, opts.Variants); err != nil {
+			if fx, err = newFixture(ctx, e, workers, variants); err != nil {
 				return err
 			}
+			var specs []cellSpec
 			for _, w := range opts.Workers {
 				for _, v := range opts.Variants {
-					profile := ""
+					spec := cellSpec{variant: v, workers: w}
 					if v == VariantStore && w == opts.ProfileWorkers && size == sizes[len(sizes)-1] && i == 0 {
-						profile = opts.CPUProfile
+						spec.profile = opts.CPUProfile
 					}
-					c, err := measureWithRetries(ctx, e, fx, v, w, profile)
-					if err != nil {
-						return err
-					}
-					c.Rows, c.Durability = size, d
-					rep.Cells = append(rep.Cells, c)
+					specs = append(specs, spec)
 				}
+			}
+			if i == 0 && size == sizes[0] {
+				for _, rtt := range opts.RTTs {
+					for _, w := range opts.RTTWorkers {
+						for _, v := range opts.RTTVariants {
+							specs = append(specs, cellSpec{variant: v, workers: w, proxied: true, rtt: rtt})
+						}
+					}
+				}
+			}
+			for _, spec := range specs {
+				c, err := measureWithRetries(ctx, e, fx, spec)
+				if err != nil {
+					return err
+				}
+				c.Rows, c.Durability = size, d
+				rep.Cells = append(rep.Cells, c)
 			}
 		}
 	}

@@ -4,12 +4,17 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
+	"net"
 	"os"
+	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/oauthstore/oauthstore/internal/pgtemp"
@@ -27,6 +32,10 @@ type env struct {
 	// serverPID is the postmaster's PID when the server runs on this machine and its data
 	// directory is readable; 0 otherwise. It lets the report tell server CPU from other load.
 	serverPID int
+	// dialServer opens a connection to the server's TCP port (or, on a database given by a URL
+	// that names a unix socket, to that socket), for the delaying proxy of the RTT series; nil
+	// when the run has no RTT series.
+	dialServer func(ctx context.Context) (net.Conn, error)
 }
 
 // Environment describes the machine and the server, for the report.
@@ -61,13 +70,35 @@ func openEnv(ctx context.Context, opts Options) (_ *env, err error) {
 	if e.url == "" {
 		began := time.Now()
 		fmt.Fprintln(opts.Progress, "starting a throwaway PostgreSQL…")
-		c, err := pgtemp.Start(ctx, pgtemp.Options{Fsync: opts.Durability != DurabilityOff, Settings: throwawaySettings})
+		settings := maps.Clone(throwawaySettings)
+		tcp := ""
+		if len(opts.RTTs) > 0 {
+			// The RTT series' proxy connects over TCP, as a client across a network would; every
+			// other cell uses the unix socket.
+			port, err := freePort()
+			if err != nil {
+				return nil, err
+			}
+			settings["listen_addresses"] = "127.0.0.1"
+			settings["port"] = strconv.Itoa(port)
+			tcp = net.JoinHostPort("127.0.0.1", settings["port"])
+			e.dialServer = dialer("tcp", tcp)
+		}
+		c, err := pgtemp.Start(ctx, pgtemp.Options{Fsync: opts.Durability != DurabilityOff, Settings: settings})
 		if err != nil {
 			return nil, err
 		}
 		e.cluster, e.url = c, c.URL("postgres")
 		e.info.Database = fmt.Sprintf("throwaway cluster (pgtemp, unix socket), started in %s",
 			time.Since(began).Round(time.Millisecond))
+		if tcp != "" {
+			e.info.Database += "; the RTT series connects to TCP " + tcp
+		}
+	} else if len(opts.RTTs) > 0 {
+		e.dialServer, err = urlDialer(e.url)
+		if err != nil {
+			return nil, err
+		}
 	}
 	// The schemas are created on a connection without the search path, then every pool uses one.
 	boot, err := pgx.Connect(ctx, e.url)
@@ -127,6 +158,7 @@ type poolSpec struct {
 	maxConns, minConns int
 	app                string
 	searchPath         string
+	proxy              string // when set, every connection goes to this address instead
 }
 
 // pool returns a pool on the database under test. Every variant uses the same settings.
@@ -139,6 +171,13 @@ func (e *env) pool(ctx context.Context, spec poolSpec) (*pgxpool.Pool, error) {
 	cfg.MinConns = int32(spec.minConns)
 	cfg.ConnConfig.RuntimeParams["search_path"] = spec.searchPath
 	cfg.ConnConfig.RuntimeParams["application_name"] = spec.app
+	if spec.proxy != "" {
+		// The proxy stands for the server: every attempt goes there, over TCP. TLS, if the
+		// connection string asks for it, still checks the server's own name.
+		dial := dialer("tcp", spec.proxy)
+		cfg.ConnConfig.DialFunc = func(ctx context.Context, _, _ string) (net.Conn, error) { return dial(ctx) }
+		cfg.ConnConfig.Fallbacks = nil
+	}
 	p, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
 		return nil, err
@@ -176,6 +215,37 @@ func (e *env) describe(ctx context.Context) error {
 		e.info.Settings[k] = v
 	}
 	return rows.Err()
+}
+
+// freePort returns a TCP port on 127.0.0.1 that was free a moment ago.
+func freePort() (int, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port, nil
+}
+
+func dialer(network, addr string) func(ctx context.Context) (net.Conn, error) {
+	return func(ctx context.Context) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, network, addr)
+	}
+}
+
+// urlDialer returns a dialer to the server a connection string names first: its TCP host and
+// port, or its unix socket.
+func urlDialer(url string) (func(ctx context.Context) (net.Conn, error), error) {
+	cfg, err := pgconn.ParseConfig(url)
+	if err != nil {
+		return nil, err
+	}
+	port := strconv.Itoa(int(cfg.Port))
+	if strings.HasPrefix(cfg.Host, "/") {
+		return dialer("unix", filepath.Join(cfg.Host, ".s.PGSQL."+port)), nil
+	}
+	return dialer("tcp", net.JoinHostPort(cfg.Host, port)), nil
 }
 
 // writerPool is a pool that writes outside the measured cells (load, seeding). Its connections

@@ -17,17 +17,21 @@ import (
 // Cell is the result of one variant at one worker count.
 type Cell struct {
 	// Durability names the phase (Phase.Durability) the cell ran in.
-	Durability string        `json:"durability"`
-	Variant    string        `json:"variant"`
-	Workers    int           `json:"workers"`
-	Rows       int           `json:"preloaded_families"`
-	Ops        int           `json:"ops"`
-	Seconds    float64       `json:"seconds"`
-	OpsPerSec  float64       `json:"ops_per_sec"`
-	P50        time.Duration `json:"p50_ns"`
-	P99        time.Duration `json:"p99_ns"`
-	P999       time.Duration `json:"p999_ns"`
-	Max        time.Duration `json:"max_ns"`
+	Durability string `json:"durability"`
+	Variant    string `json:"variant"`
+	Workers    int    `json:"workers"`
+	// Proxied cells belong to the RTT series: their connections went through the delaying proxy
+	// with round-trip time RTT.
+	Proxied   bool          `json:"via_proxy"`
+	RTT       time.Duration `json:"rtt_ns"`
+	Rows      int           `json:"preloaded_families"`
+	Ops       int           `json:"ops"`
+	Seconds   float64       `json:"seconds"`
+	OpsPerSec float64       `json:"ops_per_sec"`
+	P50       time.Duration `json:"p50_ns"`
+	P99       time.Duration `json:"p99_ns"`
+	P999      time.Duration `json:"p999_ns"`
+	Max       time.Duration `json:"max_ns"`
 	// ClientCores is the CPU the benchmark process (client) used in the measured window, in
 	// cores; MachineCores is the whole machine's busy CPU (client + server + anything else).
 	// Zero where the platform does not tell.
@@ -48,23 +52,53 @@ type Cell struct {
 	Attempts int `json:"attempts"`
 }
 
-// measureCell runs variant v with w workers on a fresh pool (MaxConns = w): a warm-up, a pause
-// in which the server's counters are read, and the measured phase, which starts with every worker
-// at once and in which each worker starts operations for dur. It returns the throughput and
+// cellSpec is what a cell measures.
+type cellSpec struct {
+	variant string
+	workers int
+	proxied bool          // through the delaying proxy,
+	rtt     time.Duration // with this round-trip time
+	profile string        // a file for a CPU profile of the measured phase
+}
+
+func (s cellSpec) String() string {
+	out := fmt.Sprintf("%s at %d workers", s.variant, s.workers)
+	if s.proxied {
+		out += fmt.Sprintf(" via the proxy, RTT %s", s.rtt)
+	}
+	return out
+}
+
+// measureCell runs the spec's variant with its workers on a fresh pool (MaxConns = workers): a
+// warm-up, a pause in which the server's counters are read, and the measured phase, which starts
+// with every worker at once and in which each worker starts operations for dur. It returns the throughput and
 // latency percentiles of the measured phase's operations and what they wrote.
 //
 // The cell starts from a CHECKPOINT (where the role may run one), so that every cell finds the
 // same state: the first change of a page after it writes the whole page to the WAL
 // (full_page_writes), and no cell inherits a checkpoint that an earlier one made due.
-func measureCell(ctx context.Context, e *env, fx *fixture, v string, w int, warmup, dur time.Duration, profile string) (Cell, error) {
-	cell := Cell{Variant: v, Workers: w}
+func measureCell(ctx context.Context, e *env, fx *fixture, spec cellSpec, warmup, dur time.Duration) (Cell, error) {
+	v, w, profile := spec.variant, spec.workers, spec.profile
+	cell := Cell{Variant: v, Workers: w, Proxied: spec.proxied, RTT: spec.rtt}
 	tables := tablesOf(v).tables()
 	_, _ = e.admin.Exec(ctx, "CHECKPOINT")
 	before, settled, err := e.settle(ctx, tables, nil, 0, time.Now().Add(e.exitFlushInterval()))
 	if err != nil {
 		return cell, err
 	}
-	pool, err := e.pool(ctx, poolSpec{maxConns: w, minConns: w, app: cellApp, searchPath: tablesOf(v).schema})
+	ps := poolSpec{maxConns: w, minConns: w, app: cellApp, searchPath: tablesOf(v).schema}
+	if spec.proxied {
+		if e.dialServer == nil {
+			return cell, errors.New("the RTT series needs the server's TCP port or socket, which the connection string does not name")
+		}
+		proxy, err := startDelayProxy(e.dialServer, spec.rtt/2)
+		if err != nil {
+			return cell, err
+		}
+		defer proxy.close() // after the pool's connections are gone
+		ps.proxy = proxy.addr()
+	}
+	pool, err := e.pool(ctx, ps)
 	if err != nil {
 		return cell, err
 	}

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"io"
 	"runtime"
+	"slices"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -32,26 +34,31 @@ type Report struct {
 
 // Config echoes the options of the run.
 type Config struct {
-	DurationSeconds float64  `json:"duration_seconds"`
-	WarmupSeconds   float64  `json:"warmup_seconds"`
-	Workers         []int    `json:"workers"`
-	Variants        []string `json:"variants"`
-	Rows            []int    `json:"preloaded_families"`
-	Scale           bool     `json:"scale"`
-	Durability      string   `json:"durability"`
-	FamiliesPerWkr  int      `json:"families_per_worker"`
-	Client          string   `json:"client_id"`
-	WaitIdleSeconds float64  `json:"wait_idle_seconds"`
+	DurationSeconds float64         `json:"duration_seconds"`
+	WarmupSeconds   float64         `json:"warmup_seconds"`
+	Workers         []int           `json:"workers"`
+	Variants        []string        `json:"variants"`
+	Rows            []int           `json:"preloaded_families"`
+	Scale           bool            `json:"scale"`
+	Durability      string          `json:"durability"`
+	RTTs            []time.Duration `json:"rtt_ns"`
+	RTTWorkers      []int           `json:"rtt_workers"`
+	RTTVariants     []string        `json:"rtt_variants"`
+	FamiliesPerWkr  int             `json:"families_per_worker"`
+	Client          string          `json:"client_id"`
+	WaitIdleSeconds float64         `json:"wait_idle_seconds"`
 }
 
 // Ratio compares the throughput of the variants at one worker count and table size, under one
-// phase's durability.
+// phase's durability, directly or (Proxied) at one round-trip time of the RTT series.
 type Ratio struct {
-	Durability    string  `json:"durability"`
-	Workers       int     `json:"workers"`
-	Rows          int     `json:"preloaded_families"`
-	StoreOverRaw  float64 `json:"a_over_b,omitempty"`
-	StoreOverConv float64 `json:"a_over_c,omitempty"`
+	Durability    string        `json:"durability"`
+	Proxied       bool          `json:"via_proxy"`
+	RTT           time.Duration `json:"rtt_ns"`
+	Workers       int           `json:"workers"`
+	Rows          int           `json:"preloaded_families"`
+	StoreOverRaw  float64       `json:"a_over_b,omitempty"`
+	StoreOverConv float64       `json:"a_over_c,omitempty"`
 	// RawOverFloor is b/d: the single-statement rotation against the floor.
 	RawOverFloor float64 `json:"b_over_d,omitempty"`
 	// RawOverPrevious is b/p: the current design's statement over the previous design's.
@@ -81,6 +88,9 @@ func reportConfig(o Options) Config {
 		Rows:            []int{o.Rows},
 		Scale:           o.Scale,
 		Durability:      o.Durability,
+		RTTs:            o.RTTs,
+		RTTWorkers:      o.RTTWorkers,
+		RTTVariants:     o.RTTVariants,
 		FamiliesPerWkr:  FamiliesPerWorker,
 		Client:          o.Client,
 		WaitIdleSeconds: o.WaitIdle.Seconds(),
@@ -91,11 +101,12 @@ func reportConfig(o Options) Config {
 	return c
 }
 
-// cell returns the cell of variant v like c (same phase, workers and rows), or nil.
+// cell returns the cell of variant v like c (same phase, proxy, RTT and workers) at rows, or nil.
 func (r *Report) cell(like *Cell, v string, rows int) *Cell {
 	for i := range r.Cells {
 		c := &r.Cells[i]
-		if c.Variant == v && c.Durability == like.Durability && c.Workers == like.Workers && c.Rows == rows {
+		if c.Variant == v && c.Durability == like.Durability && c.Proxied == like.Proxied && c.RTT == like.RTT &&
+			c.Workers == like.Workers && c.Rows == rows {
 			return c
 		}
 	}
@@ -105,12 +116,14 @@ func (r *Report) cell(like *Cell, v string, rows int) *Cell {
 func (r *Report) computeRatios() {
 	type key struct {
 		durability    string
+		proxied       bool
+		rtt           time.Duration
 		rows, workers int
 	}
 	seen := map[key]bool{}
 	for i := range r.Cells {
 		c := &r.Cells[i]
-		k := key{c.Durability, c.Rows, c.Workers}
+		k := key{c.Durability, c.Proxied, c.RTT, c.Rows, c.Workers}
 		if seen[k] {
 			continue
 		}
@@ -122,7 +135,7 @@ func (r *Report) computeRatios() {
 			}
 			return cx.OpsPerSec / cy.OpsPerSec
 		}
-		none := Ratio{Durability: c.Durability, Workers: c.Workers, Rows: c.Rows}
+		none := Ratio{Durability: c.Durability, Proxied: c.Proxied, RTT: c.RTT, Workers: c.Workers, Rows: c.Rows}
 		ra := none
 		ra.StoreOverRaw = ratio(VariantStore, VariantRaw)
 		ra.StoreOverConv = ratio(VariantStore, VariantTransaction)
@@ -138,7 +151,7 @@ func (r *Report) computeScale(baseRows int) {
 	for i := range r.Cells {
 		c := &r.Cells[i]
 		base := r.cell(c, c.Variant, baseRows)
-		if base == nil {
+		if base == nil || c.Proxied {
 			continue
 		}
 		r.Scale = append(r.Scale, ScalePoint{
@@ -169,6 +182,11 @@ func (r *Report) writeText(out io.Writer) error {
 	for _, v := range r.Config.Variants {
 		fmt.Fprintf(out, "variant %s  %s\n", v, variantDescriptions[v])
 	}
+	if len(r.Config.RTTs) > 0 {
+		fmt.Fprintf(out, "rtt        %s at %s workers through an in-process TCP proxy that delays each direction by RTT/2,\n"+
+			"           to the server's TCP port (RTT 0: the proxy without delay), in the first phase at the first size\n",
+			strings.Join(r.Config.RTTVariants, ", "), joinInts(r.Config.RTTWorkers))
+	}
 	for _, l := range r.Loads {
 		fmt.Fprintf(out, "load       %s, %d → %d families: COPY %.1fs (%.0f families/s), VACUUM ANALYZE + CHECKPOINT %.1fs; tables %d MB, indexes %d MB\n",
 			l.Tables, l.FromRows, l.ToRows, l.CopySeconds, l.RowsPerSecond, l.AnalyzeSeconds, l.TableBytes>>20, l.IndexBytes>>20)
@@ -184,11 +202,20 @@ func (r *Report) writeText(out io.Writer) error {
 			title += " (headline)"
 		}
 		fmt.Fprintf(out, "== %s\n\n", title)
-		if err := r.writeCells(out, ph.Durability, i == 0); err != nil {
+		if err := r.writeCells(out, ph.Durability, false, i == 0); err != nil {
 			return err
 		}
-		if err := r.writeRatios(out, ph.Durability); err != nil {
+		if err := r.writeRatios(out, ph.Durability, false); err != nil {
 			return err
+		}
+		if slices.ContainsFunc(r.Cells, func(c Cell) bool { return c.Durability == ph.Durability && c.Proxied }) {
+			fmt.Fprintf(out, "round-trip time series (%s)\n\n", phaseSettings(ph))
+			if err := r.writeCells(out, ph.Durability, true, false); err != nil {
+				return err
+			}
+			if err := r.writeRatios(out, ph.Durability, true); err != nil {
+				return err
+			}
 		}
 		if err := r.writeScale(out, ph.Durability); err != nil {
 			return err
@@ -206,14 +233,23 @@ func (r *Report) writeText(out io.Writer) error {
 	return nil
 }
 
-// writeCells writes the table of the cells of one phase, and the legend with the first.
-func (r *Report) writeCells(out io.Writer, durability string, legend bool) error {
+// writeCells writes the table of the cells of one phase, direct or through the proxy, and the
+// legend when asked.
+func (r *Report) writeCells(out io.Writer, durability string, proxied, legend bool) error {
 	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "families\tvariant\tworkers\tops/s\tp50\tp99\tp999\tmax\tWAL B/rot\ttup/rot\tHOT\tidx/rot ≤\tCPU client\tserver\tother\tautovac\tnote\t")
+	first := "families"
+	if proxied {
+		first = "RTT"
+	}
+	fmt.Fprintln(tw, first+"\tvariant\tworkers\tops/s\tp50\tp99\tp999\tmax\tWAL B/rot\ttup/rot\tHOT\tidx/rot ≤\tCPU client\tserver\tother\tautovac\tnote\t")
 	contended, unsettled := false, false
 	for _, c := range r.Cells {
-		if c.Durability != durability {
+		if c.Durability != durability || c.Proxied != proxied {
 			continue
+		}
+		key := strconv.Itoa(c.Rows)
+		if proxied {
+			key = fmtDur(c.RTT)
 		}
 		var notes []string
 		if c.OtherCores > ContendedCores {
@@ -227,7 +263,7 @@ func (r *Report) writeCells(out io.Writer, durability string, legend bool) error
 		}
 		mark := strings.Join(notes, " ")
 		wr := c.Writes
-		fmt.Fprintf(tw, "%d\t%s\t%d\t%.0f\t%s\t%s\t%s\t%s\t%.0f\t%.2f\t%s\t%.2f\t%.2f\t%s\t%s\t%d\t%s\t\n", c.Rows, c.Variant, c.Workers, c.OpsPerSec,
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%.0f\t%s\t%s\t%s\t%s\t%.0f\t%.2f\t%s\t%.2f\t%.2f\t%s\t%s\t%d\t%s\t\n", key, c.Variant, c.Workers, c.OpsPerSec,
 			fmtDur(c.P50), fmtDur(c.P99), fmtDur(c.P999), fmtDur(c.Max),
 			wr.WALPerRotation, wr.TuplesPerRotation, hotRatio(wr.HOTRatio), wr.IndexEntriesPerRotation,
 			c.ClientCores, cores(c.ServerCores), cores(c.OtherCores), c.Autovacuums, mark)
@@ -250,21 +286,30 @@ func (r *Report) writeCells(out io.Writer, durability string, legend bool) error
 	return nil
 }
 
-// writeRatios writes the throughput ratios of one phase.
-func (r *Report) writeRatios(out io.Writer, durability string) error {
+// writeRatios writes the throughput ratios of one phase, direct or through the proxy. The
+// targets apply to the direct cells.
+func (r *Report) writeRatios(out io.Writer, durability string, proxied bool) error {
 	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "families\tworkers\ta/b\ttarget\ta/c\ttarget\tb/d\tb/p\t")
+	first := "families"
+	if proxied {
+		first = "RTT"
+	}
+	fmt.Fprintln(tw, first+"\tworkers\ta/b\ttarget\ta/c\ttarget\tb/d\tb/p\t")
 	n := 0
 	for _, ra := range r.Ratios {
-		if ra.Durability != durability {
+		if ra.Durability != durability || ra.Proxied != proxied {
 			continue
 		}
 		n++
-		ab, abt := ratioCells(ra.StoreOverRaw, ra.Workers <= 8, TargetStoreOverRaw)
-		ac, act := ratioCells(ra.StoreOverConv, ra.Workers == 1, TargetStoreOverTransaction)
+		key := strconv.Itoa(ra.Rows)
+		if proxied {
+			key = fmtDur(ra.RTT)
+		}
+		ab, abt := ratioCells(ra.StoreOverRaw, !proxied && ra.Workers <= 8, TargetStoreOverRaw)
+		ac, act := ratioCells(ra.StoreOverConv, !proxied && ra.Workers == 1, TargetStoreOverTransaction)
 		bd, _ := ratioCells(ra.RawOverFloor, false, 0)
 		bp, _ := ratioCells(ra.RawOverPrevious, false, 0)
-		fmt.Fprintf(tw, "%d\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t\n", ra.Rows, ra.Workers, ab, abt, ac, act, bd, bp)
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t\n", key, ra.Workers, ab, abt, ac, act, bd, bp)
 	}
 	if n == 0 {
 		return nil
@@ -316,7 +361,9 @@ const ContendedCores = 0.15
 
 // writesLegend explains the write columns of a cell table.
 const writesLegend = `per measured rotation, from deltas around the measured phase only:
-WAL B/rot = WAL bytes the cluster inserted (pg_current_wal_insert_lsn, pg_wal_lsn_diff);
+WAL B/rot = WAL bytes the cluster inserted (pg_current_wal_insert_lsn, pg_wal_lsn_diff); each cell starts from a
+  CHECKPOINT, so with full_page_writes=on this includes a full-page image of every page the cell changes first
+  after it that its warm-up did not;
 tup/rot = heap tuples written (n_tup_ins + n_tup_upd + n_tup_del of pg_stat_user_tables) on the variant's tables;
 HOT = n_tup_hot_upd / n_tup_upd on those tables ("-": no updates);
 idx/rot ≤ = index entries written, an upper bound: Σ (n_tup_ins + n_tup_upd − n_tup_hot_upd) × indexes of the table
@@ -364,8 +411,18 @@ func settingsLine(s map[string]string) string {
 	return b.String()
 }
 
+func joinInts(v []int) string {
+	s := make([]string, len(v))
+	for i, n := range v {
+		s[i] = strconv.Itoa(n)
+	}
+	return strings.Join(s, ", ")
+}
+
 func fmtDur(d time.Duration) string {
 	switch {
+	case d == 0:
+		return "0"
 	case d < time.Millisecond:
 		return fmt.Sprintf("%.0fµs", float64(d)/float64(time.Microsecond))
 	case d < time.Second:
