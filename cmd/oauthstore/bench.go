@@ -16,8 +16,8 @@ import (
 
 const benchUsage = `Usage: oauthstore bench [flags]
 
-Measures refresh-token rotation: operations/s and p50/p99/p999 latency per variant and worker
-count, against one cluster in one run.
+Measures refresh-token rotation: operations/s, p50/p99/p999 latency and what each rotation
+writes, per variant and worker count, against one cluster in one run.
 
   a  repository.Store.Rotate as a service calls it (minting and HMAC digests included)
   b  the same RefreshTokenRotate statement sent raw through pgx, digests computed beforehand
@@ -37,6 +37,14 @@ an in-process TCP proxy that delays each direction by RTT/2, to the server's TCP
 first of those phases. On a given database the cells run once under
 its settings, which are reported and not changed, and everything is created in schemas
 oauthstore_bench and oauthstore_bench_prev, which the run drops at the end.
+
+The report has, per phase (headline first, its fsync, synchronous_commit and full_page_writes
+in the heading): a table of cells with ops/s, latency, and per measured rotation WAL B/rot
+(WAL bytes), tup/rot (heap tuples written), HOT (share of updates that were HOT) and
+idx/rot ≤ (an upper bound of index entries written: a partial index counts for every row),
+then CPU of client, server and other processes; the throughput ratios a/b, a/c (with their
+targets), b/d and b/p; in the first phase the RTT series with a/c per RTT; with --scale, the
+growth of latency and throughput with the table size. --json writes the same as JSON.
 
 Flags:
 `

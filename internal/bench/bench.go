@@ -1,5 +1,6 @@
-// Package bench measures refresh-token rotation under load: operations per second and latency
-// percentiles of three ways to rotate, at several worker counts, against one PostgreSQL cluster.
+// Package bench measures refresh-token rotation under load: operations per second, latency
+// percentiles and what each rotation writes, for five ways to rotate, at several worker counts,
+// against one PostgreSQL cluster in one run. The command is `oauthstore bench`.
 //
 //	a  repository.Store.Rotate, as a service calls it: token decoding, HMAC digests and minting of
 //	   the successor included; one statement (RefreshTokenRotate).
@@ -19,7 +20,7 @@
 //	   they are the same.
 //
 // Every worker rotates families of its own, so workers never wait on each other's row locks: the
-// numbers are throughput and latency, not contention. The command is `oauthstore bench`.
+// numbers are throughput and latency, not contention.
 //
 // On a throwaway cluster every cell runs twice, in two phases of the same run on the same cluster:
 // first with fsync, synchronous_commit and full_page_writes on (the headline: what a durable
@@ -38,6 +39,37 @@
 // bound of index entries (see Writes). Variants a, b and c share the package's tables; since no
 // two cells run at once and every write outside the cells (load, seeding) is done on
 // connections that have exited before a cell starts, the deltas hold the cell's writes only.
+//
+// # The command
+//
+//	oauthstore bench [--database-url URL] [--duration 5s] [--warmup 1s] [--workers 1,8,32]
+//	    [--variants a,b,c,d,p] [--rows 10000] [--client client-000]
+//	    [--durability both|on|off] [--fsync]
+//	    [--rtt 0,200us,500us,1ms|none] [--rtt-workers 1,8] [--rtt-variants a,c]
+//	    [--scale] [--scale-rows 10000,1000000,10000000]
+//	    [--explain] [--cpuprofile FILE] [--profile-workers 8] [--wait-idle D] [--json]
+//
+// --fsync is --durability on. --scale measures a and b at 1 and 8 workers at each of --scale-rows
+// preloaded families (each flag given explicitly wins), without an RTT series unless --rtt is
+// given. Invalid values exit 2.
+//
+// # The report
+//
+// A header (database, server and its settings, client, cell timing, the variants, the RTT series,
+// each bulk load), then per phase, the headline first, under a line with its fsync,
+// synchronous_commit and full_page_writes:
+//
+//   - the cells: families, variant, workers, ops/s, p50, p99, p999, max, WAL B/rot, tup/rot, HOT,
+//     idx/rot ≤, CPU of client, server and other processes, autovacuum runs, notes ("!" other
+//     load, "?" counters that did not settle); the first phase's table is followed by a legend;
+//   - the throughput ratios per table size and worker count: a/b and a/c against their targets,
+//     b/d and b/p;
+//   - in the first phase, the round-trip time series: the same columns with the RTT first, and
+//     the ratios (a/c) per RTT and worker count;
+//   - with --scale, each cell's p50, p99 and ops/s relative to the smallest table.
+//
+// With --explain the executed plans of RefreshTokenRotate follow. --json writes the same as one
+// Report object.
 package bench
 
 import (
