@@ -398,9 +398,11 @@ func ratioCells(v float64, targeted bool, target float64) (string, string) {
 	return fmt.Sprintf("%.2f", v), fmt.Sprintf("≥ %.2g %s", target, verdict)
 }
 
+// settingsLine formats the server's settings but those of durability, which each phase's heading
+// gives as they were in that phase.
 func settingsLine(s map[string]string) string {
 	var b strings.Builder
-	for _, k := range []string{"fsync", "synchronous_commit", "full_page_writes", "shared_buffers", "max_connections", "max_wal_size", "jit"} {
+	for _, k := range []string{"shared_buffers", "max_connections", "max_wal_size", "wal_level", "jit"} {
 		if v, ok := s[k]; ok {
 			if b.Len() > 0 {
 				b.WriteString(", ")
