@@ -265,6 +265,32 @@ func (o *Options) setDefaults() error {
 	return nil
 }
 
+// cellSpecs returns the cells of one phase at one table size: every variant at every worker
+// count, then the RTT series when rtt is set. profile marks the phase and size whose cell of a
+// at ProfileWorkers is profiled.
+func cellSpecs(opts Options, profile, rtt bool) []cellSpec {
+	var specs []cellSpec
+	for _, w := range opts.Workers {
+		for _, v := range opts.Variants {
+			spec := cellSpec{variant: v, workers: w}
+			if profile && v == VariantStore && w == opts.ProfileWorkers {
+				spec.profile = opts.CPUProfile
+			}
+			specs = append(specs, spec)
+		}
+	}
+	if rtt {
+		for _, d := range opts.RTTs {
+			for _, w := range opts.RTTWorkers {
+				for _, v := range opts.RTTVariants {
+					specs = append(specs, cellSpec{variant: v, workers: w, proxied: true, rtt: d})
+				}
+			}
+		}
+	}
+	return specs
+}
+
 // measureWithRetries measures a cell, again (up to maxContendedRetries times) when Options.WaitIdle
 // asks for it and other load disturbed it.
 func measureWithRetries(ctx context.Context, e *env, fx *fixture, spec cellSpec) (Cell, error) {
@@ -348,25 +374,7 @@ func Run(ctx context.Context, opts Options, out io.Writer) (err error) {
 			if fx, err = newFixture(ctx, e, workers, variants); err != nil {
 				return err
 			}
-			var specs []cellSpec
-			for _, w := range opts.Workers {
-				for _, v := range opts.Variants {
-					spec := cellSpec{variant: v, workers: w}
-					if v == VariantStore && w == opts.ProfileWorkers && size == sizes[len(sizes)-1] && i == 0 {
-						spec.profile = opts.CPUProfile
-					}
-					specs = append(specs, spec)
-				}
-			}
-			if i == 0 && size == sizes[0] {
-				for _, rtt := range opts.RTTs {
-					for _, w := range opts.RTTWorkers {
-						for _, v := range opts.RTTVariants {
-							specs = append(specs, cellSpec{variant: v, workers: w, proxied: true, rtt: rtt})
-						}
-					}
-				}
-			}
+			specs := cellSpecs(opts, i == 0 && size == sizes[len(sizes)-1], i == 0 && size == sizes[0])
 			for _, spec := range specs {
 				c, err := measureWithRetries(ctx, e, fx, spec)
 				if err != nil {

@@ -10,6 +10,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgxpool"
+
 	"github.com/oauthstore/oauthstore/internal/latency"
 	"github.com/oauthstore/oauthstore/repository"
 )
@@ -71,52 +73,34 @@ func (s cellSpec) String() string {
 
 // measureCell runs the spec's variant with its workers on a fresh pool (MaxConns = workers): a
 // warm-up, a pause in which the server's counters are read, and the measured phase, which starts
-// with every worker at once and in which each worker starts operations for dur. It returns the throughput and
-// latency percentiles of the measured phase's operations and what they wrote.
+// with every worker at once and in which each worker starts operations for dur. It returns the
+// throughput and latency percentiles of the measured phase's operations and what they wrote.
 //
 // The cell starts from a CHECKPOINT (where the role may run one), so that every cell finds the
 // same state: the first change of a page after it writes the whole page to the WAL
 // (full_page_writes), and no cell inherits a checkpoint that an earlier one made due.
 func measureCell(ctx context.Context, e *env, fx *fixture, spec cellSpec, warmup, dur time.Duration) (Cell, error) {
-	v, w, profile := spec.variant, spec.workers, spec.profile
-	cell := Cell{Variant: v, Workers: w, Proxied: spec.proxied, RTT: spec.rtt}
-	tables := tablesOf(v).tables()
+	cell := Cell{Variant: spec.variant, Workers: spec.workers, Proxied: spec.proxied, RTT: spec.rtt}
+	tables := tablesOf(spec.variant).tables()
 	_, _ = e.admin.Exec(ctx, "CHECKPOINT")
 	before, settled, err := e.settle(ctx, tables, nil, 0, time.Now().Add(e.exitFlushInterval()))
 	if err != nil {
 		return cell, err
 	}
-	ps := poolSpec{maxConns: w, minConns: w, app: cellApp, searchPath: tablesOf(v).schema}
-	if spec.proxied {
-		if e.dialServer == nil {
-			return cell, errors.New("the RTT series needs the server's TCP port or socket, which the connection string does not name")
-		}
-		proxy, err := startDelayProxy(e.dialServer, spec.rtt/2)
-		if err != nil {
-			return cell, err
-		}
-		defer proxy.close() // after the pool's connections are gone
-		ps.proxy = proxy.addr()
-	}
-	pool, err := e.pool(ctx, ps)
+	pool, err := e.openCellPool(ctx, spec)
 	if err != nil {
 		return cell, err
 	}
-	poolOpen := true
-	defer func() {
-		if poolOpen {
-			pool.Close()
-		}
-	}()
+	defer pool.close(context.WithoutCancel(ctx))
 	var store *repository.Store
-	if v == VariantStore {
-		if store, err = fx.store(pool); err != nil {
+	if spec.variant == VariantStore {
+		if store, err = fx.store(pool.Pool); err != nil {
 			return cell, err
 		}
 	}
-	workers := make([]worker, w)
+	workers := make([]worker, spec.workers)
 	for k := range workers {
-		workers[k] = fx.worker(v, pool, store, k)
+		workers[k] = fx.worker(spec.variant, pool.Pool, store, k)
 	}
 
 	ctx, cancel := context.WithCancel(ctx)
@@ -125,7 +109,7 @@ func measureCell(ctx context.Context, e *env, fx *fixture, spec cellSpec, warmup
 	if err := warm.wait(); err != nil {
 		return cell, err
 	}
-	base, ok, err := e.settle(ctx, tables, pool, before.inserts()+int64(warm.ops), time.Now().Add(e.flushInterval()))
+	base, ok, err := e.settle(ctx, tables, pool.Pool, before.inserts()+int64(warm.ops), time.Now().Add(e.flushInterval()))
 	if err != nil {
 		return cell, err
 	}
@@ -134,47 +118,15 @@ func measureCell(ctx context.Context, e *env, fx *fixture, spec cellSpec, warmup
 	if err != nil {
 		return cell, err
 	}
-
-	// The coordinator samples CPU use and profiles the measured phase only.
-	cpu0 := sampleCPU(e.serverPID)
-	av0 := e.autovacuums(ctx, tables)
-	if profile != "" {
-		f, err := os.Create(profile)
-		if err != nil {
-			return cell, err
-		}
-		defer f.Close()
-		if err := pprof.StartCPUProfile(f); err != nil {
-			return cell, err
-		}
-	}
-	start := time.Now()
-	end := start.Add(dur)
-	run := runWorkers(ctx, cancel, workers, end, true)
-	timer := time.NewTimer(time.Until(end))
-	select {
-	case <-timer.C:
-	case <-ctx.Done():
-		timer.Stop()
-	}
-	if profile != "" {
-		pprof.StopCPUProfile()
-	}
-	cpu1 := sampleCPU(e.serverPID)
-	av1 := e.autovacuums(ctx, tables)
-	if err := run.wait(); err != nil {
-		return cell, err
-	}
-	if err := ctx.Err(); err != nil {
+	run, err := e.measuredPhase(ctx, cancel, &cell, workers, tables, dur, spec.profile)
+	if err != nil {
 		return cell, err
 	}
 	walBytes, err := e.walSince(ctx, wal0)
 	if err != nil {
 		return cell, err
 	}
-	pool.Close()
-	poolOpen = false
-	if err := e.waitGone(ctx, cellApp); err != nil {
+	if err := pool.close(ctx); err != nil {
 		return cell, err
 	}
 	after, ok, err := e.settle(ctx, tables, nil, base.inserts()+int64(run.ops), time.Now().Add(e.exitFlushInterval()))
@@ -191,14 +143,100 @@ func measureCell(ctx context.Context, e *env, fx *fixture, spec cellSpec, warmup
 	}
 	cell.OpsPerSec = float64(cell.Ops) / dur.Seconds()
 	cell.P50, cell.P99, cell.P999, cell.Max = sum.P50, sum.P99, sum.P999, sum.Max
+	cell.Writes = writesBetween(base, after, walBytes, cell.Ops, settled)
+	return cell, nil
+}
+
+// cellPool is the pool of one cell, whose connections go through the delaying proxy in the RTT
+// series.
+type cellPool struct {
+	*pgxpool.Pool
+	e      *env
+	proxy  *delayProxy // nil: direct
+	closed bool
+}
+
+func (e *env) openCellPool(ctx context.Context, spec cellSpec) (*cellPool, error) {
+	p := &cellPool{e: e}
+	ps := poolSpec{maxConns: spec.workers, minConns: spec.workers, app: cellApp, searchPath: tablesOf(spec.variant).schema}
+	if spec.proxied {
+		if e.dialServer == nil {
+			return nil, errors.New("the RTT series needs the server's TCP port or socket, which the connection string does not name")
+		}
+		var err error
+		if p.proxy, err = startDelayProxy(e.dialServer, spec.rtt/2); err != nil {
+			return nil, err
+		}
+		ps.proxy = p.proxy.addr()
+	}
+	var err error
+	if p.Pool, err = e.pool(ctx, ps); err != nil {
+		if p.proxy != nil {
+			_ = p.proxy.close()
+		}
+		return nil, err
+	}
+	return p, nil
+}
+
+// close closes the pool, waits until its connections have left the server (and so have flushed
+// their table counters), then stops the proxy. Closing again does nothing.
+func (p *cellPool) close(ctx context.Context) error {
+	if p.closed {
+		return nil
+	}
+	p.closed = true
+	p.Pool.Close()
+	err := p.e.waitGone(ctx, cellApp)
+	if p.proxy != nil {
+		err = errors.Join(err, p.proxy.close())
+	}
+	return err
+}
+
+// measuredPhase runs the workers for dur and records, around that phase only, the CPU the
+// client, the server and the rest of the machine used and the autovacuum runs on tables in cell,
+// with a CPU profile when profile names a file.
+func (e *env) measuredPhase(ctx context.Context, cancel context.CancelFunc, cell *Cell, workers []worker, tables []string,
+	dur time.Duration, profile string) (*workerRun, error) {
+	cpu0 := sampleCPU(e.serverPID)
+	av0 := e.autovacuums(ctx, tables)
+	if profile != "" {
+		f, err := os.Create(profile)
+		if err != nil {
+			return nil, err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return nil, err
+		}
+	}
+	end := time.Now().Add(dur)
+	run := runWorkers(ctx, cancel, workers, end, true)
+	timer := time.NewTimer(time.Until(end))
+	select {
+	case <-timer.C:
+	case <-ctx.Done():
+		timer.Stop()
+	}
+	if profile != "" {
+		pprof.StopCPUProfile()
+	}
+	cpu1 := sampleCPU(e.serverPID)
+	av1 := e.autovacuums(ctx, tables)
+	if err := run.wait(); err != nil {
+		return nil, err
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
 	cell.ClientCores, cell.ServerCores, cell.MachineCores = cpu1.since(cpu0)
 	cell.OtherCores = -1
 	if cell.ServerCores >= 0 {
 		cell.OtherCores = max(0, cell.MachineCores-cell.ClientCores-cell.ServerCores)
 	}
 	cell.Autovacuums = av1 - av0
-	cell.Writes = writesBetween(base, after, walBytes, cell.Ops, settled)
-	return cell, nil
+	return run, nil
 }
 
 // workerRun is one phase of a cell: every worker starts operations until a deadline.
