@@ -26,7 +26,7 @@ type env struct {
 	opts    Options
 	url     string
 	cluster *pgtemp.Cluster // nil on a database given by URL
-	admin   *pgxpool.Pool   // loading, seeding, ANALYZE, EXPLAIN
+	admin   *pgxpool.Pool   // DDL, VACUUM, CHECKPOINT, the counters, EXPLAIN (load and seeding use writer)
 	info    Environment
 	created bool // this run created SchemaName and PrevSchemaName, so it drops them
 	// serverPID is the postmaster's PID when the server runs on this machine and its data
