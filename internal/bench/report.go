@@ -361,9 +361,9 @@ const ContendedCores = 0.15
 
 // writesLegend explains the write columns of a cell table.
 const writesLegend = `per measured rotation, from deltas around the measured phase only:
-WAL B/rot = WAL bytes the cluster inserted (pg_current_wal_insert_lsn, pg_wal_lsn_diff); each cell starts from a
-  CHECKPOINT, so with full_page_writes=on this includes a full-page image of every page the cell changes first
-  after it that its warm-up did not;
+WAL B/rot = WAL bytes the cluster inserted (pg_current_wal_insert_lsn, pg_wal_lsn_diff); every cell starts from a
+  CHECKPOINT, after which, with full_page_writes=on, the first change of a page writes all of it: the warm-up takes
+  the hot pages, the rest is spread over the cell's rotations, so a slow cell shows more per rotation;
 tup/rot = heap tuples written (n_tup_ins + n_tup_upd + n_tup_del of pg_stat_user_tables) on the variant's tables;
 HOT = n_tup_hot_upd / n_tup_upd on those tables ("-": no updates);
 idx/rot ≤ = index entries written, an upper bound: Σ (n_tup_ins + n_tup_upd − n_tup_hot_upd) × indexes of the table
