@@ -8,7 +8,7 @@ GO_TEST_FLAGS ?= -race -count=1 -timeout 15m
 FUZZTIME ?= 10s
 SOAK ?= 10m
 
-.PHONY: help generate verify lint test test-unit test-integration test-matrix test-testcontainers fuzz soak bench-janitor demo
+.PHONY: help generate verify lint test test-unit test-integration test-partitioned test-matrix test-testcontainers fuzz soak bench-janitor demo
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -34,6 +34,9 @@ test-unit: ## tests of the library module (pure Go, and pgtemp against the serve
 
 test-integration: ## the integration suite in tests/ against real PostgreSQL
 	cd tests && go test $(GO_TEST_FLAGS) ./...
+
+test-partitioned: ## the integration suite with the family tables hash-partitioned by family id (16 partitions)
+	cd tests && OAUTHSTORE_TEST_PARTITIONS=16 go test -count=1 -timeout 15m ./...
 
 test-matrix: ## the integration suite against PostgreSQL 13, 14, 15, 16, 17 and 18 (server binaries from npm, cached)
 	.ci/pg-matrix

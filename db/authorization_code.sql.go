@@ -138,54 +138,42 @@ func (q *Queries) AuthorizationCodeEndPending(ctx context.Context, db DBTX, arg 
 }
 
 const authorizationCodeExchange = `-- name: AuthorizationCodeExchange :one
-WITH new_family AS MATERIALIZED (
-    SELECT gen_random_uuid() AS id
-),
-code AS (
+WITH code AS (
     UPDATE oauth_authorization_code c
-    SET consumed_at = coalesce($1::timestamptz, statement_timestamp()),
-        family_id = nf.id
-    FROM new_family nf
-    WHERE c.digest = $2::bytea
+    SET consumed_at = coalesce($5::timestamptz, statement_timestamp()),
+        family_id = $6::uuid
+    WHERE c.digest = $7::bytea
       AND c.consumed_at IS NULL
-      AND c.expires_at > coalesce($1::timestamptz, statement_timestamp())
-      AND c.client_id = $3::text
-      AND c.redirect_uri = $4::text
+      AND c.expires_at > coalesce($5::timestamptz, statement_timestamp())
+      AND c.client_id = $8::text
+      AND c.redirect_uri = $9::text
     RETURNING c.family_id, c.client_id, c.user_id, c.scope
 ),
-family AS (
-    INSERT INTO oauth_family (id, client_id, user_id, scope, created_at, expires_at, sender_thumbprint,
-        idle_expires_at)
-    SELECT c.family_id, c.client_id, c.user_id, c.scope,
-        coalesce($1::timestamptz, statement_timestamp()),
-        coalesce($1::timestamptz, statement_timestamp()) + $5::interval,
-        $6::text,
-        least(coalesce($1::timestamptz, statement_timestamp()) + $7::interval,
-            coalesce($1::timestamptz, statement_timestamp()) + $5::interval)
-    FROM code c
-    RETURNING id, created_at, idle_expires_at, expires_at, scope
-),
-token AS (
-    INSERT INTO oauth_refresh_token (digest, pepper_id, family_id, scope, created_at, expires_at)
-    SELECT $8::bytea, $9::text, f.id, f.scope, f.created_at, f.idle_expires_at
-    FROM family f
-    RETURNING expires_at
+clock AS (
+    SELECT n.now, least(n.now + $10::interval, n.now + $1::interval) AS idle_expires_at
+    FROM (SELECT coalesce($5::timestamptz, statement_timestamp()) AS now) n
 )
-SELECT f.id AS family_id, f.expires_at AS family_expires_at, t.expires_at
-FROM family f
-CROSS JOIN token t
+INSERT INTO oauth_family (id, client_id, user_id, scope, created_at, expires_at, sender_thumbprint,
+    idle_expires_at, sweep_day, token_digest, token_pepper_id, token_scope)
+SELECT c.family_id, c.client_id, c.user_id, c.scope, k.now, k.now + $1::interval,
+    $2::text, k.idle_expires_at, (k.idle_expires_at AT TIME ZONE 'UTC')::date,
+    $3::bytea, $4::text, c.scope
+FROM code c
+CROSS JOIN clock k
+RETURNING id AS family_id, expires_at AS family_expires_at, idle_expires_at AS expires_at
 `
 
 type AuthorizationCodeExchangeParams struct {
+	Lifetime         *time.Duration
+	SenderThumbprint *string
+	RefreshDigest    []byte
+	RefreshPepperID  string
 	Now              *time.Time
+	FamilyID         pgtype.UUID
 	Digest           []byte
 	ClientID         string
 	RedirectURI      string
-	Lifetime         *time.Duration
-	SenderThumbprint *string
 	TTL              time.Duration
-	RefreshDigest    []byte
-	RefreshPepperID  string
 }
 
 type AuthorizationCodeExchangeRow struct {
@@ -203,15 +191,16 @@ type AuthorizationCodeExchangeRow struct {
 // the code is unknown, consumed, expired or not the client's.
 func (q *Queries) AuthorizationCodeExchange(ctx context.Context, db DBTX, arg AuthorizationCodeExchangeParams) (AuthorizationCodeExchangeRow, error) {
 	row := db.QueryRow(ctx, authorizationCodeExchange,
+		arg.Lifetime,
+		arg.SenderThumbprint,
+		arg.RefreshDigest,
+		arg.RefreshPepperID,
 		arg.Now,
+		arg.FamilyID,
 		arg.Digest,
 		arg.ClientID,
 		arg.RedirectURI,
-		arg.Lifetime,
-		arg.SenderThumbprint,
 		arg.TTL,
-		arg.RefreshDigest,
-		arg.RefreshPepperID,
 	)
 	var i AuthorizationCodeExchangeRow
 	err := row.Scan(&i.FamilyID, &i.FamilyExpiresAt, &i.ExpiresAt)
@@ -221,10 +210,12 @@ func (q *Queries) AuthorizationCodeExchange(ctx context.Context, db DBTX, arg Au
 const authorizationCodeGet = `-- name: AuthorizationCodeGet :one
 SELECT c.digest, c.pepper_id, c.client_id, c.user_id, c.redirect_uri, c.scope, c.code_challenge,
     c.code_challenge_method, c.nonce, c.resources, c.dpop_jkt, c.session, c.expires_at,
-    c.consumed_at, c.family_id, f.revoked_at AS family_revoked_at,
+    c.consumed_at, c.family_id,
+    -- A lookup by the code's family id, whatever the statistics say: one partition of a table
+    -- partitioned by family.
+    (SELECT f.revoked_at FROM oauth_family f WHERE f.id = c.family_id) AS family_revoked_at,
     c.expires_at <= coalesce($1::timestamptz, statement_timestamp()) AS expired
 FROM oauth_authorization_code c
-LEFT JOIN oauth_family f ON f.id = c.family_id
 WHERE c.digest = ANY($2::bytea[])
 `
 

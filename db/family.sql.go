@@ -13,42 +13,29 @@ import (
 )
 
 const familyCreate = `-- name: FamilyCreate :one
-WITH family AS (
-    INSERT INTO oauth_family (client_id, user_id, scope, created_at, expires_at, sender_thumbprint,
-        idle_expires_at)
-    VALUES (
-        $1::text,
-        $2::text,
-        $3::text[],
-        coalesce($4::timestamptz, statement_timestamp()),
-        coalesce($4::timestamptz, statement_timestamp()) + $5::interval,
-        $6::text,
-        least(coalesce($4::timestamptz, statement_timestamp()) + $7::interval,
-            coalesce($4::timestamptz, statement_timestamp()) + $5::interval)
-    )
-    RETURNING id, created_at, idle_expires_at, expires_at, scope
-),
-token AS (
-    INSERT INTO oauth_refresh_token (digest, pepper_id, family_id, scope, created_at, expires_at)
-    SELECT $8::bytea, $9::text, f.id, f.scope, f.created_at, f.idle_expires_at
-    FROM family f
-    RETURNING expires_at
-)
-SELECT f.id, f.created_at, f.expires_at AS family_expires_at, t.expires_at
-FROM family f
-CROSS JOIN token t
+INSERT INTO oauth_family (id, client_id, user_id, scope, created_at, expires_at, sender_thumbprint,
+    idle_expires_at, sweep_day, token_digest, token_pepper_id, token_scope)
+SELECT $1::uuid, $2::text, $3::text, $4::text[], c.now, c.now + $5::interval,
+    $6::text, c.idle_expires_at, (c.idle_expires_at AT TIME ZONE 'UTC')::date,
+    $7::bytea, $8::text, $4::text[]
+FROM (
+    SELECT n.now, least(n.now + $9::interval, n.now + $5::interval) AS idle_expires_at
+    FROM (SELECT coalesce($10::timestamptz, statement_timestamp()) AS now) n
+) c
+RETURNING id, created_at, expires_at AS family_expires_at, idle_expires_at AS expires_at
 `
 
 type FamilyCreateParams struct {
+	ID               pgtype.UUID
 	ClientID         string
 	UserID           string
 	Scope            []string
-	Now              *time.Time
 	Lifetime         *time.Duration
 	SenderThumbprint *string
-	TTL              time.Duration
 	Digest           []byte
 	PepperID         string
+	TTL              time.Duration
+	Now              *time.Time
 }
 
 type FamilyCreateRow struct {
@@ -58,19 +45,21 @@ type FamilyCreateRow struct {
 	ExpiresAt       time.Time
 }
 
-// FamilyCreate starts a grant: a new family and its first refresh token, in one statement. The
-// token's idle lifetime never reaches past the family's absolute lifetime.
+// FamilyCreate starts a grant: a new family with its first refresh token, in one row. The id is
+// chosen by the caller, because the token carries it. The token's idle lifetime never reaches past
+// the family's absolute lifetime.
 func (q *Queries) FamilyCreate(ctx context.Context, db DBTX, arg FamilyCreateParams) (FamilyCreateRow, error) {
 	row := db.QueryRow(ctx, familyCreate,
+		arg.ID,
 		arg.ClientID,
 		arg.UserID,
 		arg.Scope,
-		arg.Now,
 		arg.Lifetime,
 		arg.SenderThumbprint,
-		arg.TTL,
 		arg.Digest,
 		arg.PepperID,
+		arg.TTL,
+		arg.Now,
 	)
 	var i FamilyCreateRow
 	err := row.Scan(
@@ -99,10 +88,14 @@ func (q *Queries) FamilyDelete(ctx context.Context, db DBTX, id pgtype.UUID) (in
 
 const familyDeleteExpired = `-- name: FamilyDeleteExpired :one
 WITH candidates AS MATERIALIZED (
+    -- sweep_day is the day idle_expires_at falls on: the index finds the families of the days up
+    -- to the cutoff's, and the families of the cutoff's own day that have not expired yet are
+    -- passed over (a run reads them once, in its last batch).
     SELECT f.id, f.idle_expires_at, f.rotation_count + 1 AS tokens
     FROM oauth_family f
-    WHERE f.idle_expires_at < coalesce($1::timestamptz, statement_timestamp()) - $2::interval
-    ORDER BY f.idle_expires_at
+    WHERE f.sweep_day <= ((coalesce($1::timestamptz, statement_timestamp()) - $2::interval) AT TIME ZONE 'UTC')::date
+      AND f.idle_expires_at < coalesce($1::timestamptz, statement_timestamp()) - $2::interval
+    ORDER BY f.sweep_day
     LIMIT $3::integer
     FOR UPDATE SKIP LOCKED
 ),
@@ -167,7 +160,7 @@ func (q *Queries) FamilyDeleteExpired(ctx context.Context, db DBTX, arg FamilyDe
 }
 
 const familyGet = `-- name: FamilyGet :one
-SELECT f.id, f.client_id, f.user_id, f.scope, f.created_at, f.expires_at, f.sender_thumbprint, f.last_rotated_at, f.rotation_count, f.idle_expires_at, f.revoked_at, f.revoked_reason
+SELECT f.id, f.client_id, f.user_id, f.scope, f.created_at, f.expires_at, f.sender_thumbprint, f.last_rotated_at, f.rotation_count, f.idle_expires_at, f.revoked_at, f.revoked_reason, f.token_digest, f.token_pepper_id, f.token_scope, f.parent_digest, f.parent_reuses, f.sweep_day
 FROM oauth_family f
 WHERE f.id = $1::uuid
 `
@@ -192,12 +185,18 @@ func (q *Queries) FamilyGet(ctx context.Context, db DBTX, id pgtype.UUID) (Famil
 		&i.OauthFamily.IdleExpiresAt,
 		&i.OauthFamily.RevokedAt,
 		&i.OauthFamily.RevokedReason,
+		&i.OauthFamily.TokenDigest,
+		&i.OauthFamily.TokenPepperID,
+		&i.OauthFamily.TokenScope,
+		&i.OauthFamily.ParentDigest,
+		&i.OauthFamily.ParentReuses,
+		&i.OauthFamily.SweepDay,
 	)
 	return i, err
 }
 
 const familyListActiveByUser = `-- name: FamilyListActiveByUser :many
-SELECT f.id, f.client_id, f.user_id, f.scope, f.created_at, f.expires_at, f.sender_thumbprint, f.last_rotated_at, f.rotation_count, f.idle_expires_at, f.revoked_at, f.revoked_reason
+SELECT f.id, f.client_id, f.user_id, f.scope, f.created_at, f.expires_at, f.sender_thumbprint, f.last_rotated_at, f.rotation_count, f.idle_expires_at, f.revoked_at, f.revoked_reason, f.token_digest, f.token_pepper_id, f.token_scope, f.parent_digest, f.parent_reuses, f.sweep_day
 FROM oauth_family f
 WHERE f.user_id = $1::text
   AND f.revoked_at IS NULL
@@ -240,6 +239,12 @@ func (q *Queries) FamilyListActiveByUser(ctx context.Context, db DBTX, arg Famil
 			&i.OauthFamily.IdleExpiresAt,
 			&i.OauthFamily.RevokedAt,
 			&i.OauthFamily.RevokedReason,
+			&i.OauthFamily.TokenDigest,
+			&i.OauthFamily.TokenPepperID,
+			&i.OauthFamily.TokenScope,
+			&i.OauthFamily.ParentDigest,
+			&i.OauthFamily.ParentReuses,
+			&i.OauthFamily.SweepDay,
 		); err != nil {
 			return nil, err
 		}
@@ -251,27 +256,22 @@ func (q *Queries) FamilyListActiveByUser(ctx context.Context, db DBTX, arg Famil
 	return items, nil
 }
 
-const familyLockByToken = `-- name: FamilyLockByToken :one
+const familyLock = `-- name: FamilyLock :one
 SELECT f.id
 FROM oauth_family f
-WHERE f.id = (
-    SELECT t.family_id
-    FROM oauth_refresh_token t
-    WHERE t.digest = ANY($1::bytea[])
-    LIMIT 1
-)
+WHERE f.id = $1::uuid
 FOR NO KEY UPDATE
 `
 
-// FamilyLockByToken locks the family of a presented token. The statements that follow it in the
-// same transaction see every change committed before the lock was granted, and no rotation or
-// revocation of the family can interleave with them. Its own clock was read before it waited for
-// the lock, so it returns none: the caller takes the time from the next statement.
-func (q *Queries) FamilyLockByToken(ctx context.Context, db DBTX, digests [][]byte) (pgtype.UUID, error) {
-	row := db.QueryRow(ctx, familyLockByToken, digests)
-	var id pgtype.UUID
-	err := row.Scan(&id)
-	return id, err
+// FamilyLock locks a family. The statements that follow it in the same transaction see every
+// change committed before the lock was granted, and no rotation or revocation of the family can
+// interleave with them. Its own clock was read before it waited for the lock, so it returns none:
+// the caller takes the time from the next statement.
+func (q *Queries) FamilyLock(ctx context.Context, db DBTX, id pgtype.UUID) (pgtype.UUID, error) {
+	row := db.QueryRow(ctx, familyLock, id)
+	var id_2 pgtype.UUID
+	err := row.Scan(&id_2)
+	return id_2, err
 }
 
 const familyRevoke = `-- name: FamilyRevoke :one
@@ -286,7 +286,8 @@ revoked AS (
     SET revoked_at = coalesce($2::timestamptz, statement_timestamp()),
         revoked_reason = $3::text
     FROM family locked
-    WHERE f.id = locked.id
+    WHERE f.id = $1::uuid
+      AND f.id = locked.id
       AND locked.revoked_at IS NULL
     RETURNING f.id
 )

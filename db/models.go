@@ -42,6 +42,12 @@ type OauthFamily struct {
 	IdleExpiresAt    time.Time
 	RevokedAt        *time.Time
 	RevokedReason    *string
+	TokenDigest      []byte
+	TokenPepperID    string
+	TokenScope       []string
+	ParentDigest     []byte
+	ParentReuses     int32
+	SweepDay         pgtype.Date
 }
 
 type OauthRefreshToken struct {
@@ -53,8 +59,24 @@ type OauthRefreshToken struct {
 	CreatedAt       time.Time
 	ExpiresAt       time.Time
 	ConsumedAt      *time.Time
-	GraceUses       int32
-	GraceCiphertext []byte
+	SuccessorSealed []byte
+}
+
+type OauthRefreshTokenLegacy struct {
+	Digest   []byte
+	FamilyID pgtype.UUID
+}
+
+type OauthRefreshTombstone struct {
+	FamilyID        pgtype.UUID
+	Digest          []byte
+	PepperID        string
+	ParentDigest    []byte
+	Scope           []string
+	CreatedAt       time.Time
+	ExpiresAt       time.Time
+	ConsumedAt      time.Time
+	SuccessorSealed []byte
 }
 
 type OauthState struct {

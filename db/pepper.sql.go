@@ -15,12 +15,18 @@ WITH clock AS (
     SELECT coalesce($1::timestamptz, statement_timestamp()) AS now
 ),
 uses AS (
-    SELECT t.pepper_id,
-        count(*) FILTER (WHERE t.consumed_at IS NULL AND t.expires_at > k.now) AS live_tokens,
-        count(*) FILTER (WHERE t.consumed_at IS NOT NULL) AS tombstones,
+    SELECT f.token_pepper_id AS pepper_id,
+        count(*) FILTER (WHERE f.idle_expires_at > k.now) AS live_tokens,
+        0::bigint AS tombstones,
         0::bigint AS pending_codes, 0::bigint AS used_codes, 0::bigint AS pending_states,
         max(f.idle_expires_at) AS depends_until
-    FROM oauth_refresh_token t
+    FROM oauth_family f
+    CROSS JOIN clock k
+    WHERE f.revoked_at IS NULL AND f.idle_expires_at > k.now
+    GROUP BY f.token_pepper_id
+    UNION ALL
+    SELECT t.pepper_id, 0, count(*), 0, 0, 0, max(f.idle_expires_at)
+    FROM oauth_refresh_tombstone t
     JOIN oauth_family f ON f.id = t.family_id
     CROSS JOIN clock k
     WHERE f.revoked_at IS NULL AND f.idle_expires_at > k.now

@@ -12,30 +12,30 @@ import (
 	"github.com/jackc/pgx/v5/pgtype"
 )
 
-const refreshTokenClearGraceCiphertexts = `-- name: RefreshTokenClearGraceCiphertexts :execrows
-UPDATE oauth_refresh_token
-SET grace_ciphertext = NULL
-WHERE digest IN (
-    SELECT t.digest
-    FROM oauth_refresh_token t
-    WHERE t.grace_ciphertext IS NOT NULL
-      AND t.created_at < coalesce($1::timestamptz, statement_timestamp()) - $2::interval
-    ORDER BY t.created_at
+const refreshTokenClearSealedSuccessors = `-- name: RefreshTokenClearSealedSuccessors :execrows
+UPDATE oauth_refresh_tombstone
+SET successor_sealed = NULL
+WHERE (family_id, digest) IN (
+    SELECT t.family_id, t.digest
+    FROM oauth_refresh_tombstone t
+    WHERE t.successor_sealed IS NOT NULL
+      AND t.consumed_at < coalesce($1::timestamptz, statement_timestamp()) - $2::interval
+    ORDER BY t.consumed_at
     LIMIT $3::integer
     FOR UPDATE SKIP LOCKED
 )
 `
 
-type RefreshTokenClearGraceCiphertextsParams struct {
+type RefreshTokenClearSealedSuccessorsParams struct {
 	Now         *time.Time
 	GraceWindow time.Duration
 	BatchSize   int32
 }
 
-// RefreshTokenClearGraceCiphertexts deletes one batch of ciphertexts older than the longest grace
-// window: no client can use them any more.
-func (q *Queries) RefreshTokenClearGraceCiphertexts(ctx context.Context, db DBTX, arg RefreshTokenClearGraceCiphertextsParams) (int64, error) {
-	result, err := db.Exec(ctx, refreshTokenClearGraceCiphertexts, arg.Now, arg.GraceWindow, arg.BatchSize)
+// RefreshTokenClearSealedSuccessors deletes one batch of sealed successors older than the longest
+// grace window: no client can use them any more.
+func (q *Queries) RefreshTokenClearSealedSuccessors(ctx context.Context, db DBTX, arg RefreshTokenClearSealedSuccessorsParams) (int64, error) {
+	result, err := db.Exec(ctx, refreshTokenClearSealedSuccessors, arg.Now, arg.GraceWindow, arg.BatchSize)
 	if err != nil {
 		return 0, err
 	}
@@ -43,32 +43,34 @@ func (q *Queries) RefreshTokenClearGraceCiphertexts(ctx context.Context, db DBTX
 }
 
 const refreshTokenGet = `-- name: RefreshTokenGet :one
-SELECT t.digest, t.pepper_id, t.family_id, t.parent_digest, t.scope, t.created_at, t.expires_at,
-    t.consumed_at, t.grace_uses,
-    f.client_id, f.user_id, f.scope AS granted_scope, f.expires_at AS family_expires_at,
-    f.sender_thumbprint, f.revoked_at, f.revoked_reason,
-    t.expires_at <= coalesce($1::timestamptz, statement_timestamp()) AS expired,
+SELECT f.id AS family_id, f.client_id, f.user_id, f.scope AS granted_scope,
+    f.expires_at AS family_expires_at, f.sender_thumbprint, f.revoked_at, f.revoked_reason,
+    coalesce(t.digest, f.token_digest)::bytea AS digest,
+    coalesce(t.pepper_id, f.token_pepper_id)::text AS pepper_id,
+    (CASE WHEN t.digest IS NULL THEN f.parent_digest ELSE t.parent_digest END)::bytea AS parent_digest,
+    coalesce(t.scope, f.token_scope)::text[] AS scope,
+    coalesce(t.created_at, f.last_rotated_at, f.created_at)::timestamptz AS created_at,
+    coalesce(t.expires_at, f.idle_expires_at)::timestamptz AS expires_at,
+    t.consumed_at,
+    t.successor_sealed,
+    f.token_digest AS live_digest, f.token_pepper_id AS live_pepper_id, f.token_scope AS live_scope,
+    f.idle_expires_at AS live_expires_at, f.parent_digest AS live_parent_digest, f.parent_reuses,
+    coalesce(t.expires_at, f.idle_expires_at) <= coalesce($1::timestamptz, statement_timestamp()) AS expired,
     coalesce($1::timestamptz, statement_timestamp())::timestamptz AS now
-FROM oauth_refresh_token t
-JOIN oauth_family f ON f.id = t.family_id
-WHERE t.digest = ANY($2::bytea[])
+FROM oauth_family f
+LEFT JOIN oauth_refresh_tombstone t ON t.family_id = f.id AND t.digest = ANY($2::bytea[])
+WHERE f.id = $3::uuid
+  AND (t.digest IS NOT NULL OR f.token_digest = ANY($2::bytea[]))
 `
 
 type RefreshTokenGetParams struct {
-	Now     *time.Time
-	Digests [][]byte
+	Now      *time.Time
+	Digests  [][]byte
+	FamilyID pgtype.UUID
 }
 
 type RefreshTokenGetRow struct {
-	Digest           []byte
-	PepperID         string
 	FamilyID         pgtype.UUID
-	ParentDigest     []byte
-	Scope            []string
-	CreatedAt        time.Time
-	ExpiresAt        time.Time
-	ConsumedAt       *time.Time
-	GraceUses        int32
 	ClientID         string
 	UserID           string
 	GrantedScope     []string
@@ -76,27 +78,34 @@ type RefreshTokenGetRow struct {
 	SenderThumbprint *string
 	RevokedAt        *time.Time
 	RevokedReason    *string
+	Digest           []byte
+	PepperID         string
+	ParentDigest     []byte
+	Scope            []string
+	CreatedAt        time.Time
+	ExpiresAt        time.Time
+	ConsumedAt       *time.Time
+	SuccessorSealed  []byte
+	LiveDigest       []byte
+	LivePepperID     string
+	LiveScope        []string
+	LiveExpiresAt    time.Time
+	LiveParentDigest []byte
+	ParentReuses     int32
 	Expired          bool
 	Now              time.Time
 }
 
-// RefreshTokenGet reads a token with its family, without changing anything. The token may be
-// presented under any pepper of the ring, hence a digest per pepper. now is the clock the statement
-// compared with: run after FamilyLockByToken, it is taken after the lock was granted, so that what
-// the caller writes under the lock is never dated before what it waited for.
+// RefreshTokenGet reads a presented token with its family, without changing anything: the family's
+// live token (named by the family row), or a consumed one (a row of oauth_refresh_tombstone). The token may be presented under any pepper of the ring, hence a digest
+// per pepper. The row carries the family's live token too, for a grace reuse. now is the clock the
+// statement compared with: run after FamilyLock, it is taken after the lock was granted, so that
+// what the caller writes under the lock is never dated before what it waited for.
 func (q *Queries) RefreshTokenGet(ctx context.Context, db DBTX, arg RefreshTokenGetParams) (RefreshTokenGetRow, error) {
-	row := db.QueryRow(ctx, refreshTokenGet, arg.Now, arg.Digests)
+	row := db.QueryRow(ctx, refreshTokenGet, arg.Now, arg.Digests, arg.FamilyID)
 	var i RefreshTokenGetRow
 	err := row.Scan(
-		&i.Digest,
-		&i.PepperID,
 		&i.FamilyID,
-		&i.ParentDigest,
-		&i.Scope,
-		&i.CreatedAt,
-		&i.ExpiresAt,
-		&i.ConsumedAt,
-		&i.GraceUses,
 		&i.ClientID,
 		&i.UserID,
 		&i.GrantedScope,
@@ -104,144 +113,226 @@ func (q *Queries) RefreshTokenGet(ctx context.Context, db DBTX, arg RefreshToken
 		&i.SenderThumbprint,
 		&i.RevokedAt,
 		&i.RevokedReason,
+		&i.Digest,
+		&i.PepperID,
+		&i.ParentDigest,
+		&i.Scope,
+		&i.CreatedAt,
+		&i.ExpiresAt,
+		&i.ConsumedAt,
+		&i.SuccessorSealed,
+		&i.LiveDigest,
+		&i.LivePepperID,
+		&i.LiveScope,
+		&i.LiveExpiresAt,
+		&i.LiveParentDigest,
+		&i.ParentReuses,
 		&i.Expired,
 		&i.Now,
 	)
 	return i, err
 }
 
-const refreshTokenGetLive = `-- name: RefreshTokenGetLive :one
-SELECT digest, pepper_id, parent_digest, scope, expires_at, grace_ciphertext
-FROM oauth_refresh_token
-WHERE family_id = $1::uuid
-  AND consumed_at IS NULL
+const refreshTokenGraceReplace = `-- name: RefreshTokenGraceReplace :one
+WITH live AS MATERIALIZED (
+    SELECT f.id, f.token_digest, f.token_pepper_id, f.token_scope, f.parent_digest,
+        coalesce(f.last_rotated_at, f.created_at) AS token_created_at, f.idle_expires_at
+    FROM oauth_family f
+    WHERE f.id = $1::uuid
+      AND f.parent_digest = $2::bytea
+      AND f.revoked_at IS NULL
+    FOR NO KEY UPDATE OF f
+),
+rotated AS (
+    UPDATE oauth_family f
+    SET token_digest = $3::bytea,
+        token_pepper_id = $4::text,
+        token_scope = coalesce($5::text[], f.scope),
+        parent_reuses = f.parent_reuses + 1,
+        last_rotated_at = coalesce($6::timestamptz, statement_timestamp()),
+        rotation_count = f.rotation_count + 1,
+        idle_expires_at = least(coalesce($6::timestamptz, statement_timestamp()) + $7::interval,
+            f.expires_at),
+        sweep_day = (least(coalesce($6::timestamptz, statement_timestamp()) + $7::interval,
+            f.expires_at) AT TIME ZONE 'UTC')::date
+    FROM live l
+    -- The family id again as a value, so that a partitioned table prunes to one partition.
+    WHERE f.id = $1::uuid
+      AND f.id = l.id
+    RETURNING f.id, f.client_id, f.user_id, f.expires_at AS family_expires_at, f.token_scope,
+        f.idle_expires_at
+),
+replaced AS (
+    INSERT INTO oauth_refresh_tombstone (family_id, digest, pepper_id, parent_digest, scope,
+        created_at, expires_at, consumed_at)
+    SELECT l.id, l.token_digest, l.token_pepper_id, l.parent_digest, l.token_scope,
+        l.token_created_at, l.idle_expires_at,
+        coalesce($6::timestamptz, statement_timestamp())
+    FROM live l
+),
+resealed AS (
+    UPDATE oauth_refresh_tombstone t
+    SET successor_sealed = $8::bytea
+    FROM live l
+    WHERE t.family_id = $1::uuid
+      AND t.family_id = l.id
+      AND t.digest = l.parent_digest
+)
+SELECT r.id AS family_id, r.client_id, r.user_id, r.family_expires_at, r.token_scope AS scope,
+    r.idle_expires_at AS expires_at
+FROM rotated r
 `
 
-type RefreshTokenGetLiveRow struct {
-	Digest          []byte
-	PepperID        string
+type RefreshTokenGraceReplaceParams struct {
+	FamilyID        pgtype.UUID
 	ParentDigest    []byte
+	SuccessorDigest []byte
+	PepperID        string
 	Scope           []string
-	ExpiresAt       time.Time
-	GraceCiphertext []byte
+	Now             *time.Time
+	TTL             time.Duration
+	SuccessorSealed []byte
 }
 
-// RefreshTokenGetLive returns the family's one live token, if any, with the encrypted copy of it
-// that its parent's holder can open.
-func (q *Queries) RefreshTokenGetLive(ctx context.Context, db DBTX, familyID pgtype.UUID) (RefreshTokenGetLiveRow, error) {
-	row := db.QueryRow(ctx, refreshTokenGetLive, familyID)
-	var i RefreshTokenGetLiveRow
+type RefreshTokenGraceReplaceRow struct {
+	FamilyID        pgtype.UUID
+	ClientID        string
+	UserID          string
+	FamilyExpiresAt *time.Time
+	Scope           []string
+	ExpiresAt       time.Time
+}
+
+// RefreshTokenGraceReplace replaces the family's unused live token with a new one under the same
+// parent, for the parent's holder presenting it again within the grace window when the live token
+// cannot be handed out again (it was minted before sealed copies were kept, or under a pepper
+// retired since). The replaced token becomes a tombstone, the parent's tombstone keeps the new
+// successor sealed for its holder, and the parent's reuse count goes up, so the family never holds
+// two live tokens. The caller holds the family lock and has checked the rest.
+func (q *Queries) RefreshTokenGraceReplace(ctx context.Context, db DBTX, arg RefreshTokenGraceReplaceParams) (RefreshTokenGraceReplaceRow, error) {
+	row := db.QueryRow(ctx, refreshTokenGraceReplace,
+		arg.FamilyID,
+		arg.ParentDigest,
+		arg.SuccessorDigest,
+		arg.PepperID,
+		arg.Scope,
+		arg.Now,
+		arg.TTL,
+		arg.SuccessorSealed,
+	)
+	var i RefreshTokenGraceReplaceRow
 	err := row.Scan(
-		&i.Digest,
-		&i.PepperID,
-		&i.ParentDigest,
+		&i.FamilyID,
+		&i.ClientID,
+		&i.UserID,
+		&i.FamilyExpiresAt,
 		&i.Scope,
 		&i.ExpiresAt,
-		&i.GraceCiphertext,
 	)
 	return i, err
 }
 
 const refreshTokenGraceReuse = `-- name: RefreshTokenGraceReuse :execrows
-UPDATE oauth_refresh_token
-SET grace_uses = grace_uses + 1
-WHERE digest = $1::bytea
-  AND consumed_at IS NOT NULL
+UPDATE oauth_family
+SET parent_reuses = parent_reuses + 1
+WHERE id = $1::uuid
+  AND parent_digest = $2::bytea
 `
 
-// RefreshTokenGraceReuse counts one more presentation of a consumed parent within the grace window,
-// whose holder gets the family's unused live token back. The caller holds the family lock.
-func (q *Queries) RefreshTokenGraceReuse(ctx context.Context, db DBTX, digest []byte) (int64, error) {
-	result, err := db.Exec(ctx, refreshTokenGraceReuse, digest)
+type RefreshTokenGraceReuseParams struct {
+	FamilyID     pgtype.UUID
+	ParentDigest []byte
+}
+
+// RefreshTokenGraceReuse counts one more presentation of the live token's consumed parent within
+// the grace window, whose holder gets the unused live token back. The caller holds the family lock.
+func (q *Queries) RefreshTokenGraceReuse(ctx context.Context, db DBTX, arg RefreshTokenGraceReuseParams) (int64, error) {
+	result, err := db.Exec(ctx, refreshTokenGraceReuse, arg.FamilyID, arg.ParentDigest)
 	if err != nil {
 		return 0, err
 	}
 	return result.RowsAffected(), nil
 }
 
+const refreshTokenLegacyFamily = `-- name: RefreshTokenLegacyFamily :one
+SELECT family_id
+FROM oauth_refresh_token_legacy
+WHERE digest = ANY($1::bytea[])
+LIMIT 1
+`
+
+// RefreshTokenLegacyFamily finds the family of a token minted before migration 5, which does not
+// carry it.
+func (q *Queries) RefreshTokenLegacyFamily(ctx context.Context, db DBTX, digests [][]byte) (pgtype.UUID, error) {
+	row := db.QueryRow(ctx, refreshTokenLegacyFamily, digests)
+	var family_id pgtype.UUID
+	err := row.Scan(&family_id)
+	return family_id, err
+}
+
 const refreshTokenRotate = `-- name: RefreshTokenRotate :one
-WITH presented AS (
-    -- A token already consumed or expired locks nothing: the refusal that follows does not keep
-    -- the family locked in a caller's transaction.
-    SELECT t.family_id
-    FROM oauth_refresh_token t
-    WHERE t.digest = $1::bytea
-      AND t.consumed_at IS NULL
-      AND t.expires_at > coalesce($2::timestamptz, statement_timestamp())
-),
-family AS MATERIALIZED (
-    SELECT f.id
+WITH live AS MATERIALIZED (
+    SELECT f.id, f.token_digest, f.token_pepper_id, f.token_scope, f.parent_digest,
+        coalesce(f.last_rotated_at, f.created_at) AS token_created_at, f.idle_expires_at
     FROM oauth_family f
-    JOIN presented p ON p.family_id = f.id
-    WHERE f.revoked_at IS NULL
-      -- IS TRUE keeps the client out of index selection: the family comes from the presented
-      -- token's primary key, whatever the statistics say about the client.
-      AND (f.client_id = $3::text) IS TRUE
+    WHERE f.id = $1::uuid
+      AND f.token_digest = $2::bytea
+      AND f.revoked_at IS NULL
+      AND f.idle_expires_at > coalesce($3::timestamptz, statement_timestamp())
+      -- IS TRUE keeps the client out of index selection: the family comes from its primary key,
+      -- whatever the statistics say about the client.
+      AND (f.client_id = $4::text) IS TRUE
       AND (f.sender_thumbprint IS NULL
-          OR f.sender_thumbprint = $4::text)
-      AND ($5::text[] IS NULL OR $5::text[] <@ f.scope)
+          OR f.sender_thumbprint = $5::text)
+      AND ($6::text[] IS NULL OR $6::text[] <@ f.scope)
     FOR NO KEY UPDATE OF f
-),
-grace AS (
-    UPDATE oauth_refresh_token t
-    SET grace_uses = t.grace_uses + 1
-    FROM family f
-    WHERE t.digest = $6::bytea
-      AND t.family_id = f.id
-      AND t.consumed_at IS NOT NULL
-    RETURNING t.digest
-),
-consumed AS (
-    UPDATE oauth_refresh_token t
-    SET consumed_at = coalesce($2::timestamptz, statement_timestamp()),
-        grace_ciphertext = NULL
-    FROM family f
-    WHERE t.digest = $1::bytea
-      AND t.family_id = f.id
-      AND t.consumed_at IS NULL
-      AND t.expires_at > coalesce($2::timestamptz, statement_timestamp())
-      AND ($6::bytea IS NULL OR t.parent_digest = (SELECT digest FROM grace))
-    RETURNING t.family_id, t.digest
 ),
 rotated AS (
     UPDATE oauth_family f
-    SET last_rotated_at = coalesce($2::timestamptz, statement_timestamp()),
+    SET token_digest = $7::bytea,
+        token_pepper_id = $8::text,
+        token_scope = coalesce($6::text[], f.scope),
+        parent_digest = l.token_digest,
+        parent_reuses = 0,
+        last_rotated_at = coalesce($3::timestamptz, statement_timestamp()),
         rotation_count = f.rotation_count + 1,
         -- The family dies when its newest token expires, sooner or later than the one before.
-        idle_expires_at = least(coalesce($2::timestamptz, statement_timestamp()) + $7::interval,
-            f.expires_at)
-    FROM consumed c
-    WHERE f.id = c.family_id
-    RETURNING f.id, f.client_id, f.user_id, f.scope AS granted_scope, f.expires_at AS family_expires_at,
-        coalesce($6::bytea, c.digest) AS parent_digest
+        idle_expires_at = least(coalesce($3::timestamptz, statement_timestamp()) + $9::interval,
+            f.expires_at),
+        sweep_day = (least(coalesce($3::timestamptz, statement_timestamp()) + $9::interval,
+            f.expires_at) AT TIME ZONE 'UTC')::date
+    FROM live l
+    -- The family id again as a value, so that a partitioned table prunes to one partition.
+    WHERE f.id = $1::uuid
+      AND f.id = l.id
+    RETURNING f.id, f.client_id, f.user_id, f.expires_at AS family_expires_at, f.token_scope,
+        f.idle_expires_at
 ),
-successor AS (
-    INSERT INTO oauth_refresh_token (digest, pepper_id, family_id, parent_digest, scope, created_at,
-        expires_at, grace_ciphertext)
-    SELECT $8::bytea, $9::text, r.id, r.parent_digest,
-        coalesce($5::text[], r.granted_scope),
-        coalesce($2::timestamptz, statement_timestamp()),
-        least(coalesce($2::timestamptz, statement_timestamp()) + $7::interval, r.family_expires_at),
+tombstone AS (
+    INSERT INTO oauth_refresh_tombstone (family_id, digest, pepper_id, parent_digest, scope,
+        created_at, expires_at, consumed_at, successor_sealed)
+    SELECT l.id, l.token_digest, l.token_pepper_id, l.parent_digest, l.token_scope,
+        l.token_created_at, l.idle_expires_at,
+        coalesce($3::timestamptz, statement_timestamp()),
         $10::bytea
-    FROM rotated r
-    RETURNING family_id, scope, expires_at
+    FROM live l
 )
-SELECT r.id AS family_id, r.client_id, r.user_id, r.family_expires_at, s.scope, s.expires_at
+SELECT r.id AS family_id, r.client_id, r.user_id, r.family_expires_at, r.token_scope AS scope,
+    r.idle_expires_at AS expires_at
 FROM rotated r
-JOIN successor s ON s.family_id = r.id
 `
 
 type RefreshTokenRotateParams struct {
+	FamilyID         pgtype.UUID
 	Digest           []byte
 	Now              *time.Time
 	ClientID         string
 	SenderThumbprint *string
 	Scope            []string
-	GraceParent      []byte
-	TTL              time.Duration
 	SuccessorDigest  []byte
 	PepperID         string
-	GraceCiphertext  []byte
+	TTL              time.Duration
+	SuccessorSealed  []byte
 }
 
 type RefreshTokenRotateRow struct {
@@ -253,45 +344,38 @@ type RefreshTokenRotateRow struct {
 	ExpiresAt       time.Time
 }
 
-// RefreshTokenRotate consumes the presented token and inserts its successor in one statement, so
-// both commit together or not at all (I2). The family row is locked first: a concurrent rotation of
-// the same token waits here and then finds the token consumed, and a revocation that commits first
-// leaves nothing to rotate (I3). The successor's insert follows the consume, so the partial unique
-// index never sees two live tokens in the family (I1). Nothing changes unless the client, the sender
-// key, the lifetimes and the scope all allow the rotation (I5). The successor carries the requested
-// scope, or else the granted one (RFC 6749 §6), and never outlives the family.
+// RefreshTokenRotate consumes the presented token and issues its successor in one statement, so
+// both commit together or not at all (I2): the family row, locked first, takes the successor as its
+// live token, and the presented token becomes a tombstone. A concurrent rotation of the same token
+// waits for the lock and then finds another live token; a revocation that commits first leaves
+// nothing to rotate (I3). The family has one live token by construction (I1). Nothing changes
+// unless the client, the sender key, the lifetimes and the scope all allow the rotation (I5). The
+// successor carries the requested scope, or else the granted one (RFC 6749 §6), and never outlives
+// the family.
 //
-// The successor row keeps grace_ciphertext, the successor encrypted under a key only the presented
-// token's holder can derive, so that a lost response retried within the grace window gets the
-// same successor back (RefreshTokenGraceReuse). Consuming a token clears its own ciphertext.
-//
-// For a successor made before grace_ciphertext existed, a grace reuse (a lost response) is the
-// same rotation of the family's live token: the caller, holding the family lock, presents the live
-// token's digest and names its consumed parent, which the client presented, as grace_parent. The
-// parent's grace count goes up and the successor takes the live token's place under the same
-// parent, so the family never holds two live tokens. The live token is consumed only if it is that
-// parent's child.
+// The update changes no indexed column (sweep_day only when the live token's expiry moves to
+// another day), so it is a heap-only update: no index entry. The tombstone keeps the successor
+// encrypted under a key only the presented token's holder can derive (successor_sealed), so that a
+// lost response retried within the grace window gets the same successor back.
 //
 // The digest is a single value (the current pepper's; the caller finds a token made under an older
-// pepper on the refused path), so that PostgreSQL can keep one generic plan for the statement
-// instead of planning it on every call.
+// pepper on the refused path), so that PostgreSQL can keep one generic plan for the statement.
 //
-// Returns no row when the token is unknown, expired, already consumed, of another client or sender,
-// asks for scope beyond the grant, or its family is revoked; the caller then finds out which under
-// the family lock. A token never outlives its family, so a family past its absolute lifetime has no
-// unexpired token left to rotate.
+// Returns no row when the token is not the family's live token (unknown, consumed), expired, of
+// another client or sender, asks for scope beyond the grant, or its family is revoked; the caller
+// then finds out which under the family lock.
 func (q *Queries) RefreshTokenRotate(ctx context.Context, db DBTX, arg RefreshTokenRotateParams) (RefreshTokenRotateRow, error) {
 	row := db.QueryRow(ctx, refreshTokenRotate,
+		arg.FamilyID,
 		arg.Digest,
 		arg.Now,
 		arg.ClientID,
 		arg.SenderThumbprint,
 		arg.Scope,
-		arg.GraceParent,
-		arg.TTL,
 		arg.SuccessorDigest,
 		arg.PepperID,
-		arg.GraceCiphertext,
+		arg.TTL,
+		arg.SuccessorSealed,
 	)
 	var i RefreshTokenRotateRow
 	err := row.Scan(

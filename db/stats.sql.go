@@ -40,16 +40,16 @@ const statsCleanupBacklog = `-- name: StatsCleanupBacklog :one
 SELECT
     (SELECT count(*) FROM oauth_family f
         WHERE f.idle_expires_at < coalesce($1::timestamptz, statement_timestamp()) - $2::interval) AS families,
-    (SELECT count(*) FROM oauth_refresh_token t JOIN oauth_family f ON f.id = t.family_id
-        WHERE f.idle_expires_at < coalesce($1::timestamptz, statement_timestamp()) - $2::interval) AS refresh_tokens,
+    (SELECT coalesce(sum(f.rotation_count + 1), 0) FROM oauth_family f
+        WHERE f.idle_expires_at < coalesce($1::timestamptz, statement_timestamp()) - $2::interval)::bigint AS refresh_tokens,
     (SELECT count(*) FROM oauth_authorization_code c
         WHERE c.family_id IS NULL
           AND c.expires_at < coalesce($1::timestamptz, statement_timestamp()) - $2::interval) AS authorization_codes,
     (SELECT count(*) FROM oauth_state s
         WHERE s.expires_at < coalesce($1::timestamptz, statement_timestamp()) - $2::interval) AS states,
-    (SELECT count(*) FROM oauth_refresh_token t
-        WHERE t.grace_ciphertext IS NOT NULL
-          AND t.created_at < coalesce($1::timestamptz, statement_timestamp()) - $3::interval) AS grace_ciphertexts
+    (SELECT count(*) FROM oauth_refresh_tombstone t
+        WHERE t.successor_sealed IS NOT NULL
+          AND t.consumed_at < coalesce($1::timestamptz, statement_timestamp()) - $3::interval) AS grace_ciphertexts
 `
 
 type StatsCleanupBacklogParams struct {
@@ -105,14 +105,13 @@ func (q *Queries) StatsFamilies(ctx context.Context, db DBTX, now *time.Time) (S
 
 const statsRefreshTokens = `-- name: StatsRefreshTokens :one
 SELECT
-    count(*) FILTER (WHERE t.consumed_at IS NULL AND f.revoked_at IS NULL
-        AND t.expires_at > coalesce($1::timestamptz, statement_timestamp())) AS live,
-    count(*) FILTER (WHERE t.consumed_at IS NOT NULL) AS consumed,
-    count(*) FILTER (WHERE t.consumed_at IS NULL AND f.revoked_at IS NOT NULL) AS revoked,
-    count(*) FILTER (WHERE t.consumed_at IS NULL AND f.revoked_at IS NULL
-        AND t.expires_at <= coalesce($1::timestamptz, statement_timestamp())) AS expired
-FROM oauth_refresh_token t
-JOIN oauth_family f ON f.id = t.family_id
+    count(*) FILTER (WHERE f.revoked_at IS NULL
+        AND f.idle_expires_at > coalesce($1::timestamptz, statement_timestamp())) AS live,
+    (SELECT count(*) FROM oauth_refresh_tombstone) AS consumed,
+    count(*) FILTER (WHERE f.revoked_at IS NOT NULL) AS revoked,
+    count(*) FILTER (WHERE f.revoked_at IS NULL
+        AND f.idle_expires_at <= coalesce($1::timestamptz, statement_timestamp())) AS expired
+FROM oauth_family f
 `
 
 type StatsRefreshTokensRow struct {
@@ -122,6 +121,7 @@ type StatsRefreshTokensRow struct {
 	Expired  int64
 }
 
+// A family holds one unconsumed token: live, revoked with its family, or expired.
 func (q *Queries) StatsRefreshTokens(ctx context.Context, db DBTX, now *time.Time) (StatsRefreshTokensRow, error) {
 	row := db.QueryRow(ctx, statsRefreshTokens, now)
 	var i StatsRefreshTokensRow
@@ -154,12 +154,15 @@ func (q *Queries) StatsStates(ctx context.Context, db DBTX, now *time.Time) (Sta
 }
 
 const statsTableSizes = `-- name: StatsTableSizes :many
-SELECT c.relname::text AS table_name, pg_table_size(c.oid) AS table_bytes,
-    pg_indexes_size(c.oid) AS index_bytes
+SELECT c.relname::text AS table_name,
+    (SELECT coalesce(sum(pg_table_size(p.relid)), 0) FROM pg_partition_tree(c.oid) p)::bigint AS table_bytes,
+    (SELECT coalesce(sum(pg_indexes_size(p.relid)), 0) FROM pg_partition_tree(c.oid) p)::bigint AS index_bytes
 FROM pg_catalog.pg_class c
-WHERE c.relkind = 'r'
+WHERE c.relkind IN ('r', 'p')
+  AND NOT c.relispartition
   AND c.relnamespace = to_regnamespace(current_schema())
-  AND c.relname IN ('oauth_family', 'oauth_refresh_token', 'oauth_authorization_code', 'oauth_state')
+  AND c.relname IN ('oauth_family', 'oauth_refresh_tombstone', 'oauth_refresh_token_legacy',
+      'oauth_authorization_code', 'oauth_state')
 ORDER BY c.relname
 `
 
@@ -169,7 +172,8 @@ type StatsTableSizesRow struct {
 	IndexBytes int64
 }
 
-// StatsTableSizes reports the size on disk of the package's tables and their indexes.
+// StatsTableSizes reports the size on disk of the package's tables and their indexes (of all
+// its partitions, for a partitioned table).
 func (q *Queries) StatsTableSizes(ctx context.Context, db DBTX) ([]StatsTableSizesRow, error) {
 	rows, err := db.Query(ctx, statsTableSizes)
 	if err != nil {

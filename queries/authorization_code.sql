@@ -61,14 +61,10 @@ WHERE digest IN (
 -- The caller passes the digest under which AuthorizationCodeGet found the code. Returns no row when
 -- the code is unknown, consumed, expired or not the client's.
 -- name: AuthorizationCodeExchange :one
-WITH new_family AS MATERIALIZED (
-    SELECT gen_random_uuid() AS id
-),
-code AS (
+WITH code AS (
     UPDATE oauth_authorization_code c
     SET consumed_at = coalesce(sqlc.narg('now')::timestamptz, statement_timestamp()),
-        family_id = nf.id
-    FROM new_family nf
+        family_id = @family_id::uuid
     WHERE c.digest = @digest::bytea
       AND c.consumed_at IS NULL
       AND c.expires_at > coalesce(sqlc.narg('now')::timestamptz, statement_timestamp())
@@ -76,34 +72,27 @@ code AS (
       AND c.redirect_uri = @redirect_uri::text
     RETURNING c.family_id, c.client_id, c.user_id, c.scope
 ),
-family AS (
-    INSERT INTO oauth_family (id, client_id, user_id, scope, created_at, expires_at, sender_thumbprint,
-        idle_expires_at)
-    SELECT c.family_id, c.client_id, c.user_id, c.scope,
-        coalesce(sqlc.narg('now')::timestamptz, statement_timestamp()),
-        coalesce(sqlc.narg('now')::timestamptz, statement_timestamp()) + sqlc.narg('lifetime')::interval,
-        sqlc.narg('sender_thumbprint')::text,
-        least(coalesce(sqlc.narg('now')::timestamptz, statement_timestamp()) + @ttl::interval,
-            coalesce(sqlc.narg('now')::timestamptz, statement_timestamp()) + sqlc.narg('lifetime')::interval)
-    FROM code c
-    RETURNING id, created_at, idle_expires_at, expires_at, scope
-),
-token AS (
-    INSERT INTO oauth_refresh_token (digest, pepper_id, family_id, scope, created_at, expires_at)
-    SELECT @refresh_digest::bytea, @refresh_pepper_id::text, f.id, f.scope, f.created_at, f.idle_expires_at
-    FROM family f
-    RETURNING expires_at
+clock AS (
+    SELECT n.now, least(n.now + @ttl::interval, n.now + sqlc.narg('lifetime')::interval) AS idle_expires_at
+    FROM (SELECT coalesce(sqlc.narg('now')::timestamptz, statement_timestamp()) AS now) n
 )
-SELECT f.id AS family_id, f.expires_at AS family_expires_at, t.expires_at
-FROM family f
-CROSS JOIN token t;
+INSERT INTO oauth_family (id, client_id, user_id, scope, created_at, expires_at, sender_thumbprint,
+    idle_expires_at, sweep_day, token_digest, token_pepper_id, token_scope)
+SELECT c.family_id, c.client_id, c.user_id, c.scope, k.now, k.now + sqlc.narg('lifetime')::interval,
+    sqlc.narg('sender_thumbprint')::text, k.idle_expires_at, (k.idle_expires_at AT TIME ZONE 'UTC')::date,
+    @refresh_digest::bytea, @refresh_pepper_id::text, c.scope
+FROM code c
+CROSS JOIN clock k
+RETURNING id AS family_id, expires_at AS family_expires_at, idle_expires_at AS expires_at;
 
 -- AuthorizationCodeGet reads a code, whatever its state, with the state of the family it produced.
 -- name: AuthorizationCodeGet :one
 SELECT c.digest, c.pepper_id, c.client_id, c.user_id, c.redirect_uri, c.scope, c.code_challenge,
     c.code_challenge_method, c.nonce, c.resources, c.dpop_jkt, c.session, c.expires_at,
-    c.consumed_at, c.family_id, f.revoked_at AS family_revoked_at,
+    c.consumed_at, c.family_id,
+    -- A lookup by the code's family id, whatever the statistics say: one partition of a table
+    -- partitioned by family.
+    (SELECT f.revoked_at FROM oauth_family f WHERE f.id = c.family_id) AS family_revoked_at,
     c.expires_at <= coalesce(sqlc.narg('now')::timestamptz, statement_timestamp()) AS expired
 FROM oauth_authorization_code c
-LEFT JOIN oauth_family f ON f.id = c.family_id
 WHERE c.digest = ANY(@digests::bytea[]);

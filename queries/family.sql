@@ -1,30 +1,17 @@
--- FamilyCreate starts a grant: a new family and its first refresh token, in one statement. The
--- token's idle lifetime never reaches past the family's absolute lifetime.
+-- FamilyCreate starts a grant: a new family with its first refresh token, in one row. The id is
+-- chosen by the caller, because the token carries it. The token's idle lifetime never reaches past
+-- the family's absolute lifetime.
 -- name: FamilyCreate :one
-WITH family AS (
-    INSERT INTO oauth_family (client_id, user_id, scope, created_at, expires_at, sender_thumbprint,
-        idle_expires_at)
-    VALUES (
-        @client_id::text,
-        @user_id::text,
-        @scope::text[],
-        coalesce(sqlc.narg('now')::timestamptz, statement_timestamp()),
-        coalesce(sqlc.narg('now')::timestamptz, statement_timestamp()) + sqlc.narg('lifetime')::interval,
-        sqlc.narg('sender_thumbprint')::text,
-        least(coalesce(sqlc.narg('now')::timestamptz, statement_timestamp()) + @ttl::interval,
-            coalesce(sqlc.narg('now')::timestamptz, statement_timestamp()) + sqlc.narg('lifetime')::interval)
-    )
-    RETURNING id, created_at, idle_expires_at, expires_at, scope
-),
-token AS (
-    INSERT INTO oauth_refresh_token (digest, pepper_id, family_id, scope, created_at, expires_at)
-    SELECT @digest::bytea, @pepper_id::text, f.id, f.scope, f.created_at, f.idle_expires_at
-    FROM family f
-    RETURNING expires_at
-)
-SELECT f.id, f.created_at, f.expires_at AS family_expires_at, t.expires_at
-FROM family f
-CROSS JOIN token t;
+INSERT INTO oauth_family (id, client_id, user_id, scope, created_at, expires_at, sender_thumbprint,
+    idle_expires_at, sweep_day, token_digest, token_pepper_id, token_scope)
+SELECT @id::uuid, @client_id::text, @user_id::text, @scope::text[], c.now, c.now + sqlc.narg('lifetime')::interval,
+    sqlc.narg('sender_thumbprint')::text, c.idle_expires_at, (c.idle_expires_at AT TIME ZONE 'UTC')::date,
+    @digest::bytea, @pepper_id::text, @scope::text[]
+FROM (
+    SELECT n.now, least(n.now + @ttl::interval, n.now + sqlc.narg('lifetime')::interval) AS idle_expires_at
+    FROM (SELECT coalesce(sqlc.narg('now')::timestamptz, statement_timestamp()) AS now) n
+) c
+RETURNING id, created_at, expires_at AS family_expires_at, idle_expires_at AS expires_at;
 
 -- FamilyDelete erases a family and all its tokens at once, for example when its user's account is
 -- deleted. Unlike a revocation it leaves no evidence: a later replay of its tokens is not found.
@@ -48,10 +35,14 @@ WHERE id = @id::uuid;
 -- caller whether more may be left.
 -- name: FamilyDeleteExpired :one
 WITH candidates AS MATERIALIZED (
+    -- sweep_day is the day idle_expires_at falls on: the index finds the families of the days up
+    -- to the cutoff's, and the families of the cutoff's own day that have not expired yet are
+    -- passed over (a run reads them once, in its last batch).
     SELECT f.id, f.idle_expires_at, f.rotation_count + 1 AS tokens
     FROM oauth_family f
-    WHERE f.idle_expires_at < coalesce(sqlc.narg('now')::timestamptz, statement_timestamp()) - @retain::interval
-    ORDER BY f.idle_expires_at
+    WHERE f.sweep_day <= ((coalesce(sqlc.narg('now')::timestamptz, statement_timestamp()) - @retain::interval) AT TIME ZONE 'UTC')::date
+      AND f.idle_expires_at < coalesce(sqlc.narg('now')::timestamptz, statement_timestamp()) - @retain::interval
+    ORDER BY f.sweep_day
     LIMIT @max_families::integer
     FOR UPDATE SKIP LOCKED
 ),
@@ -91,19 +82,14 @@ WHERE f.user_id = @user_id::text
 ORDER BY f.created_at DESC, f.id
 LIMIT @max_rows::integer;
 
--- FamilyLockByToken locks the family of a presented token. The statements that follow it in the
--- same transaction see every change committed before the lock was granted, and no rotation or
--- revocation of the family can interleave with them. Its own clock was read before it waited for
--- the lock, so it returns none: the caller takes the time from the next statement.
--- name: FamilyLockByToken :one
+-- FamilyLock locks a family. The statements that follow it in the same transaction see every
+-- change committed before the lock was granted, and no rotation or revocation of the family can
+-- interleave with them. Its own clock was read before it waited for the lock, so it returns none:
+-- the caller takes the time from the next statement.
+-- name: FamilyLock :one
 SELECT f.id
 FROM oauth_family f
-WHERE f.id = (
-    SELECT t.family_id
-    FROM oauth_refresh_token t
-    WHERE t.digest = ANY(@digests::bytea[])
-    LIMIT 1
-)
+WHERE f.id = @id::uuid
 FOR NO KEY UPDATE;
 
 -- FamilyRevoke marks a family revoked. The row lock orders it against rotations of the same family
@@ -121,7 +107,8 @@ revoked AS (
     SET revoked_at = coalesce(sqlc.narg('now')::timestamptz, statement_timestamp()),
         revoked_reason = @reason::text
     FROM family locked
-    WHERE f.id = locked.id
+    WHERE f.id = @id::uuid
+      AND f.id = locked.id
       AND locked.revoked_at IS NULL
     RETURNING f.id
 )

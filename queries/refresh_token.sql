@@ -1,143 +1,181 @@
--- RefreshTokenGet reads a token with its family, without changing anything. The token may be
--- presented under any pepper of the ring, hence a digest per pepper. now is the clock the statement
--- compared with: run after FamilyLockByToken, it is taken after the lock was granted, so that what
--- the caller writes under the lock is never dated before what it waited for.
+-- RefreshTokenGet reads a presented token with its family, without changing anything: the family's
+-- live token (named by the family row), or a consumed one (a row of oauth_refresh_tombstone). The token may be presented under any pepper of the ring, hence a digest
+-- per pepper. The row carries the family's live token too, for a grace reuse. now is the clock the
+-- statement compared with: run after FamilyLock, it is taken after the lock was granted, so that
+-- what the caller writes under the lock is never dated before what it waited for.
 -- name: RefreshTokenGet :one
-SELECT t.digest, t.pepper_id, t.family_id, t.parent_digest, t.scope, t.created_at, t.expires_at,
-    t.consumed_at, t.grace_uses,
-    f.client_id, f.user_id, f.scope AS granted_scope, f.expires_at AS family_expires_at,
-    f.sender_thumbprint, f.revoked_at, f.revoked_reason,
-    t.expires_at <= coalesce(sqlc.narg('now')::timestamptz, statement_timestamp()) AS expired,
+SELECT f.id AS family_id, f.client_id, f.user_id, f.scope AS granted_scope,
+    f.expires_at AS family_expires_at, f.sender_thumbprint, f.revoked_at, f.revoked_reason,
+    coalesce(t.digest, f.token_digest)::bytea AS digest,
+    coalesce(t.pepper_id, f.token_pepper_id)::text AS pepper_id,
+    (CASE WHEN t.digest IS NULL THEN f.parent_digest ELSE t.parent_digest END)::bytea AS parent_digest,
+    coalesce(t.scope, f.token_scope)::text[] AS scope,
+    coalesce(t.created_at, f.last_rotated_at, f.created_at)::timestamptz AS created_at,
+    coalesce(t.expires_at, f.idle_expires_at)::timestamptz AS expires_at,
+    t.consumed_at,
+    t.successor_sealed,
+    f.token_digest AS live_digest, f.token_pepper_id AS live_pepper_id, f.token_scope AS live_scope,
+    f.idle_expires_at AS live_expires_at, f.parent_digest AS live_parent_digest, f.parent_reuses,
+    coalesce(t.expires_at, f.idle_expires_at) <= coalesce(sqlc.narg('now')::timestamptz, statement_timestamp()) AS expired,
     coalesce(sqlc.narg('now')::timestamptz, statement_timestamp())::timestamptz AS now
-FROM oauth_refresh_token t
-JOIN oauth_family f ON f.id = t.family_id
-WHERE t.digest = ANY(@digests::bytea[]);
+FROM oauth_family f
+LEFT JOIN oauth_refresh_tombstone t ON t.family_id = f.id AND t.digest = ANY(@digests::bytea[])
+WHERE f.id = @family_id::uuid
+  AND (t.digest IS NOT NULL OR f.token_digest = ANY(@digests::bytea[]));
 
--- RefreshTokenGetLive returns the family's one live token, if any, with the encrypted copy of it
--- that its parent's holder can open.
--- name: RefreshTokenGetLive :one
-SELECT digest, pepper_id, parent_digest, scope, expires_at, grace_ciphertext
-FROM oauth_refresh_token
-WHERE family_id = @family_id::uuid
-  AND consumed_at IS NULL;
+-- RefreshTokenLegacyFamily finds the family of a token minted before migration 5, which does not
+-- carry it.
+-- name: RefreshTokenLegacyFamily :one
+SELECT family_id
+FROM oauth_refresh_token_legacy
+WHERE digest = ANY(@digests::bytea[])
+LIMIT 1;
 
--- RefreshTokenRotate consumes the presented token and inserts its successor in one statement, so
--- both commit together or not at all (I2). The family row is locked first: a concurrent rotation of
--- the same token waits here and then finds the token consumed, and a revocation that commits first
--- leaves nothing to rotate (I3). The successor's insert follows the consume, so the partial unique
--- index never sees two live tokens in the family (I1). Nothing changes unless the client, the sender
--- key, the lifetimes and the scope all allow the rotation (I5). The successor carries the requested
--- scope, or else the granted one (RFC 6749 §6), and never outlives the family.
+-- RefreshTokenRotate consumes the presented token and issues its successor in one statement, so
+-- both commit together or not at all (I2): the family row, locked first, takes the successor as its
+-- live token, and the presented token becomes a tombstone. A concurrent rotation of the same token
+-- waits for the lock and then finds another live token; a revocation that commits first leaves
+-- nothing to rotate (I3). The family has one live token by construction (I1). Nothing changes
+-- unless the client, the sender key, the lifetimes and the scope all allow the rotation (I5). The
+-- successor carries the requested scope, or else the granted one (RFC 6749 §6), and never outlives
+-- the family.
 --
--- The successor row keeps grace_ciphertext, the successor encrypted under a key only the presented
--- token's holder can derive, so that a lost response retried within the grace window gets the
--- same successor back (RefreshTokenGraceReuse). Consuming a token clears its own ciphertext.
---
--- For a successor made before grace_ciphertext existed, a grace reuse (a lost response) is the
--- same rotation of the family's live token: the caller, holding the family lock, presents the live
--- token's digest and names its consumed parent, which the client presented, as grace_parent. The
--- parent's grace count goes up and the successor takes the live token's place under the same
--- parent, so the family never holds two live tokens. The live token is consumed only if it is that
--- parent's child.
+-- The update changes no indexed column (sweep_day only when the live token's expiry moves to
+-- another day), so it is a heap-only update: no index entry. The tombstone keeps the successor
+-- encrypted under a key only the presented token's holder can derive (successor_sealed), so that a
+-- lost response retried within the grace window gets the same successor back.
 --
 -- The digest is a single value (the current pepper's; the caller finds a token made under an older
--- pepper on the refused path), so that PostgreSQL can keep one generic plan for the statement
--- instead of planning it on every call.
+-- pepper on the refused path), so that PostgreSQL can keep one generic plan for the statement.
 --
--- Returns no row when the token is unknown, expired, already consumed, of another client or sender,
--- asks for scope beyond the grant, or its family is revoked; the caller then finds out which under
--- the family lock. A token never outlives its family, so a family past its absolute lifetime has no
--- unexpired token left to rotate.
+-- Returns no row when the token is not the family's live token (unknown, consumed), expired, of
+-- another client or sender, asks for scope beyond the grant, or its family is revoked; the caller
+-- then finds out which under the family lock.
 -- name: RefreshTokenRotate :one
-WITH presented AS (
-    -- A token already consumed or expired locks nothing: the refusal that follows does not keep
-    -- the family locked in a caller's transaction.
-    SELECT t.family_id
-    FROM oauth_refresh_token t
-    WHERE t.digest = @digest::bytea
-      AND t.consumed_at IS NULL
-      AND t.expires_at > coalesce(sqlc.narg('now')::timestamptz, statement_timestamp())
-),
-family AS MATERIALIZED (
-    SELECT f.id
+WITH live AS MATERIALIZED (
+    SELECT f.id, f.token_digest, f.token_pepper_id, f.token_scope, f.parent_digest,
+        coalesce(f.last_rotated_at, f.created_at) AS token_created_at, f.idle_expires_at
     FROM oauth_family f
-    JOIN presented p ON p.family_id = f.id
-    WHERE f.revoked_at IS NULL
-      -- IS TRUE keeps the client out of index selection: the family comes from the presented
-      -- token's primary key, whatever the statistics say about the client.
+    WHERE f.id = @family_id::uuid
+      AND f.token_digest = @digest::bytea
+      AND f.revoked_at IS NULL
+      AND f.idle_expires_at > coalesce(sqlc.narg('now')::timestamptz, statement_timestamp())
+      -- IS TRUE keeps the client out of index selection: the family comes from its primary key,
+      -- whatever the statistics say about the client.
       AND (f.client_id = @client_id::text) IS TRUE
       AND (f.sender_thumbprint IS NULL
           OR f.sender_thumbprint = sqlc.narg('sender_thumbprint')::text)
       AND (sqlc.narg('scope')::text[] IS NULL OR sqlc.narg('scope')::text[] <@ f.scope)
     FOR NO KEY UPDATE OF f
 ),
-grace AS (
-    UPDATE oauth_refresh_token t
-    SET grace_uses = t.grace_uses + 1
-    FROM family f
-    WHERE t.digest = sqlc.narg('grace_parent')::bytea
-      AND t.family_id = f.id
-      AND t.consumed_at IS NOT NULL
-    RETURNING t.digest
-),
-consumed AS (
-    UPDATE oauth_refresh_token t
-    SET consumed_at = coalesce(sqlc.narg('now')::timestamptz, statement_timestamp()),
-        grace_ciphertext = NULL
-    FROM family f
-    WHERE t.digest = @digest::bytea
-      AND t.family_id = f.id
-      AND t.consumed_at IS NULL
-      AND t.expires_at > coalesce(sqlc.narg('now')::timestamptz, statement_timestamp())
-      AND (sqlc.narg('grace_parent')::bytea IS NULL OR t.parent_digest = (SELECT digest FROM grace))
-    RETURNING t.family_id, t.digest
-),
 rotated AS (
     UPDATE oauth_family f
-    SET last_rotated_at = coalesce(sqlc.narg('now')::timestamptz, statement_timestamp()),
+    SET token_digest = @successor_digest::bytea,
+        token_pepper_id = @pepper_id::text,
+        token_scope = coalesce(sqlc.narg('scope')::text[], f.scope),
+        parent_digest = l.token_digest,
+        parent_reuses = 0,
+        last_rotated_at = coalesce(sqlc.narg('now')::timestamptz, statement_timestamp()),
         rotation_count = f.rotation_count + 1,
         -- The family dies when its newest token expires, sooner or later than the one before.
         idle_expires_at = least(coalesce(sqlc.narg('now')::timestamptz, statement_timestamp()) + @ttl::interval,
-            f.expires_at)
-    FROM consumed c
-    WHERE f.id = c.family_id
-    RETURNING f.id, f.client_id, f.user_id, f.scope AS granted_scope, f.expires_at AS family_expires_at,
-        coalesce(sqlc.narg('grace_parent')::bytea, c.digest) AS parent_digest
+            f.expires_at),
+        sweep_day = (least(coalesce(sqlc.narg('now')::timestamptz, statement_timestamp()) + @ttl::interval,
+            f.expires_at) AT TIME ZONE 'UTC')::date
+    FROM live l
+    -- The family id again as a value, so that a partitioned table prunes to one partition.
+    WHERE f.id = @family_id::uuid
+      AND f.id = l.id
+    RETURNING f.id, f.client_id, f.user_id, f.expires_at AS family_expires_at, f.token_scope,
+        f.idle_expires_at
 ),
-successor AS (
-    INSERT INTO oauth_refresh_token (digest, pepper_id, family_id, parent_digest, scope, created_at,
-        expires_at, grace_ciphertext)
-    SELECT @successor_digest::bytea, @pepper_id::text, r.id, r.parent_digest,
-        coalesce(sqlc.narg('scope')::text[], r.granted_scope),
+tombstone AS (
+    INSERT INTO oauth_refresh_tombstone (family_id, digest, pepper_id, parent_digest, scope,
+        created_at, expires_at, consumed_at, successor_sealed)
+    SELECT l.id, l.token_digest, l.token_pepper_id, l.parent_digest, l.token_scope,
+        l.token_created_at, l.idle_expires_at,
         coalesce(sqlc.narg('now')::timestamptz, statement_timestamp()),
-        least(coalesce(sqlc.narg('now')::timestamptz, statement_timestamp()) + @ttl::interval, r.family_expires_at),
-        sqlc.narg('grace_ciphertext')::bytea
-    FROM rotated r
-    RETURNING family_id, scope, expires_at
+        sqlc.narg('successor_sealed')::bytea
+    FROM live l
 )
-SELECT r.id AS family_id, r.client_id, r.user_id, r.family_expires_at, s.scope, s.expires_at
-FROM rotated r
-JOIN successor s ON s.family_id = r.id;
+SELECT r.id AS family_id, r.client_id, r.user_id, r.family_expires_at, r.token_scope AS scope,
+    r.idle_expires_at AS expires_at
+FROM rotated r;
 
--- RefreshTokenGraceReuse counts one more presentation of a consumed parent within the grace window,
--- whose holder gets the family's unused live token back. The caller holds the family lock.
+-- RefreshTokenGraceReplace replaces the family's unused live token with a new one under the same
+-- parent, for the parent's holder presenting it again within the grace window when the live token
+-- cannot be handed out again (it was minted before sealed copies were kept, or under a pepper
+-- retired since). The replaced token becomes a tombstone, the parent's tombstone keeps the new
+-- successor sealed for its holder, and the parent's reuse count goes up, so the family never holds
+-- two live tokens. The caller holds the family lock and has checked the rest.
+-- name: RefreshTokenGraceReplace :one
+WITH live AS MATERIALIZED (
+    SELECT f.id, f.token_digest, f.token_pepper_id, f.token_scope, f.parent_digest,
+        coalesce(f.last_rotated_at, f.created_at) AS token_created_at, f.idle_expires_at
+    FROM oauth_family f
+    WHERE f.id = @family_id::uuid
+      AND f.parent_digest = @parent_digest::bytea
+      AND f.revoked_at IS NULL
+    FOR NO KEY UPDATE OF f
+),
+rotated AS (
+    UPDATE oauth_family f
+    SET token_digest = @successor_digest::bytea,
+        token_pepper_id = @pepper_id::text,
+        token_scope = coalesce(sqlc.narg('scope')::text[], f.scope),
+        parent_reuses = f.parent_reuses + 1,
+        last_rotated_at = coalesce(sqlc.narg('now')::timestamptz, statement_timestamp()),
+        rotation_count = f.rotation_count + 1,
+        idle_expires_at = least(coalesce(sqlc.narg('now')::timestamptz, statement_timestamp()) + @ttl::interval,
+            f.expires_at),
+        sweep_day = (least(coalesce(sqlc.narg('now')::timestamptz, statement_timestamp()) + @ttl::interval,
+            f.expires_at) AT TIME ZONE 'UTC')::date
+    FROM live l
+    -- The family id again as a value, so that a partitioned table prunes to one partition.
+    WHERE f.id = @family_id::uuid
+      AND f.id = l.id
+    RETURNING f.id, f.client_id, f.user_id, f.expires_at AS family_expires_at, f.token_scope,
+        f.idle_expires_at
+),
+replaced AS (
+    INSERT INTO oauth_refresh_tombstone (family_id, digest, pepper_id, parent_digest, scope,
+        created_at, expires_at, consumed_at)
+    SELECT l.id, l.token_digest, l.token_pepper_id, l.parent_digest, l.token_scope,
+        l.token_created_at, l.idle_expires_at,
+        coalesce(sqlc.narg('now')::timestamptz, statement_timestamp())
+    FROM live l
+),
+resealed AS (
+    UPDATE oauth_refresh_tombstone t
+    SET successor_sealed = sqlc.narg('successor_sealed')::bytea
+    FROM live l
+    WHERE t.family_id = @family_id::uuid
+      AND t.family_id = l.id
+      AND t.digest = l.parent_digest
+)
+SELECT r.id AS family_id, r.client_id, r.user_id, r.family_expires_at, r.token_scope AS scope,
+    r.idle_expires_at AS expires_at
+FROM rotated r;
+
+-- RefreshTokenGraceReuse counts one more presentation of the live token's consumed parent within
+-- the grace window, whose holder gets the unused live token back. The caller holds the family lock.
 -- name: RefreshTokenGraceReuse :execrows
-UPDATE oauth_refresh_token
-SET grace_uses = grace_uses + 1
-WHERE digest = @digest::bytea
-  AND consumed_at IS NOT NULL;
+UPDATE oauth_family
+SET parent_reuses = parent_reuses + 1
+WHERE id = @family_id::uuid
+  AND parent_digest = @parent_digest::bytea;
 
--- RefreshTokenClearGraceCiphertexts deletes one batch of ciphertexts older than the longest grace
--- window: no client can use them any more.
--- name: RefreshTokenClearGraceCiphertexts :execrows
-UPDATE oauth_refresh_token
-SET grace_ciphertext = NULL
-WHERE digest IN (
-    SELECT t.digest
-    FROM oauth_refresh_token t
-    WHERE t.grace_ciphertext IS NOT NULL
-      AND t.created_at < coalesce(sqlc.narg('now')::timestamptz, statement_timestamp()) - @grace_window::interval
-    ORDER BY t.created_at
+-- RefreshTokenClearSealedSuccessors deletes one batch of sealed successors older than the longest
+-- grace window: no client can use them any more.
+-- name: RefreshTokenClearSealedSuccessors :execrows
+UPDATE oauth_refresh_tombstone
+SET successor_sealed = NULL
+WHERE (family_id, digest) IN (
+    SELECT t.family_id, t.digest
+    FROM oauth_refresh_tombstone t
+    WHERE t.successor_sealed IS NOT NULL
+      AND t.consumed_at < coalesce(sqlc.narg('now')::timestamptz, statement_timestamp()) - @grace_window::interval
+    ORDER BY t.consumed_at
     LIMIT @batch_size::integer
     FOR UPDATE SKIP LOCKED
 );

@@ -19,16 +19,16 @@ SELECT
         AND idle_expires_at <= coalesce(sqlc.narg('now')::timestamptz, statement_timestamp())) AS expired
 FROM oauth_family;
 
+-- A family holds one unconsumed token: live, revoked with its family, or expired.
 -- name: StatsRefreshTokens :one
 SELECT
-    count(*) FILTER (WHERE t.consumed_at IS NULL AND f.revoked_at IS NULL
-        AND t.expires_at > coalesce(sqlc.narg('now')::timestamptz, statement_timestamp())) AS live,
-    count(*) FILTER (WHERE t.consumed_at IS NOT NULL) AS consumed,
-    count(*) FILTER (WHERE t.consumed_at IS NULL AND f.revoked_at IS NOT NULL) AS revoked,
-    count(*) FILTER (WHERE t.consumed_at IS NULL AND f.revoked_at IS NULL
-        AND t.expires_at <= coalesce(sqlc.narg('now')::timestamptz, statement_timestamp())) AS expired
-FROM oauth_refresh_token t
-JOIN oauth_family f ON f.id = t.family_id;
+    count(*) FILTER (WHERE f.revoked_at IS NULL
+        AND f.idle_expires_at > coalesce(sqlc.narg('now')::timestamptz, statement_timestamp())) AS live,
+    (SELECT count(*) FROM oauth_refresh_tombstone) AS consumed,
+    count(*) FILTER (WHERE f.revoked_at IS NOT NULL) AS revoked,
+    count(*) FILTER (WHERE f.revoked_at IS NULL
+        AND f.idle_expires_at <= coalesce(sqlc.narg('now')::timestamptz, statement_timestamp())) AS expired
+FROM oauth_family f;
 
 -- name: StatsStates :one
 SELECT
@@ -36,14 +36,18 @@ SELECT
     count(*) FILTER (WHERE expires_at <= coalesce(sqlc.narg('now')::timestamptz, statement_timestamp())) AS expired
 FROM oauth_state;
 
--- StatsTableSizes reports the size on disk of the package's tables and their indexes.
+-- StatsTableSizes reports the size on disk of the package's tables and their indexes (of all
+-- its partitions, for a partitioned table).
 -- name: StatsTableSizes :many
-SELECT c.relname::text AS table_name, pg_table_size(c.oid) AS table_bytes,
-    pg_indexes_size(c.oid) AS index_bytes
+SELECT c.relname::text AS table_name,
+    (SELECT coalesce(sum(pg_table_size(p.relid)), 0) FROM pg_partition_tree(c.oid) p)::bigint AS table_bytes,
+    (SELECT coalesce(sum(pg_indexes_size(p.relid)), 0) FROM pg_partition_tree(c.oid) p)::bigint AS index_bytes
 FROM pg_catalog.pg_class c
-WHERE c.relkind = 'r'
+WHERE c.relkind IN ('r', 'p')
+  AND NOT c.relispartition
   AND c.relnamespace = to_regnamespace(current_schema())
-  AND c.relname IN ('oauth_family', 'oauth_refresh_token', 'oauth_authorization_code', 'oauth_state')
+  AND c.relname IN ('oauth_family', 'oauth_refresh_tombstone', 'oauth_refresh_token_legacy',
+      'oauth_authorization_code', 'oauth_state')
 ORDER BY c.relname;
 
 -- StatsCleanupBacklog counts what a cleanup with this retention would delete now.
@@ -51,13 +55,13 @@ ORDER BY c.relname;
 SELECT
     (SELECT count(*) FROM oauth_family f
         WHERE f.idle_expires_at < coalesce(sqlc.narg('now')::timestamptz, statement_timestamp()) - @retain::interval) AS families,
-    (SELECT count(*) FROM oauth_refresh_token t JOIN oauth_family f ON f.id = t.family_id
-        WHERE f.idle_expires_at < coalesce(sqlc.narg('now')::timestamptz, statement_timestamp()) - @retain::interval) AS refresh_tokens,
+    (SELECT coalesce(sum(f.rotation_count + 1), 0) FROM oauth_family f
+        WHERE f.idle_expires_at < coalesce(sqlc.narg('now')::timestamptz, statement_timestamp()) - @retain::interval)::bigint AS refresh_tokens,
     (SELECT count(*) FROM oauth_authorization_code c
         WHERE c.family_id IS NULL
           AND c.expires_at < coalesce(sqlc.narg('now')::timestamptz, statement_timestamp()) - @retain::interval) AS authorization_codes,
     (SELECT count(*) FROM oauth_state s
         WHERE s.expires_at < coalesce(sqlc.narg('now')::timestamptz, statement_timestamp()) - @retain::interval) AS states,
-    (SELECT count(*) FROM oauth_refresh_token t
-        WHERE t.grace_ciphertext IS NOT NULL
-          AND t.created_at < coalesce(sqlc.narg('now')::timestamptz, statement_timestamp()) - @grace_window::interval) AS grace_ciphertexts;
+    (SELECT count(*) FROM oauth_refresh_tombstone t
+        WHERE t.successor_sealed IS NOT NULL
+          AND t.consumed_at < coalesce(sqlc.narg('now')::timestamptz, statement_timestamp()) - @grace_window::interval) AS grace_ciphertexts;

@@ -120,7 +120,7 @@ func (a *Admin) cleanupBatch(ctx context.Context, kind cleanupKind, n int, opts 
 		case cleanupCodes:
 			deleted, err = a.q.AuthorizationCodeDeleteExpired(ctx, q, db.AuthorizationCodeDeleteExpiredParams{Now: a.now(), Retain: opts.Retain, BatchSize: int32(n)})
 		case cleanupGraceCiphertexts:
-			deleted, err = a.q.RefreshTokenClearGraceCiphertexts(ctx, q, db.RefreshTokenClearGraceCiphertextsParams{Now: a.now(), GraceWindow: MaxGraceWindow, BatchSize: int32(n)})
+			deleted, err = a.q.RefreshTokenClearSealedSuccessors(ctx, q, db.RefreshTokenClearSealedSuccessorsParams{Now: a.now(), GraceWindow: MaxGraceWindow, BatchSize: int32(n)})
 		default:
 			deleted, err = a.q.StateDeleteExpired(ctx, q, db.StateDeleteExpiredParams{Now: a.now(), Retain: opts.Retain, BatchSize: int32(n)})
 		}

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgtype"
 
 	"github.com/oauthstore/oauthstore/db"
 )
@@ -169,13 +170,15 @@ func (s *Store) Exchange(ctx context.Context, req ExchangeRequest) (*CodeExchang
 	if err != nil {
 		return nil, err
 	}
-	token, refreshDigest, pepperID := s.refresh.mint()
+	family := newFamilyID()
+	token, refreshDigest, pepperID := s.refresh.mintFor(family)
 	// Under a stricter default isolation level a concurrent exchange makes the statement fail to
 	// serialize; run again READ COMMITTED, it waits for that exchange and sees its outcome.
 	var row db.AuthorizationCodeExchangeRow
 	err = s.readCommitted(ctx, "exchange code", func(q DBTX) (err error) {
 		row, err = s.q.AuthorizationCodeExchange(ctx, q, db.AuthorizationCodeExchangeParams{
 			Digest:           c.Digest,
+			FamilyID:         pgtype.UUID{Bytes: family, Valid: true},
 			Now:              s.now(),
 			ClientID:         req.ClientID,
 			RedirectURI:      req.RedirectURI,

@@ -64,8 +64,10 @@ func (s *Store) Issue(ctx context.Context, req IssueRequest) (*RefreshToken, err
 	if err := validateThumbprint(req.SenderThumbprint); err != nil {
 		return nil, err
 	}
-	token, digest, pepperID := s.refresh.mint()
+	id := newFamilyID()
+	token, digest, pepperID := s.refresh.mintFor(id)
 	row, err := s.q.FamilyCreate(ctx, s.dbtx, db.FamilyCreateParams{
+		ID:               pgtype.UUID{Bytes: id, Valid: true},
 		ClientID:         req.ClientID,
 		UserID:           req.UserID,
 		Scope:            scope,
@@ -127,16 +129,17 @@ func (s *Store) Rotate(ctx context.Context, req RotateRequest) (*RefreshToken, e
 	if err := validateThumbprint(req.SenderThumbprint); err != nil {
 		return nil, err
 	}
-	digests, ok := s.refresh.digestPresented(req.Token)
-	if !ok {
-		return nil, ErrTokenNotFound
+	pt, err := s.presentedRefresh(ctx, req.Token)
+	if err != nil {
+		return nil, err
 	}
-	token, successor, pepperID := s.refresh.mint()
+	token, successor, pepperID := s.refresh.mintFor(pt.family.Bytes)
 	r := rotation{successor: token, presented: req.Token}
 	// The happy path presents the digest under the current pepper; a token made under an older
 	// pepper of the ring is found on the refused path and rotated there.
 	params := db.RefreshTokenRotateParams{
-		Digest:           digests[0],
+		FamilyID:         pt.family,
+		Digest:           pt.digests[0],
 		ClientID:         req.ClientID,
 		SenderThumbprint: optionalText(req.SenderThumbprint),
 		Now:              s.now(),
@@ -145,18 +148,47 @@ func (s *Store) Rotate(ctx context.Context, req RotateRequest) (*RefreshToken, e
 		SuccessorDigest:  successor,
 		PepperID:         pepperID,
 	}
-	s.sealFor(&params, params.Digest, s.refresh.currentPepperID(), r)
+	params.SuccessorSealed = s.sealFor(r, params.Digest, s.refresh.currentPepperID(), successor)
 	row, err := s.q.RefreshTokenRotate(ctx, s.dbtx, params)
 	// Under a stricter default isolation level than READ COMMITTED, a rotation that waited for a
 	// concurrent one of the same family fails to serialize: it lost the race, as a READ COMMITTED
 	// one that found the token consumed, and is settled the same way.
 	if errors.Is(err, pgx.ErrNoRows) || isSerializationFailure(err) {
-		return s.rotateRefused(ctx, digests, params, r)
+		return s.rotateRefused(ctx, pt, params, r)
 	}
 	if err != nil {
 		return nil, dbError("rotate", err)
 	}
 	return rotatedToken(token, row), nil
+}
+
+// presentedToken is a refresh token a client presented: the family it names, and its digests
+// under each pepper of the ring.
+type presentedToken struct {
+	family  pgtype.UUID
+	digests [][]byte
+}
+
+// presentedRefresh decodes a presented refresh token. Its family is the one it carries, or for a
+// token minted before migration 5, the one its digest is recorded with (a read of its own).
+func (s *Store) presentedRefresh(ctx context.Context, token string) (presentedToken, error) {
+	digests, ok := s.refresh.digestPresented(token)
+	if !ok {
+		return presentedToken{}, ErrTokenNotFound
+	}
+	if id, ok := familyOf(token); ok {
+		return presentedToken{family: pgtype.UUID{Bytes: id, Valid: true}, digests: digests}, nil
+	}
+	id, err := s.q.RefreshTokenLegacyFamily(ctx, s.dbtx, digests)
+	if err := interpretError("read token", err, ErrTokenNotFound); err != nil {
+		return presentedToken{}, err
+	}
+	return presentedToken{family: id, digests: digests}, nil
+}
+
+// getToken reads a presented token with its family.
+func (s *Store) getToken(ctx context.Context, q db.DBTX, pt presentedToken, now *time.Time) (db.RefreshTokenGetRow, error) {
+	return s.q.RefreshTokenGet(ctx, q, db.RefreshTokenGetParams{FamilyID: pt.family, Digests: pt.digests, Now: now})
 }
 
 // rotation is what a Rotate call carries beyond the statement's parameters: the successor it
@@ -166,13 +198,13 @@ type rotation struct {
 	presented string
 }
 
-// sealFor sets the successor's grace ciphertext in p, for the holder of the parent with the given
-// digest, made under the given pepper (the token presented); none when the grace window is off.
-func (s *Store) sealFor(p *db.RefreshTokenRotateParams, parentDigest []byte, parentPepperID string, r rotation) {
-	p.GraceCiphertext = nil
-	if s.graceWindow > 0 {
-		p.GraceCiphertext = sealSuccessor(r.presented, s.refresh.graceSalt(parentPepperID), parentDigest, p.SuccessorDigest, r.successor)
+// sealFor returns the successor with the given digest sealed for the holder of the presented
+// parent with the given digest, made under the given pepper; none when the grace window is off.
+func (s *Store) sealFor(r rotation, parentDigest []byte, parentPepperID string, successorDigest []byte) []byte {
+	if s.graceWindow <= 0 {
+		return nil
 	}
+	return sealSuccessor(r.presented, s.refresh.graceSalt(parentPepperID), parentDigest, successorDigest, r.successor)
 }
 
 // refusedRotation is what a refused rotation comes to: a successor after all (grace reuse, or a
@@ -192,8 +224,8 @@ type refusedRotation struct {
 // change. Anything else is decided holding the family lock, so that what it reads is the latest
 // committed state and cannot change underneath, and acted on: a grace reuse, a replay's
 // revocation, or a refusal that changes nothing.
-func (s *Store) rotateRefused(ctx context.Context, digests [][]byte, p db.RefreshTokenRotateParams, r rotation) (*RefreshToken, error) {
-	t, err := s.q.RefreshTokenGet(ctx, s.dbtx, db.RefreshTokenGetParams{Now: p.Now, Digests: digests})
+func (s *Store) rotateRefused(ctx context.Context, pt presentedToken, p db.RefreshTokenRotateParams, r rotation) (*RefreshToken, error) {
+	t, err := s.getToken(ctx, s.dbtx, pt, p.Now)
 	if err := interpretError("rotate: read token", err, ErrTokenNotFound); err != nil {
 		return nil, err
 	}
@@ -203,7 +235,7 @@ func (s *Store) rotateRefused(ctx context.Context, digests [][]byte, p db.Refres
 	var out refusedRotation
 	err = s.inTx(ctx, "rotate", func(tx pgx.Tx) (bool, error) {
 		var err error
-		out, err = s.settleRefused(ctx, tx, digests, p, r)
+		out, err = s.settleRefused(ctx, tx, pt, p, r)
 		return out.commit, err
 	})
 	if err != nil {
@@ -235,8 +267,8 @@ func refuseForeign(t db.RefreshTokenGetRow, p db.RefreshTokenRotateParams) error
 	return nil
 }
 
-func (s *Store) settleRefused(ctx context.Context, tx pgx.Tx, digests [][]byte, p db.RefreshTokenRotateParams, r rotation) (refusedRotation, error) {
-	if _, err := s.q.FamilyLockByToken(ctx, tx, digests); errors.Is(err, pgx.ErrNoRows) {
+func (s *Store) settleRefused(ctx context.Context, tx pgx.Tx, pt presentedToken, p db.RefreshTokenRotateParams, r rotation) (refusedRotation, error) {
+	if _, err := s.q.FamilyLock(ctx, tx, pt.family); errors.Is(err, pgx.ErrNoRows) {
 		return refusedRotation{refusal: ErrTokenNotFound}, nil // deleted meanwhile
 	} else if err != nil {
 		return refusedRotation{}, dbError("rotate: lock family", err)
@@ -244,9 +276,9 @@ func (s *Store) settleRefused(ctx context.Context, tx pgx.Tx, digests [][]byte, 
 	// Read after the lock was granted: the state it shows is the latest, and its clock is later
 	// than anything committed while this transaction waited. Every time written or compared from
 	// here on is that one.
-	t, err := s.q.RefreshTokenGet(ctx, tx, db.RefreshTokenGetParams{Now: p.Now, Digests: digests})
-	if err != nil {
-		return refusedRotation{}, dbError("rotate: read token", err)
+	t, err := s.getToken(ctx, tx, pt, p.Now)
+	if err := interpretError("rotate: read token", err, ErrTokenNotFound); err != nil {
+		return refusedRotation{}, err
 	}
 	p.Now = &t.Now
 	switch {
@@ -264,7 +296,7 @@ func (s *Store) settleRefused(ctx context.Context, tx pgx.Tx, digests [][]byte, 
 	// Nothing stands in the way: the token was made under an older pepper of the ring, or the first
 	// attempt met a rotation that rolled back. Rotate it under the digest it was found by.
 	p.Digest = t.Digest
-	s.sealFor(&p, p.Digest, t.PepperID, r)
+	p.SuccessorSealed = s.sealFor(r, p.Digest, t.PepperID, p.SuccessorDigest)
 	row, err := s.q.RefreshTokenRotate(ctx, tx, p)
 	if err != nil {
 		return refusedRotation{}, dbError("rotate", err)
@@ -277,27 +309,32 @@ func (s *Store) settleRefused(ctx context.Context, tx pgx.Tx, digests [][]byte, 
 
 // graceReuse hands the holder of t, the consumed parent of the family's unused live token, that
 // live token again, opened from the copy sealed for it, and counts the reuse. A live token made
-// before such copies were kept is replaced by a new one under the same parent instead.
-func (s *Store) graceReuse(ctx context.Context, tx pgx.Tx, p db.RefreshTokenRotateParams, t db.RefreshTokenGetRow,
-	live db.RefreshTokenGetLiveRow, r rotation) (*RefreshToken, error) {
-	// A live token made under a pepper retired since would be refused at its next rotation: it is
-	// replaced instead.
-	if same, ok := openSuccessor(r.presented, s.refresh.graceSalt(t.PepperID), t.Digest, live.Digest, live.GraceCiphertext); ok &&
-		!s.refresh.retired(live.PepperID) && s.refresh.matches(same, live.Digest) {
-		if _, err := s.q.RefreshTokenGraceReuse(ctx, tx, t.Digest); err != nil {
+// before such copies were kept, or under a pepper retired since, is replaced by a new one under
+// the same parent instead.
+func (s *Store) graceReuse(ctx context.Context, tx pgx.Tx, p db.RefreshTokenRotateParams, t db.RefreshTokenGetRow, r rotation) (*RefreshToken, error) {
+	if same, ok := openSuccessor(r.presented, s.refresh.graceSalt(t.PepperID), t.Digest, t.LiveDigest, t.SuccessorSealed); ok &&
+		!s.refresh.retired(t.LivePepperID) && s.refresh.matches(same, t.LiveDigest) {
+		if _, err := s.q.RefreshTokenGraceReuse(ctx, tx, db.RefreshTokenGraceReuseParams{FamilyID: t.FamilyID, ParentDigest: t.Digest}); err != nil {
 			return nil, err
 		}
-		return newRefreshToken(same, live.ExpiresAt, t.FamilyExpiresAt, Grant{
-			FamilyID: t.FamilyID.String(), ClientID: t.ClientID, UserID: t.UserID, Scope: live.Scope,
+		return newRefreshToken(same, t.LiveExpiresAt, t.FamilyExpiresAt, Grant{
+			FamilyID: t.FamilyID.String(), ClientID: t.ClientID, UserID: t.UserID, Scope: t.LiveScope,
 		}), nil
 	}
-	p.Digest, p.GraceParent = live.Digest, t.Digest
-	s.sealFor(&p, t.Digest, t.PepperID, r)
-	row, err := s.q.RefreshTokenRotate(ctx, tx, p)
+	row, err := s.q.RefreshTokenGraceReplace(ctx, tx, db.RefreshTokenGraceReplaceParams{
+		FamilyID:        t.FamilyID,
+		ParentDigest:    t.Digest,
+		SuccessorDigest: p.SuccessorDigest,
+		PepperID:        p.PepperID,
+		Scope:           p.Scope,
+		TTL:             p.TTL,
+		Now:             p.Now,
+		SuccessorSealed: s.sealFor(r, t.Digest, t.PepperID, p.SuccessorDigest),
+	})
 	if err != nil {
 		return nil, err
 	}
-	return rotatedToken(r.successor, row), nil
+	return rotatedToken(r.successor, db.RefreshTokenRotateRow(row)), nil
 }
 
 // settleConsumed handles a consumed token presented by its own client: a grace reuse when the
@@ -307,26 +344,21 @@ func (s *Store) settleConsumed(ctx context.Context, tx pgx.Tx, p db.RefreshToken
 	e := Event{FamilyID: t.FamilyID.String(), ClientID: t.ClientID, UserID: t.UserID}
 	// A grace reuse needs a parent that is still within its own lifetime and the window, was made
 	// under a pepper that is not retired, and has reuses left.
-	if t.RevokedAt == nil && s.graceWindow > 0 && int(t.GraceUses) < s.graceReuses && !t.Expired &&
-		now.Before(t.ConsumedAt.Add(s.graceWindow)) && !s.refresh.retired(t.PepperID) {
-		live, err := s.q.RefreshTokenGetLive(ctx, tx, t.FamilyID)
-		switch {
-		case errors.Is(err, pgx.ErrNoRows):
-		case err != nil:
-			return refusedRotation{}, dbError("rotate: read live token", err)
-		case bytes.Equal(live.ParentDigest, t.Digest) && now.Before(live.ExpiresAt):
-			// The presented token is the parent of the unused current token: a lost response, or
-			// another tab. It gets that same token back.
-			if p.Scope != nil && !isSubset(p.Scope, t.GrantedScope) {
-				return refusedRotation{refusal: ErrInvalidScope}, nil
-			}
-			e.Kind = EventGraceReuse
-			successor, err := s.graceReuse(ctx, tx, p, t, live, r)
-			if err != nil {
-				return refusedRotation{}, dbError("rotate: grace reuse", err)
-			}
-			return refusedRotation{successor: successor, event: &e, commit: true}, nil
+	// The presented token is the parent of the unused current token: a lost response, or another
+	// tab. It gets that same token back, if the parent is still within its own lifetime and the
+	// window, was made under a pepper that is not retired, and has reuses left.
+	if t.RevokedAt == nil && s.graceWindow > 0 && bytes.Equal(t.LiveParentDigest, t.Digest) &&
+		int(t.ParentReuses) < s.graceReuses && !t.Expired && now.Before(t.ConsumedAt.Add(s.graceWindow)) &&
+		now.Before(t.LiveExpiresAt) && !s.refresh.retired(t.PepperID) {
+		if p.Scope != nil && !isSubset(p.Scope, t.GrantedScope) {
+			return refusedRotation{refusal: ErrInvalidScope}, nil
 		}
+		e.Kind = EventGraceReuse
+		successor, err := s.graceReuse(ctx, tx, p, t, r)
+		if err != nil {
+			return refusedRotation{}, dbError("rotate: grace reuse", err)
+		}
+		return refusedRotation{successor: successor, event: &e, commit: true}, nil
 	}
 	e.Kind = EventReplayDetected
 	if t.RevokedAt != nil {

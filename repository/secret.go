@@ -28,8 +28,16 @@ const PepperEnv = "OAUTH_AT_REST_PEPPER"
 // tokenBytes is the entropy of every minted token: 256 bits from crypto/rand.
 const tokenBytes = 32
 
-// tokenLen is the length of a minted token: tokenBytes in unpadded base64url.
+// tokenLen is the length of a minted code or state, and of a refresh token minted before
+// migration 5: tokenBytes in unpadded base64url.
 var tokenLen = base64.RawURLEncoding.EncodedLen(tokenBytes)
+
+// familyIDBytes is the length of the family id a refresh token begins with.
+const familyIDBytes = 16
+
+// familyTokenLen is the length of a refresh token: its family's id and tokenBytes of entropy, in
+// unpadded base64url.
+var familyTokenLen = base64.RawURLEncoding.EncodedLen(familyIDBytes + tokenBytes)
 
 var tokenEncoding = base64.RawURLEncoding.Strict()
 
@@ -239,7 +247,12 @@ func (Secret) MarshalJSON() ([]byte, error) { return []byte(`"` + redacted + `"`
 // digester computes keyed digests of one kind of credential under every pepper of the ring. Each
 // kind has its own key per pepper, derived from it, so that a digest of one kind can never be
 // confused with another's.
-type digester struct{ keys []digestKey }
+type digester struct {
+	keys []digestKey
+	// family: the credentials begin with the id of their family (refresh tokens). Those minted
+	// before migration 5, which do not, are accepted too.
+	family bool
+}
 
 type digestKey struct {
 	pepperID string
@@ -250,11 +263,11 @@ type digestKey struct {
 	graceSalt []byte
 }
 
-func newDigester(ring []Pepper, label string) *digester {
+func newDigester(ring []Pepper, label string, family bool) *digester {
 	if len(ring) == 0 {
 		return nil // an admin store (NewAdmin): no credentials
 	}
-	d := &digester{keys: make([]digestKey, len(ring))}
+	d := &digester{keys: make([]digestKey, len(ring)), family: family}
 	for i, p := range ring {
 		mac := hmac.New(sha256.New, p.Secret.Bytes())
 		mac.Write([]byte("oauthstore/v1/" + label))
@@ -287,26 +300,61 @@ func (d *digester) mint() (Secret, []byte, string) {
 	return newSecret(tokenEncoding.EncodeToString(raw[:])), k.sum(raw[:]), k.pepperID
 }
 
-// decodeToken returns the random bytes of a credential this package minted, or false.
-func decodeToken(token string) ([tokenBytes]byte, bool) {
-	var raw [tokenBytes]byte
-	if len(token) != tokenLen {
-		return raw, false
+// mintFor returns a new refresh token of the family id names: the id followed by tokenBytes of
+// entropy; its digest, of both, under the current pepper; and that pepper's ID.
+func (d *digester) mintFor(id [familyIDBytes]byte) (Secret, []byte, string) {
+	var raw [familyIDBytes + tokenBytes]byte
+	copy(raw[:], id[:])
+	_, _ = rand.Read(raw[familyIDBytes:])
+	k := &d.keys[0]
+	return newSecret(tokenEncoding.EncodeToString(raw[:])), k.sum(raw[:]), k.pepperID
+}
+
+// newFamilyID returns a random (version 4) UUID for a new family.
+func newFamilyID() [familyIDBytes]byte {
+	var id [familyIDBytes]byte
+	_, _ = rand.Read(id[:])
+	id[6] = id[6]&0x0f | 0x40
+	id[8] = id[8]&0x3f | 0x80
+	return id
+}
+
+// decodeToken returns the bytes of a credential this package minted: tokenBytes of entropy, or
+// for a refresh token the family id followed by them. Anything else is false.
+func decodeToken(token string) ([]byte, bool) {
+	if len(token) != tokenLen && len(token) != familyTokenLen {
+		return nil, false
 	}
-	n, err := tokenEncoding.Decode(raw[:], []byte(token))
-	return raw, err == nil && n == tokenBytes
+	raw := make([]byte, familyIDBytes+tokenBytes)
+	n, err := tokenEncoding.Decode(raw, []byte(token))
+	if err != nil || (n != tokenBytes && n != familyIDBytes+tokenBytes) {
+		return nil, false
+	}
+	return raw[:n], true
+}
+
+// familyOf returns the family id a refresh token carries, or false for one minted before
+// migration 5 (or one that is no refresh token).
+func familyOf(token string) ([familyIDBytes]byte, bool) {
+	var id [familyIDBytes]byte
+	raw, ok := decodeToken(token)
+	if !ok || len(raw) != familyIDBytes+tokenBytes {
+		return id, false
+	}
+	copy(id[:], raw)
+	return id, true
 }
 
 // digestPresented returns the digests of a credential a client presented, one per pepper of the
-// ring, or false when it cannot be one this package minted.
+// ring, or false when it cannot be one this package minted of the digester's kind.
 func (d *digester) digestPresented(token string) ([][]byte, bool) {
 	raw, ok := decodeToken(token)
-	if !ok {
+	if !ok || (len(raw) != tokenBytes && !d.family) {
 		return nil, false
 	}
 	out := make([][]byte, len(d.keys))
 	for i := range d.keys {
-		out[i] = d.keys[i].sum(raw[:])
+		out[i] = d.keys[i].sum(raw)
 	}
 	return out, true
 }
@@ -342,8 +390,8 @@ func (d *digester) accepted(digests [][]byte) [][]byte {
 
 const graceKeyInfo = "oauthstore/v1/grace-successor"
 
-func graceAEAD(rawParent [tokenBytes]byte, salt []byte) cipher.AEAD {
-	key, err := hkdf.Key(sha256.New, rawParent[:], salt, graceKeyInfo, 32)
+func graceAEAD(rawParent, salt []byte) cipher.AEAD {
+	key, err := hkdf.Key(sha256.New, rawParent, salt, graceKeyInfo, 32)
 	if err != nil {
 		panic(err) // only for a length beyond what HKDF-SHA-256 can give
 	}
@@ -367,9 +415,9 @@ func sealSuccessor(presented string, salt, parentDigest, successorDigest []byte,
 		return nil
 	}
 	aead := graceAEAD(rawParent, salt)
-	nonce := make([]byte, aead.NonceSize(), aead.NonceSize()+tokenBytes+aead.Overhead())
+	nonce := make([]byte, aead.NonceSize(), aead.NonceSize()+len(rawSuccessor)+aead.Overhead())
 	_, _ = rand.Read(nonce)
-	return aead.Seal(nonce, nonce, rawSuccessor[:], graceAAD(parentDigest, successorDigest))
+	return aead.Seal(nonce, nonce, rawSuccessor, graceAAD(parentDigest, successorDigest))
 }
 
 // openSuccessor opens what sealSuccessor sealed, with the presented parent token.
@@ -383,7 +431,7 @@ func openSuccessor(presented string, salt, parentDigest, successorDigest, sealed
 		return Secret{}, false
 	}
 	raw, err := aead.Open(nil, sealed[:aead.NonceSize()], sealed[aead.NonceSize():], graceAAD(parentDigest, successorDigest))
-	if err != nil || len(raw) != tokenBytes {
+	if err != nil || (len(raw) != tokenBytes && len(raw) != familyIDBytes+tokenBytes) {
 		return Secret{}, false
 	}
 	return newSecret(tokenEncoding.EncodeToString(raw)), true

@@ -17,7 +17,7 @@ func testPepper() []byte { return bytes.Repeat([]byte{7}, MinPepperBytes) }
 func ring(secret []byte) []Pepper { return []Pepper{{ID: DefaultPepperID, Secret: NewKey(secret)}} }
 
 func TestMint_TokenIs256BitsURLSafeAndDigestIsKeyed(t *testing.T) {
-	d := newDigester(ring(testPepper()), "refresh-token")
+	d := newDigester(ring(testPepper()), "refresh-token", false)
 	seen := map[string]bool{}
 	for range 1000 {
 		tok, digest, _ := d.mint()
@@ -42,18 +42,75 @@ func TestMint_TokenIs256BitsURLSafeAndDigestIsKeyed(t *testing.T) {
 		}
 	}
 	tok, digest, _ := d.mint()
-	other := newDigester(ring(append(testPepper(), 1)), "refresh-token")
+	other := newDigester(ring(append(testPepper(), 1)), "refresh-token", false)
 	if d2, _ := other.digestPresented(tok.Reveal()); bytes.Equal(d2[0], digest) {
 		t.Fatal("another pepper gives the same digest")
 	}
-	code := newDigester(ring(testPepper()), "authorization-code")
+	code := newDigester(ring(testPepper()), "authorization-code", false)
 	if d2, _ := code.digestPresented(tok.Reveal()); bytes.Equal(d2[0], digest) {
 		t.Fatal("another credential kind gives the same digest under the same pepper")
 	}
 }
 
+func TestMintFor_RefreshTokenCarriesItsFamilyAndLegacyTokensStayAccepted(t *testing.T) {
+	d := newDigester(ring(testPepper()), "refresh-token", true)
+	id := newFamilyID()
+	if id[6]>>4 != 4 || id[8]>>6 != 2 {
+		t.Fatalf("family id %x is not a version 4 UUID", id)
+	}
+	tok, digest, _ := d.mintFor(id)
+	s := tok.Reveal()
+	if len(s) != 64 || strings.ContainsAny(s, "+/=") {
+		t.Fatalf("refresh token of %d chars or not URL-safe", len(s))
+	}
+	if got, ok := familyOf(s); !ok || got != id {
+		t.Fatalf("familyOf = %x, %v; want %x", got, ok, id)
+	}
+	again, ok := d.digestPresented(s)
+	if !ok || !bytes.Equal(again[0], digest) {
+		t.Fatal("presented refresh token does not digest to what was stored")
+	}
+	// The digest covers the family id: the same entropy under another family is another token.
+	raw, _ := base64.RawURLEncoding.DecodeString(s)
+	raw[0] ^= 1
+	if other, ok := d.digestPresented(base64.RawURLEncoding.EncodeToString(raw)); !ok || bytes.Equal(other[0], digest) {
+		t.Fatal("a token naming another family digests to the same value")
+	}
+	// A token minted before refresh tokens carried their family is still read, without one.
+	legacy, legacyDigest, _ := d.mint()
+	if got, ok := d.digestPresented(legacy.Reveal()); !ok || !bytes.Equal(got[0], legacyDigest) {
+		t.Fatal("a refresh token without a family id is no longer accepted")
+	}
+	if _, ok := familyOf(legacy.Reveal()); ok {
+		t.Fatal("a refresh token without a family id gave one")
+	}
+	// Codes and states never take the longer form.
+	code := newDigester(ring(testPepper()), "authorization-code", false)
+	if _, ok := code.digestPresented(s); ok {
+		t.Fatal("a code digester accepted a refresh token's form")
+	}
+	// The successor sealed for a parent of either form opens with that parent only.
+	successor, successorDigest, _ := d.mintFor(id)
+	salt := d.graceSalt(DefaultPepperID)
+	for _, parent := range []struct {
+		tok    Secret
+		digest []byte
+	}{{tok, digest}, {legacy, legacyDigest}} {
+		sealed := sealSuccessor(parent.tok.Reveal(), salt, parent.digest, successorDigest, successor)
+		if len(sealed) != 12+familyIDBytes+tokenBytes+16 {
+			t.Fatalf("sealed copy of %d bytes", len(sealed))
+		}
+		if got, ok := openSuccessor(parent.tok.Reveal(), salt, parent.digest, successorDigest, sealed); !ok || got.Reveal() != successor.Reveal() {
+			t.Fatal("the parent's holder cannot open the sealed successor")
+		}
+		if _, ok := openSuccessor(successor.Reveal(), salt, parent.digest, successorDigest, sealed); ok {
+			t.Fatal("the successor opened its own sealed copy")
+		}
+	}
+}
+
 func TestDigestPresented_RefusesWhatCannotBeAToken(t *testing.T) {
-	d := newDigester(ring(testPepper()), "refresh-token")
+	d := newDigester(ring(testPepper()), "refresh-token", false)
 	tok, _, _ := d.mint()
 	s := tok.Reveal()
 	// The last of 43 characters carries 4 bits of the 256 and 2 zero bits; setting one of those
@@ -251,7 +308,7 @@ func TestSecret_NoVerbNestingOrEncoderPrintsACredential(t *testing.T) {
 }
 
 func TestSealedSuccessor_OpensOnlyWithTheParentAndForItsDigests(t *testing.T) {
-	d := newDigester(ring(testPepper()), "refresh-token")
+	d := newDigester(ring(testPepper()), "refresh-token", false)
 	parent, parentDigest, _ := d.mint()
 	successor, successorDigest, _ := d.mint()
 	salt := d.graceSalt(DefaultPepperID)
@@ -264,7 +321,7 @@ func TestSealedSuccessor_OpensOnlyWithTheParentAndForItsDigests(t *testing.T) {
 		t.Fatal("the parent's holder cannot open the sealed successor")
 	}
 	other, _, _ := d.mint()
-	other2 := newDigester(ring(bytes.Repeat([]byte{9}, 32)), "refresh-token")
+	other2 := newDigester(ring(bytes.Repeat([]byte{9}, 32)), "refresh-token", false)
 	for name, c := range map[string]struct {
 		presented   string
 		salt        []byte

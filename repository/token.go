@@ -3,8 +3,6 @@ package repository
 import (
 	"context"
 	"time"
-
-	"github.com/oauthstore/oauthstore/db"
 )
 
 // TokenInfo describes a stored refresh token and its family.
@@ -29,11 +27,11 @@ type TokenInfo struct {
 // changing anything: for the server's own use, such as an administrator's tools. To answer a
 // client, use Peek or RevokeToken, which check that the token is the client's.
 func (s *Store) Lookup(ctx context.Context, token string) (*TokenInfo, error) {
-	digests, ok := s.refresh.digestPresented(token)
-	if !ok {
-		return nil, ErrTokenNotFound
+	pt, err := s.presentedRefresh(ctx, token)
+	if err != nil {
+		return nil, err
 	}
-	row, err := s.q.RefreshTokenGet(ctx, s.dbtx, db.RefreshTokenGetParams{Digests: digests, Now: s.now()})
+	row, err := s.getToken(ctx, s.dbtx, pt, s.now())
 	if err := interpretError("lookup", err, ErrTokenNotFound); err != nil {
 		return nil, err
 	}

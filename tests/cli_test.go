@@ -90,19 +90,19 @@ func TestCLI_MigrateUpDownVersionForce(t *testing.T) {
 	}
 	r := b.cli(t, "migrate", "version", "--json")
 	r.json(t, &v)
-	if r.code != 0 || v.Version != 4 || v.Dirty {
+	if r.code != 0 || v.Version != 5 || v.Dirty {
 		t.Fatalf("version: %+v %+v", r, v)
 	}
-	if r = b.cli(t, "migrate", "down", "3", "--yes"); r.code != 0 || !strings.Contains(r.stdout, "schema version 1") {
-		t.Fatalf("down 3: %+v", r)
+	if r = b.cli(t, "migrate", "down", "4", "--yes"); r.code != 0 || !strings.Contains(r.stdout, "schema version 1") {
+		t.Fatalf("down 4: %+v", r)
 	}
 	if n := b.count(t, "SELECT count(*) FROM information_schema.tables WHERE table_name = 'oauth_authorization_code'"); n != 0 {
-		t.Fatal("down 3 left the codes table")
+		t.Fatal("down 4 left the codes table")
 	}
-	if r = b.cli(t, "migrate", "up"); r.code != 0 || !strings.Contains(r.stdout, "schema version 4") {
+	if r = b.cli(t, "migrate", "up"); r.code != 0 || !strings.Contains(r.stdout, "schema version 5") {
 		t.Fatalf("up: %+v", r)
 	}
-	if r = b.cli(t, "migrate", "force", "4"); r.code != 0 {
+	if r = b.cli(t, "migrate", "force", "5"); r.code != 0 {
 		t.Fatalf("force: %+v", r)
 	}
 	for _, args := range [][]string{{"migrate"}, {"migrate", "sideways"}, {"migrate", "down"}, {"migrate", "down", "0"}, {"migrate", "force", "x"}} {
@@ -274,7 +274,7 @@ func TestCLI_StatsCountsRowsByState(t *testing.T) {
 	r := b.cli(t, "stats", "--json")
 	r.json(t, &st)
 	if r.code != 0 || st.Families.Live != 1 || st.Families.Revoked != 1 || st.RefreshTokens.Live != 1 ||
-		st.RefreshTokens.Consumed != 1 || st.RefreshTokens.Revoked != 1 || st.AuthorizationCodes.Pending != 1 || len(st.Tables) != 4 {
+		st.RefreshTokens.Consumed != 1 || st.RefreshTokens.Revoked != 1 || st.AuthorizationCodes.Pending != 1 || len(st.Tables) != 5 {
 		t.Fatalf("stats: %+v %+v", r, st)
 	}
 	if r = b.cli(t, "stats"); r.code != 0 || !strings.Contains(r.stdout, "oauth_refresh_token") || !strings.Contains(r.stdout, "INDEX SIZE") {
@@ -378,15 +378,15 @@ func TestCLI_MigrateDownAsksFirstAndRefusesWhatItCannotDo(t *testing.T) {
 			t.Fatalf("%v: %+v, want a usage error", args, r)
 		}
 	}
-	if b.tableChecksum(t) != before || b.count(t, "SELECT version FROM oauthstore_schema_migrations") != 4 {
+	if b.tableChecksum(t) != before || b.count(t, "SELECT version FROM oauthstore_schema_migrations") != 5 {
 		t.Fatal("a refused migrate changed the database")
 	}
-	if r = b.cli(t, "migrate", "down", "1", "--yes"); r.code != 0 || !strings.Contains(r.stdout, "schema version 3") {
+	if r = b.cli(t, "migrate", "down", "1", "--yes"); r.code != 0 || !strings.Contains(r.stdout, "schema version 4") {
 		t.Fatalf("down 1 --yes: %+v", r)
 	}
 	// A database behind this build is refused by the other commands, with the way out.
 	if r = b.cli(t, "stats"); r.code != 1 || !strings.Contains(r.stderr, "run `oauthstore migrate up`") {
-		t.Fatalf("stats on schema version 3: %+v", r)
+		t.Fatalf("stats on schema version 4: %+v", r)
 	}
 }
 

@@ -39,8 +39,10 @@ func TestRevokeFamilies_ConcurrentBulkRevocationsOfOverlappingFamiliesNeverDeadl
 	t.Parallel()
 	b := setup(t, setupOptions{configure: func(c *repository.Config) { c.Logger = slog.New(slog.DiscardHandler) }})
 	for round := range 3 {
-		if _, err := b.pool.Exec(b.ctx, `INSERT INTO oauth_family (client_id, user_id, scope, idle_expires_at)
-			SELECT 'client-a', 'user-1', '{}', now() + interval '1 day' FROM generate_series(1, 1200)`); err != nil {
+		if _, err := b.pool.Exec(b.ctx, `INSERT INTO oauth_family (client_id, user_id, scope, idle_expires_at, token_digest,
+				token_pepper_id, token_scope, sweep_day)
+			SELECT 'client-a', 'user-1', '{}', e, sha256(g::text::bytea || random()::text::bytea), 'default', '{}', (e AT TIME ZONE 'UTC')::date
+			FROM generate_series(1, 1200) g, (SELECT now() + interval '1 day' AS e) x`); err != nil {
 			t.Fatal(err)
 		}
 		var wg sync.WaitGroup
@@ -200,8 +202,10 @@ func TestRevokeFamilies_ByClientRevokesAllInBatches(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
 	// More families than one batch revokes.
-	if _, err := b.pool.Exec(b.ctx, `INSERT INTO oauth_family (client_id, user_id, idle_expires_at)
-		SELECT 'doomed', 'user-' || g, now() + interval '1 day' FROM generate_series(1, 1234) g`); err != nil {
+	if _, err := b.pool.Exec(b.ctx, `INSERT INTO oauth_family (client_id, user_id, idle_expires_at, token_digest, token_pepper_id,
+			token_scope, sweep_day)
+		SELECT 'doomed', 'user-' || g, e, sha256(g::text::bytea || random()::text::bytea), 'default', '{}', (e AT TIME ZONE 'UTC')::date
+		FROM generate_series(1, 1234) g, (SELECT now() + interval '1 day' AS e) x`); err != nil {
 		t.Fatal(err)
 	}
 	keep := b.issue(t)

@@ -393,11 +393,11 @@ func TestGrace_ARacerRotatingTheLiveTokenEndsItsParentsGrace(t *testing.T) {
 	b.checkInvariants(t, "after the races")
 }
 
-func TestGrace_TheSealedSuccessorIsDeletedWhenUsedAndAfterTheLongestWindow(t *testing.T) {
+func TestGrace_SealedSuccessorsLiveOnTombstonesUntilTheLongestWindowPasses(t *testing.T) {
 	t.Parallel()
 	b := setup(t, withGrace(time.Minute, 3))
 	sealed := func(digestOf string) int {
-		return b.count(t, `SELECT count(*) FROM oauth_refresh_token WHERE family_id = $1 AND grace_ciphertext IS NOT NULL`, digestOf)
+		return b.count(t, `SELECT count(*) FROM oauth_refresh_tombstone WHERE family_id = $1 AND successor_sealed IS NOT NULL`, digestOf)
 	}
 	first := b.issue(t)
 	second, err := b.rotate(first.Token, "client-a")
@@ -410,18 +410,26 @@ func TestGrace_TheSealedSuccessorIsDeletedWhenUsedAndAfterTheLongestWindow(t *te
 	if _, err := b.rotate(second.Token, "client-a"); err != nil {
 		t.Fatal(err)
 	}
-	// Using the successor deleted its sealed copy; its own successor has one.
-	if n := b.count(t, `SELECT count(*) FROM oauth_refresh_token WHERE family_id = $1 AND consumed_at IS NOT NULL
-		AND grace_ciphertext IS NOT NULL`, first.FamilyID); n != 0 {
-		t.Fatalf("%d consumed tokens keep a sealed copy", n)
+	// Each rotation sealed its successor on the tombstone of the token it consumed, and nowhere
+	// else: the live token's row (the family's) has none.
+	if n := sealed(first.FamilyID); n != 2 {
+		t.Fatalf("%d sealed successors after two rotations, want 2", n)
+	}
+	if n := b.count(t, `SELECT count(*) FROM oauth_refresh_token WHERE family_id = $1 AND consumed_at IS NULL
+		AND successor_sealed IS NOT NULL`, first.FamilyID); n != 0 {
+		t.Fatalf("%d live tokens carry a sealed copy", n)
+	}
+	// Within the longest window cleanup keeps them.
+	if res, err := b.store.Cleanup(b.ctx, repository.CleanupOptions{}); err != nil || res.GraceCiphertexts != 0 {
+		t.Fatalf("cleanup within the longest window: %+v, %v; want nothing deleted", res, err)
 	}
 	b.clock.Advance(repository.MaxGraceWindow + time.Second)
-	if backlog, err := b.store.CleanupBacklog(b.ctx, repository.CleanupOptions{}); err != nil || backlog.GraceCiphertexts != 1 {
-		t.Fatalf("backlog past the longest window: %+v, %v; want one sealed copy", backlog, err)
+	if backlog, err := b.store.CleanupBacklog(b.ctx, repository.CleanupOptions{}); err != nil || backlog.GraceCiphertexts != 2 {
+		t.Fatalf("backlog past the longest window: %+v, %v; want two sealed copies", backlog, err)
 	}
 	res, err := b.store.Cleanup(b.ctx, repository.CleanupOptions{})
-	if err != nil || res.GraceCiphertexts != 1 {
-		t.Fatalf("cleanup past the longest window: %+v, %v; want one sealed copy deleted", res, err)
+	if err != nil || res.GraceCiphertexts != 2 {
+		t.Fatalf("cleanup past the longest window: %+v, %v; want two sealed copies deleted", res, err)
 	}
 	if n := sealed(first.FamilyID); n != 0 {
 		t.Fatalf("%d sealed copies left past the longest window", n)

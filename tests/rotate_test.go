@@ -306,12 +306,25 @@ func TestInvariant_DatabaseRefusesSecondLiveToken(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
 	tok := b.issue(t)
-	// Even SQL that bypasses the repository cannot give a family two live tokens (I1).
-	_, err := b.pool.Exec(b.ctx, `INSERT INTO oauth_refresh_token (digest, pepper_id, family_id, scope, expires_at)
-		VALUES (decode(repeat('ab', 32), 'hex'), 'default', $1, '{}', now() + interval '1 hour')`, tok.FamilyID)
+	// A family's live token is the one value of oauth_family.token_digest in the family's one row:
+	// even SQL that bypasses the repository cannot give a family a second row (I1)…
+	_, err := b.pool.Exec(b.ctx, `INSERT INTO oauth_family (id, client_id, user_id, scope, idle_expires_at, sweep_day, token_digest,
+			token_pepper_id, token_scope)
+		SELECT id, client_id, user_id, scope, idle_expires_at, sweep_day, decode(repeat('ab', 32), 'hex'), token_pepper_id, token_scope
+		FROM oauth_family WHERE id = $1`, tok.FamilyID)
 	var pgErr *pgconn.PgError
-	if !errors.As(err, &pgErr) || pgErr.Code != "23505" || pgErr.ConstraintName != "oauth_refresh_token_one_live_per_family" {
-		t.Fatalf("second live token: got %v, want a unique violation of oauth_refresh_token_one_live_per_family", err)
+	// (On a table partitioned by family, the violation names the partition's primary key.)
+	if !errors.As(err, &pgErr) || pgErr.Code != "23505" || !strings.HasPrefix(pgErr.ConstraintName, "oauth_family_") ||
+		!strings.HasSuffix(pgErr.ConstraintName, "_pkey") {
+		t.Fatalf("second live token: got %v, want a unique violation of oauth_family's primary key", err)
+	}
+	// …or a row without a live token, which is what a rotation writes its successor into.
+	_, err = b.pool.Exec(b.ctx, `UPDATE oauth_family SET token_digest = NULL WHERE id = $1`, tok.FamilyID)
+	if !errors.As(err, &pgErr) || pgErr.Code != "23502" || pgErr.ColumnName != "token_digest" {
+		t.Fatalf("family without a live token: got %v, want a not-null violation of token_digest", err)
+	}
+	if n := b.liveTokens(t, tok.FamilyID); n != 1 {
+		t.Fatalf("%d live tokens, want 1", n)
 	}
 }
 

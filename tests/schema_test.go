@@ -13,7 +13,10 @@ func TestSchema_MigrateUpDownToZeroUp(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
 	tables := func() int {
-		return b.count(t, `SELECT count(*) FROM information_schema.tables WHERE table_schema = 'public' AND table_name LIKE 'oauth\_%'`)
+		// Tables and views, a partitioned table counted once (migrating down and up again gives the
+		// unpartitioned layout).
+		return b.count(t, `SELECT count(*) FROM pg_class WHERE relnamespace = 'public'::regnamespace
+			AND relname LIKE 'oauth\_%' AND relkind IN ('r', 'p', 'v') AND NOT relispartition`)
 	}
 	want := tables()
 	if want == 0 {

@@ -7,8 +7,8 @@
 //	b  the same statement sent raw through pgx (db.Queries.RefreshTokenRotate) with digests and a
 //	   sealed successor of the real size (60 random bytes) computed beforehand: the physical limit
 //	   of the single-statement design.
-//	c  a conventional transaction doing the same rotation in five statements (SELECT … FOR UPDATE,
-//	   two UPDATEs, INSERT, COMMIT) on the same tables, digests and sealed successors as b.
+//	c  a conventional transaction doing the same rotation in five round trips (BEGIN, SELECT … FOR
+//	   NO KEY UPDATE, UPDATE, INSERT, COMMIT) on the same tables, digests and sealed successors as b.
 //	d  the floor: the cheapest single statement that consumes one row and inserts one
 //	   (DELETE … RETURNING feeding an INSERT), on a table of its own in the benchmark's schema
 //	   whose rows are as wide as the token rows and which has nothing but a primary key; loaded
@@ -16,8 +16,9 @@
 //	p  the previous design: the package's tables (schema/0001, 0003, 0004) and RefreshTokenRotate
 //	   (queries/refresh_token.sql) as of commit ae44542, frozen in this package and created in
 //	   schema oauthstore_bench_prev; loaded, seeded and rotated as b, with the same precomputed
-//	   digests and sealed successors. b/p is the current design over the previous one: 1 while
-//	   they are the same.
+//	   digests and sealed successors. b/p is the current design (schema 5: the family row names
+//	   its live token; a rotation is a heap-only update of it and a tombstone insert) over the
+//	   previous one (a token row consumed, the family row updated, a successor row inserted).
 //
 // Every worker rotates families of its own, so workers never wait on each other's row locks: the
 // numbers are throughput and latency, not contention.
@@ -93,7 +94,7 @@ const (
 var variantDescriptions = map[string]string{
 	VariantStore:       "Store.Rotate (mint + HMAC + one statement)",
 	VariantRaw:         "RefreshTokenRotate raw via pgx, precomputed digests and sealed successor",
-	VariantTransaction: "multi-statement transaction (6 round trips)",
+	VariantTransaction: "multi-statement transaction (5 round trips)",
 	VariantFloor:       "floor: one DELETE … RETURNING + INSERT on a table with only a primary key",
 	VariantPrevious:    "previous design (ae44542): its tables and RefreshTokenRotate, frozen, rotated as b",
 }

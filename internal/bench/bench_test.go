@@ -93,13 +93,17 @@ func TestRun_Smoke(t *testing.T) {
 		if c.Proxied && c.RTT == rtt && c.P50 < rtt {
 			t.Errorf("variant %s at RTT %s: p50 %s", c.Variant, c.RTT, c.P50)
 		}
-		// A rotation consumes its token, bumps the family and inserts the successor: three heap
-		// tuples, exactly, when the counters cover the measured phase and nothing else. The floor
-		// deletes one and inserts one, and updates nothing.
+		// A rotation gives the family row its successor and inserts the consumed token's tombstone:
+		// two heap tuples, exactly, when the counters cover the measured phase and nothing else.
+		// The previous design consumed the token, bumped the family and inserted the successor:
+		// three. The floor deletes one and inserts one, and updates nothing.
 		w := c.Writes
-		tuples, updates := 3.0, true
-		if c.Variant == VariantFloor {
-			tuples, updates = 2, false
+		tuples, updates := 2.0, true
+		switch c.Variant {
+		case VariantPrevious:
+			tuples = 3
+		case VariantFloor:
+			updates = false
 		}
 		if !w.Settled || w.WALPerRotation <= 0 || w.TuplesPerRotation != tuples || (w.HOTRatio != nil) != updates ||
 			w.IndexEntriesPerRotation < tuples-1 {
@@ -137,7 +141,7 @@ func TestRun_Smoke(t *testing.T) {
 			t.Errorf("the text report lacks %q:\n%s", want, text.String())
 		}
 	}
-	if rep.Explain == nil || !strings.Contains(rep.Explain.Custom, "oauth_refresh_token") || !strings.Contains(rep.Explain.Generic, "$1") {
+	if rep.Explain == nil || !strings.Contains(rep.Explain.Custom, "oauth_refresh_tombstone") || !strings.Contains(rep.Explain.Generic, "$1") {
 		t.Errorf("explain %+v", rep.Explain)
 	}
 }

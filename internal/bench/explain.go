@@ -13,6 +13,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgtype"
 
 	"github.com/oauthstore/oauthstore/db"
 )
@@ -44,25 +45,27 @@ const explainRuns = 20
 // forced generic plan, each set in a transaction that is rolled back. auto_explain is loaded into
 // the session, which needs a superuser (the throwaway cluster's user is one).
 func explainRotate(ctx context.Context, e *env, fx *fixture, rows int) (*ExplainResult, error) {
-	var digest []byte
+	var (
+		digest []byte
+		family pgtype.UUID
+	)
 	switch {
 	case len(fx.b) > 0:
-		digest = fx.b[0]
+		digest, family = fx.b[0], fx.ids[VariantRaw][0]
 	case len(fx.c) > 0:
-		digest = fx.c[0]
+		digest, family = fx.c[0], fx.ids[VariantTransaction][0]
 	default:
 		digest = randomDigest()
 		var id [16]byte
 		copy(id[:], randomDigest())
 		markUUIDv4(&id)
+		family = pgtype.UUID{Bytes: id, Valid: true}
 		if err := copyFamilies(ctx, e.admin, packageTables, []familyRow{{id: id, digest: digest, client: e.opts.Client, user: "bench-explain", created: time.Now()}}); err != nil {
 			return nil, err
 		}
 	}
 	res := &ExplainResult{Rows: rows, Runs: explainRuns}
-	if err := e.admin.QueryRow(ctx, `SELECT count(*) FROM oauth_refresh_token
-		WHERE consumed_at IS NOT NULL
-		  AND family_id = (SELECT family_id FROM oauth_refresh_token WHERE digest = $1)`, digest).Scan(&res.Tombstones); err != nil {
+	if err := e.admin.QueryRow(ctx, `SELECT count(*) FROM oauth_refresh_tombstone WHERE family_id = $1`, family).Scan(&res.Tombstones); err != nil {
 		return nil, err
 	}
 	cfg, err := pgx.ParseConfig(e.url)
@@ -111,7 +114,7 @@ func explainRotate(ctx context.Context, e *env, fx *fixture, rows int) (*Explain
 			for range explainRuns {
 				next := randomDigest()
 				_, err := q.RefreshTokenRotate(ctx, tx, db.RefreshTokenRotateParams{
-					Digest: cur, ClientID: e.opts.Client, TTL: ttl,
+					FamilyID: family, Digest: cur, ClientID: e.opts.Client, TTL: ttl,
 					SuccessorDigest: next, PepperID: pepperID,
 				})
 				if err != nil {

@@ -27,21 +27,25 @@ const (
 var benchScope = []string{"offline_access", "openid"}
 
 // packageTables are the package's own tables, where variants a, b and c rotate. The load fills the
-// columns a family and its first token cannot do without.
+// columns a family cannot do without; its first token is part of its row, so a family starts
+// with no row in the token table (oauth_refresh_tombstone), which its rotations fill.
 var packageTables = tableSet{
-	schema:        SchemaName,
-	family:        "oauth_family",
-	token:         "oauth_refresh_token",
-	familyColumns: []string{"id", "client_id", "user_id", "scope", "created_at", "expires_at", "idle_expires_at"},
+	schema: SchemaName,
+	family: "oauth_family",
+	token:  "oauth_refresh_tombstone",
+	familyColumns: []string{"id", "client_id", "user_id", "scope", "created_at", "expires_at", "idle_expires_at",
+		"sweep_day", "token_digest", "token_pepper_id", "token_scope"},
 	familyValues: func(r *familyRow) []any {
+		expires := r.created.Add(tokenTTL)
 		return []any{pgtype.UUID{Bytes: r.id, Valid: true}, r.client, r.user, benchScope,
-			r.created, r.created.Add(familyLife), r.created.Add(tokenTTL)}
+			r.created, r.created.Add(familyLife), expires, utcDay(expires), r.digest, pepperID, benchScope}
 	},
-	tokenColumns: []string{"digest", "pepper_id", "family_id", "scope", "created_at", "expires_at"},
-	tokenValues: func(r *familyRow) []any {
-		return []any{r.digest, pepperID, pgtype.UUID{Bytes: r.id, Valid: true}, benchScope,
-			r.created, r.created.Add(tokenTTL)}
-	},
+}
+
+// utcDay is the date sweep_day holds for an expiry.
+func utcDay(t time.Time) pgtype.Date {
+	y, m, d := t.UTC().Date()
+	return pgtype.Date{Time: time.Date(y, m, d, 0, 0, 0, 0, time.UTC), Valid: true}
 }
 
 // LoadStat reports one bulk load.
@@ -192,6 +196,9 @@ func copyFamilies(ctx context.Context, pool *pgxpool.Pool, set tableSet, rows []
 		if err := copyRows(set.family, set.familyColumns, set.familyValues); err != nil {
 			return err
 		}
+	}
+	if set.tokenColumns == nil {
+		return nil // the family row holds its first token
 	}
 	return copyRows(set.token, set.tokenColumns, set.tokenValues)
 }

@@ -11,11 +11,11 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 )
 
-// Variant p, the previous design: the package's refresh-token tables and rotating statement as they
-// were at commit ae44542b6c264914a15f73bfc775ed7cd318fe1c, frozen here, in a schema of their own,
-// so that a redesign of schema/ and queries/ can be measured against them in the same run: b/p is
-// the new design over the previous one (1 while they are the same). Nothing here may follow
-// schema/, queries/ or the generated db package.
+// Variant p, the previous design: the package's refresh-token tables and rotating statement at
+// schema version 4 (commit ae44542b6c264914a15f73bfc775ed7cd318fe1c), frozen here, in a schema of
+// their own, so that the design of schema 5 is measured against them in the same run: b/p is the
+// new design over the previous one. Nothing here may follow schema/, queries/ or the generated db
+// package.
 
 // PrevSchemaName is the schema of the previous design's tables, created next to SchemaName and
 // dropped with it.

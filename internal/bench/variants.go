@@ -26,11 +26,13 @@ type fixture struct {
 	pepper     []byte
 	a          []string // variant a: raw tokens, as a client holds them
 	b, c, d, p [][]byte // variants b, c, d and p: the current digest of each family
+	// ids holds the family ids of variants b and c, which every statement of theirs names.
+	ids map[string][]pgtype.UUID
 }
 
 func newFixture(ctx context.Context, e *env, workers []int, variants []string) (_ *fixture, err error) {
 	n := slices.Max(workers) * FamiliesPerWorker
-	fx := &fixture{client: e.opts.Client, pepper: make([]byte, repository.MinPepperBytes)}
+	fx := &fixture{client: e.opts.Client, pepper: make([]byte, repository.MinPepperBytes), ids: map[string][]pgtype.UUID{}}
 	_, _ = crand.Read(fx.pepper)
 	fmt.Fprintf(e.opts.Progress, "seeding %d families per variant…\n", n)
 	w, err := e.writer(ctx, 1)
@@ -67,6 +69,7 @@ func newFixture(ctx context.Context, e *env, workers []int, variants []string) (
 			rows[i].user = fmt.Sprintf("bench-%s-%d", v, i)
 			rows[i].created = now
 			digests[i] = rows[i].digest
+			fx.ids[v] = append(fx.ids[v], pgtype.UUID{Bytes: rows[i].id, Valid: true})
 		}
 		return digests, copyFamilies(ctx, w.pool, tablesOf(v), rows)
 	}
@@ -138,12 +141,13 @@ func (fx *fixture) worker(v string, pool *pgxpool.Pool, store *repository.Store,
 		var successor, sealed []byte
 		return worker{prepare: func() { successor, sealed = randomDigest(), randomSealed() }, op: func(ctx context.Context) error {
 			_, err := q.RefreshTokenRotate(ctx, pool, db.RefreshTokenRotateParams{
+				FamilyID:        fx.ids[VariantRaw][i],
 				Digest:          fx.b[i],
 				ClientID:        fx.client,
 				TTL:             ttl,
 				SuccessorDigest: successor,
 				PepperID:        pepperID,
-				GraceCiphertext: sealed,
+				SuccessorSealed: sealed,
 			})
 			if errors.Is(err, pgx.ErrNoRows) {
 				return errNotRotated
@@ -159,7 +163,7 @@ func (fx *fixture) worker(v string, pool *pgxpool.Pool, store *repository.Store,
 		ttl := tokenTTL
 		var successor, sealed []byte
 		return worker{prepare: func() { successor, sealed = randomDigest(), randomSealed() }, op: func(ctx context.Context) error {
-			if err := conventionalRotate(ctx, pool, fx.client, fx.c[i], successor, sealed, ttl); err != nil {
+			if err := conventionalRotate(ctx, pool, fx.client, fx.ids[VariantTransaction][i], fx.c[i], successor, sealed, ttl); err != nil {
 				return err
 			}
 			fx.c[i] = successor
@@ -196,51 +200,55 @@ func (fx *fixture) worker(v string, pool *pgxpool.Pool, store *repository.Store,
 	panic("unknown variant " + v)
 }
 
-// The statements of the conventional rotation (variant c): lock, consume, bump the family, insert
-// the successor with its sealed copy, each its own round trip, between BEGIN and COMMIT.
+// The statements of the conventional rotation (variant c) on the same tables: lock the family
+// with its live token, give it the successor, insert the consumed token's tombstone with the
+// sealed successor, each its own round trip, between BEGIN and COMMIT.
 const (
-	conventionalSelect = `SELECT t.family_id, f.scope, f.expires_at
-FROM oauth_refresh_token t
-JOIN oauth_family f ON f.id = t.family_id
-WHERE t.digest = $1
-  AND t.consumed_at IS NULL
-  AND t.expires_at > now()
+	conventionalSelect = `SELECT f.scope, f.token_digest, f.token_pepper_id, f.token_scope, f.parent_digest,
+    coalesce(f.last_rotated_at, f.created_at), f.idle_expires_at
+FROM oauth_family f
+WHERE f.id = $1
+  AND f.token_digest = $2
   AND f.revoked_at IS NULL
-  AND f.client_id = $2
+  AND f.idle_expires_at > now()
+  AND f.client_id = $3
   AND f.sender_thumbprint IS NULL
-FOR UPDATE`
-	conventionalConsume = `UPDATE oauth_refresh_token SET consumed_at = now(), grace_ciphertext = NULL WHERE digest = $1`
-	conventionalFamily  = `UPDATE oauth_family
-SET last_rotated_at = now(),
+FOR NO KEY UPDATE`
+	conventionalFamily = `UPDATE oauth_family
+SET token_digest = $2,
+    token_pepper_id = $3,
+    token_scope = scope,
+    parent_digest = $4,
+    parent_reuses = 0,
+    last_rotated_at = now(),
     rotation_count = rotation_count + 1,
-    idle_expires_at = least(now() + $2::interval, expires_at)
+    idle_expires_at = least(now() + $5::interval, expires_at),
+    sweep_day = (least(now() + $5::interval, expires_at) AT TIME ZONE 'UTC')::date
 WHERE id = $1`
-	conventionalInsert = `INSERT INTO oauth_refresh_token (digest, pepper_id, family_id, parent_digest, scope, created_at, expires_at, grace_ciphertext)
-VALUES ($1, $2, $3, $4, $5, now(), least(now() + $6::interval, $7::timestamptz), $8)
-RETURNING expires_at`
+	conventionalTombstone = `INSERT INTO oauth_refresh_tombstone (family_id, digest, pepper_id, parent_digest, scope, created_at,
+    expires_at, consumed_at, successor_sealed)
+VALUES ($1, $2, $3, $4, $5, $6, $7, now(), $8)`
 )
 
-func conventionalRotate(ctx context.Context, pool *pgxpool.Pool, client string, digest, successor, sealed []byte, ttl time.Duration) error {
+func conventionalRotate(ctx context.Context, pool *pgxpool.Pool, client string, family pgtype.UUID, digest, successor, sealed []byte, ttl time.Duration) error {
 	return pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
 		var (
-			family        pgtype.UUID
-			scope         []string
-			familyExpires *time.Time
+			scope, tokenScope []string
+			live, parent      []byte
+			pepper            string
+			created, expires  time.Time
 		)
-		err := tx.QueryRow(ctx, conventionalSelect, digest, client).Scan(&family, &scope, &familyExpires)
+		err := tx.QueryRow(ctx, conventionalSelect, family, digest, client).Scan(&scope, &live, &pepper, &tokenScope, &parent, &created, &expires)
 		if errors.Is(err, pgx.ErrNoRows) {
 			return errNotRotated
 		}
 		if err != nil {
 			return err
 		}
-		if _, err := tx.Exec(ctx, conventionalConsume, digest); err != nil {
+		if _, err := tx.Exec(ctx, conventionalFamily, family, successor, pepperID, live, ttl); err != nil {
 			return err
 		}
-		if _, err := tx.Exec(ctx, conventionalFamily, family, ttl); err != nil {
-			return err
-		}
-		var expires time.Time
-		return tx.QueryRow(ctx, conventionalInsert, successor, pepperID, family, digest, scope, ttl, familyExpires, sealed).Scan(&expires)
+		_, err = tx.Exec(ctx, conventionalTombstone, family, live, pepper, parent, tokenScope, created, expires, sealed)
+		return err
 	})
 }

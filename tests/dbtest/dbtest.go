@@ -22,6 +22,7 @@ import (
 	"io/fs"
 	"net/url"
 	"os"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -150,6 +151,13 @@ func (s *Server) migrateTemplate(ctx context.Context) error {
 		return err
 	}
 	s.template = "oauthstore_template_" + sum[:16]
+	partitions, err := Partitions()
+	if err != nil {
+		return err
+	}
+	if partitions > 0 {
+		s.template += fmt.Sprintf("_p%d", partitions)
+	}
 	conn, err := connectRetry(ctx, s.admin)
 	if err != nil {
 		return fmt.Errorf("connect to %s server: %w", s.Provider, err)
@@ -181,6 +189,9 @@ func (s *Server) migrateTemplate(ctx context.Context) error {
 		return err
 	}
 	err = schema.Migrate(ctx, pool)
+	if err == nil && partitions > 0 {
+		err = schema.PartitionByFamily(ctx, pool, partitions)
+	}
 	pool.Close()
 	if err != nil {
 		return fmt.Errorf("migrate template database: %w", err)
@@ -189,6 +200,24 @@ func (s *Server) migrateTemplate(ctx context.Context) error {
 		return fmt.Errorf("mark the template: %w", err)
 	}
 	return nil
+}
+
+// PartitionsEnv, when set to a number of partitions, makes the template database's families and
+// tombstones hash-partitioned by family id (schema.PartitionByFamily): the whole suite then runs on
+// the partitioned layout.
+const PartitionsEnv = "OAUTHSTORE_TEST_PARTITIONS"
+
+// Partitions returns the partition count PartitionsEnv asks for, or 0.
+func Partitions() (int, error) {
+	v := os.Getenv(PartitionsEnv)
+	if v == "" {
+		return 0, nil
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 2 || n > schema.MaxPartitions {
+		return 0, fmt.Errorf("%s=%q: want a partition count from 2 to %d", PartitionsEnv, v, schema.MaxPartitions)
+	}
+	return n, nil
 }
 
 // migrationsHash is the SHA-256, in hex, of the embedded migration files' names and contents.

@@ -295,39 +295,33 @@ func report(out io.Writer, o options, before, after []time.Duration, j janitorPh
 		float64(during.P50)/float64(quiet.P50), float64(during.P99)/float64(quiet.P99))
 }
 
-// fillExpired inserts families whose tokens expired two days ago, each with a consumed token and
-// its expired successor, in chunks.
+// fillExpired inserts families whose tokens expired two days ago, each with a consumed token (a
+// tombstone) and its expired successor (the family's live token), in chunks.
 func fillExpired(ctx context.Context, pool *pgxpool.Pool, families int) error {
 	const chunk = 50_000
 	for from := 0; from < families; from += chunk {
 		n := min(chunk, families-from)
 		_, err := pool.Exec(ctx, `
 			WITH f AS (
-				INSERT INTO oauth_family (client_id, user_id, scope, created_at, last_rotated_at, rotation_count, idle_expires_at)
+				INSERT INTO oauth_family (client_id, user_id, scope, created_at, last_rotated_at, rotation_count, idle_expires_at,
+					sweep_day, token_digest, token_pepper_id, token_scope, parent_digest)
 				SELECT 'expired', 'user-' || g, '{openid}', now() - interval '3 days', now() - interval '3 days' + interval '1 hour',
-					1, now() - interval '2 days'
+					1, now() - interval '2 days', ((now() - interval '2 days') AT TIME ZONE 'UTC')::date,
+					sha256(convert_to(g::text || 'c', 'UTF8')), 'default', '{openid}', sha256(convert_to(g::text || 'p', 'UTF8'))
 				FROM generate_series($1::int, $1::int + $2::int - 1) g
-				RETURNING id
-			), numbered AS (
-				SELECT id, row_number() OVER () AS n FROM f
-			), parent AS (
-				INSERT INTO oauth_refresh_token (digest, pepper_id, family_id, scope, created_at, expires_at, consumed_at)
-				SELECT sha256(convert_to(id::text || 'p', 'UTF8')), 'default', id, '{openid}', now() - interval '3 days',
-					now() - interval '2 days' - interval '1 hour', now() - interval '3 days' + interval '1 hour'
-				FROM numbered
-				RETURNING family_id, digest
+				RETURNING id, parent_digest
 			)
-			INSERT INTO oauth_refresh_token (digest, pepper_id, family_id, parent_digest, scope, created_at, expires_at)
-			SELECT sha256(convert_to(family_id::text || 'c', 'UTF8')), 'default', family_id, digest, '{openid}',
-				now() - interval '3 days' + interval '1 hour', now() - interval '2 days'
-			FROM parent`, from, n)
+			INSERT INTO oauth_refresh_tombstone (family_id, digest, pepper_id, scope, created_at, expires_at, consumed_at)
+			SELECT id, parent_digest, 'default', '{openid}', now() - interval '3 days',
+				now() - interval '2 days' - interval '1 hour', now() - interval '3 days' + interval '1 hour'
+			FROM f`, from, n)
 		if err != nil {
 			return err
 		}
 	}
 	// Settle what the fill left to do (visibility map, statistics, dirty buffers), so that it
 	// does not weigh on the first phase only.
-	for _, stmt := range []string{"VACUUM ANALYZE oauth_family, oauth_refresh_token", "CHECKPOINT"} {
+	for _, stmt := range []string{"VACUUM ANALYZE oauth_family, oauth_refresh_tombstone", "CHECKPOINT"} {
 		if _, err := pool.Exec(ctx, stmt); err != nil {
 			return err
 		}

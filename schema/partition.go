@@ -1,0 +1,112 @@
+package schema
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+// MaxPartitions bounds PartitionByFamily's partition count.
+const MaxPartitions = 1024
+
+// PartitionByFamily rebuilds oauth_family and oauth_refresh_tombstone as tables hash-partitioned
+// by family id, with the given number of partitions each, keeping their rows, in one transaction.
+// Every statement the package runs on a presented refresh token names its family, so each touches
+// one partition of each table (see docs/SCALING.md). The other tables stay as they are: codes and
+// states are looked up by their own digest, and oauth_refresh_token_legacy (tokens minted before
+// schema version 5) by a digest that carries no family.
+//
+// It is the layout of a deployment, not a migration: run it once after Migrate on a database at
+// the latest version; later migrations apply to the partitioned tables. It rewrites both tables
+// under an exclusive lock: on a database in use, run it when a pause is acceptable.
+func PartitionByFamily(ctx context.Context, pool *pgxpool.Pool, partitions int) error {
+	if partitions < 2 || partitions > MaxPartitions {
+		return fmt.Errorf("schema: partitions %d outside 2..%d", partitions, MaxPartitions)
+	}
+	return pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+		var partitioned bool
+		err := tx.QueryRow(ctx, `SELECT relkind = 'p' FROM pg_class WHERE oid = to_regclass('oauth_family')`).Scan(&partitioned)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return errors.New("schema: no oauth_family table: run Migrate first")
+		}
+		if err != nil {
+			return fmt.Errorf("schema: %w", err)
+		}
+		if partitioned {
+			return errors.New("schema: oauth_family is partitioned already")
+		}
+		if _, err := tx.Exec(ctx, partitionSQL(partitions)); err != nil {
+			return fmt.Errorf("schema: partition by family: %w", err)
+		}
+		return nil
+	})
+}
+
+// partitionSQL is the DDL PartitionByFamily runs: the two tables renamed aside, their partitioned
+// replacements created with the same columns, constraints and indexes, the rows copied, the
+// foreign keys and the view that name them made again, the old tables dropped.
+func partitionSQL(n int) string {
+	var b strings.Builder
+	b.WriteString(`SET LOCAL lock_timeout = '5s';
+DROP VIEW oauth_refresh_token;
+ALTER TABLE oauth_authorization_code DROP CONSTRAINT oauth_authorization_code_family_id_fkey;
+ALTER TABLE oauth_refresh_token_legacy DROP CONSTRAINT oauth_refresh_token_legacy_family_id_fkey;
+ALTER TABLE oauth_refresh_tombstone DROP CONSTRAINT oauth_refresh_tombstone_family_id_fkey;
+
+ALTER TABLE oauth_family RENAME TO oauth_family_unpartitioned;
+ALTER INDEX oauth_family_pkey RENAME TO oauth_family_unpartitioned_pkey;
+ALTER INDEX oauth_family_sweep_day_idx RENAME TO oauth_family_unpartitioned_sweep_day_idx;
+ALTER INDEX oauth_family_user_id_client_id_idx RENAME TO oauth_family_unpartitioned_user_id_client_id_idx;
+ALTER INDEX oauth_family_client_id_idx RENAME TO oauth_family_unpartitioned_client_id_idx;
+CREATE TABLE oauth_family (LIKE oauth_family_unpartitioned INCLUDING DEFAULTS INCLUDING CONSTRAINTS)
+    PARTITION BY HASH (id);
+ALTER TABLE oauth_family ADD CONSTRAINT oauth_family_pkey PRIMARY KEY (id);
+CREATE INDEX oauth_family_sweep_day_idx ON oauth_family (sweep_day);
+CREATE INDEX oauth_family_user_id_client_id_idx ON oauth_family (user_id, client_id);
+CREATE INDEX oauth_family_client_id_idx ON oauth_family (client_id);
+
+ALTER TABLE oauth_refresh_tombstone RENAME TO oauth_refresh_tombstone_unpartitioned;
+ALTER INDEX oauth_refresh_tombstone_pkey RENAME TO oauth_refresh_tombstone_unpartitioned_pkey;
+ALTER INDEX oauth_refresh_tombstone_sealed_idx RENAME TO oauth_refresh_tombstone_unpartitioned_sealed_idx;
+CREATE TABLE oauth_refresh_tombstone (LIKE oauth_refresh_tombstone_unpartitioned INCLUDING DEFAULTS INCLUDING CONSTRAINTS)
+    PARTITION BY HASH (family_id);
+ALTER TABLE oauth_refresh_tombstone ADD CONSTRAINT oauth_refresh_tombstone_pkey PRIMARY KEY (family_id, digest);
+CREATE INDEX oauth_refresh_tombstone_sealed_idx ON oauth_refresh_tombstone (consumed_at)
+    WHERE successor_sealed IS NOT NULL;
+`)
+	for i := range n {
+		fmt.Fprintf(&b, "CREATE TABLE oauth_family_p%d PARTITION OF oauth_family FOR VALUES WITH (MODULUS %d, REMAINDER %d) WITH (fillfactor = 80);\n", i, n, i)
+		fmt.Fprintf(&b, "CREATE TABLE oauth_refresh_tombstone_p%d PARTITION OF oauth_refresh_tombstone FOR VALUES WITH (MODULUS %d, REMAINDER %d);\n", i, n, i)
+	}
+	b.WriteString(`
+INSERT INTO oauth_family SELECT * FROM oauth_family_unpartitioned;
+INSERT INTO oauth_refresh_tombstone SELECT * FROM oauth_refresh_tombstone_unpartitioned;
+DROP TABLE oauth_refresh_tombstone_unpartitioned;
+DROP TABLE oauth_family_unpartitioned;
+
+ALTER TABLE oauth_refresh_tombstone ADD CONSTRAINT oauth_refresh_tombstone_family_id_fkey
+    FOREIGN KEY (family_id) REFERENCES oauth_family (id) ON DELETE CASCADE;
+ALTER TABLE oauth_refresh_token_legacy ADD CONSTRAINT oauth_refresh_token_legacy_family_id_fkey
+    FOREIGN KEY (family_id) REFERENCES oauth_family (id) ON DELETE CASCADE;
+ALTER TABLE oauth_authorization_code ADD CONSTRAINT oauth_authorization_code_family_id_fkey
+    FOREIGN KEY (family_id) REFERENCES oauth_family (id) ON DELETE CASCADE;
+`)
+	b.WriteString(refreshTokenView)
+	return b.String()
+}
+
+// refreshTokenView is the view of every refresh token that migration 5 creates.
+const refreshTokenView = `CREATE VIEW oauth_refresh_token AS
+SELECT f.token_digest AS digest, f.token_pepper_id AS pepper_id, f.id AS family_id,
+    f.parent_digest, f.token_scope AS scope, coalesce(f.last_rotated_at, f.created_at) AS created_at,
+    f.idle_expires_at AS expires_at, NULL::timestamptz AS consumed_at, NULL::bytea AS successor_sealed
+FROM oauth_family f
+UNION ALL
+SELECT t.digest, t.pepper_id, t.family_id, t.parent_digest, t.scope, t.created_at, t.expires_at,
+    t.consumed_at, t.successor_sealed
+FROM oauth_refresh_tombstone t;
+`
