@@ -154,9 +154,9 @@ clock AS (
     FROM (SELECT coalesce($5::timestamptz, statement_timestamp()) AS now) n
 )
 INSERT INTO oauth_family (id, client_id, user_id, scope, created_at, expires_at, sender_thumbprint,
-    idle_expires_at, sweep_day, token_digest, token_pepper_id, token_scope)
+    idle_expires_at, token_digest, token_pepper_id, token_scope)
 SELECT c.family_id, c.client_id, c.user_id, c.scope, k.now, k.now + $1::interval,
-    $2::text, k.idle_expires_at, (k.idle_expires_at AT TIME ZONE 'UTC')::date,
+    $2::text, k.idle_expires_at,
     $3::bytea, $4::text, c.scope
 FROM code c
 CROSS JOIN clock k

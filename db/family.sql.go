@@ -14,9 +14,9 @@ import (
 
 const familyCreate = `-- name: FamilyCreate :one
 INSERT INTO oauth_family (id, client_id, user_id, scope, created_at, expires_at, sender_thumbprint,
-    idle_expires_at, sweep_day, token_digest, token_pepper_id, token_scope)
+    idle_expires_at, token_digest, token_pepper_id, token_scope)
 SELECT $1::uuid, $2::text, $3::text, $4::text[], c.now, c.now + $5::interval,
-    $6::text, c.idle_expires_at, (c.idle_expires_at AT TIME ZONE 'UTC')::date,
+    $6::text, c.idle_expires_at,
     $7::bytea, $8::text, $4::text[]
 FROM (
     SELECT n.now, least(n.now + $9::interval, n.now + $5::interval) AS idle_expires_at
@@ -113,6 +113,11 @@ families AS (
     USING doomed d
     WHERE f.id = d.id
     RETURNING f.id
+),
+tombstones AS (
+    DELETE FROM oauth_refresh_tombstone t
+    USING doomed d
+    WHERE t.family_id = d.id
 )
 SELECT count(*)::bigint AS families_deleted, coalesce(sum(d.tokens), 0)::bigint AS tokens_deleted,
     (SELECT count(*) FROM candidates)::bigint AS candidates
@@ -134,8 +139,8 @@ type FamilyDeleteExpiredRow struct {
 }
 
 // FamilyDeleteExpired deletes one batch of families whose newest token expired before the cutoff,
-// with all of their tokens and the code that produced them (ON DELETE CASCADE, one index probe per
-// family, whatever the statistics say about how tokens spread over families). Until then a family
+// with all of their tombstones (one index probe per family, whatever the statistics say about how
+// tokens spread over families) and the code that produced them (ON DELETE CASCADE). Until then a family
 // keeps its tombstones and its revocation mark, so a replay is recognised for as long as any token
 // of the family could be presented (I4).
 //
@@ -147,6 +152,8 @@ type FamilyDeleteExpiredRow struct {
 // makes progress; a family is deleted whole, however many tokens it holds. The rest are unlocked
 // at commit. The same count is the tokens deleted, which the cascade removes. candidates tells the
 // caller whether more may be left.
+// A family whose newest token has expired gains no tombstone: no rotation can consume a token of
+// it, so this statement's snapshot holds all of them.
 func (q *Queries) FamilyDeleteExpired(ctx context.Context, db DBTX, arg FamilyDeleteExpiredParams) (FamilyDeleteExpiredRow, error) {
 	row := db.QueryRow(ctx, familyDeleteExpired,
 		arg.Now,
@@ -160,7 +167,7 @@ func (q *Queries) FamilyDeleteExpired(ctx context.Context, db DBTX, arg FamilyDe
 }
 
 const familyGet = `-- name: FamilyGet :one
-SELECT f.id, f.client_id, f.user_id, f.scope, f.created_at, f.expires_at, f.sender_thumbprint, f.last_rotated_at, f.rotation_count, f.idle_expires_at, f.revoked_at, f.revoked_reason, f.token_digest, f.token_pepper_id, f.token_scope, f.parent_digest, f.parent_reuses, f.sweep_day
+SELECT f.id, f.client_id, f.user_id, f.scope, f.created_at, f.expires_at, f.sender_thumbprint, f.revoked_at, f.revoked_reason, f.token_pepper_id, f.token_scope, f.sweep_day, f.parent_reuses, f.rotation_count, f.last_rotated_at, f.idle_expires_at, f.token_digest, f.parent_digest
 FROM oauth_family f
 WHERE f.id = $1::uuid
 `
@@ -180,23 +187,23 @@ func (q *Queries) FamilyGet(ctx context.Context, db DBTX, id pgtype.UUID) (Famil
 		&i.OauthFamily.CreatedAt,
 		&i.OauthFamily.ExpiresAt,
 		&i.OauthFamily.SenderThumbprint,
-		&i.OauthFamily.LastRotatedAt,
-		&i.OauthFamily.RotationCount,
-		&i.OauthFamily.IdleExpiresAt,
 		&i.OauthFamily.RevokedAt,
 		&i.OauthFamily.RevokedReason,
-		&i.OauthFamily.TokenDigest,
 		&i.OauthFamily.TokenPepperID,
 		&i.OauthFamily.TokenScope,
-		&i.OauthFamily.ParentDigest,
-		&i.OauthFamily.ParentReuses,
 		&i.OauthFamily.SweepDay,
+		&i.OauthFamily.ParentReuses,
+		&i.OauthFamily.RotationCount,
+		&i.OauthFamily.LastRotatedAt,
+		&i.OauthFamily.IdleExpiresAt,
+		&i.OauthFamily.TokenDigest,
+		&i.OauthFamily.ParentDigest,
 	)
 	return i, err
 }
 
 const familyListActiveByUser = `-- name: FamilyListActiveByUser :many
-SELECT f.id, f.client_id, f.user_id, f.scope, f.created_at, f.expires_at, f.sender_thumbprint, f.last_rotated_at, f.rotation_count, f.idle_expires_at, f.revoked_at, f.revoked_reason, f.token_digest, f.token_pepper_id, f.token_scope, f.parent_digest, f.parent_reuses, f.sweep_day
+SELECT f.id, f.client_id, f.user_id, f.scope, f.created_at, f.expires_at, f.sender_thumbprint, f.revoked_at, f.revoked_reason, f.token_pepper_id, f.token_scope, f.sweep_day, f.parent_reuses, f.rotation_count, f.last_rotated_at, f.idle_expires_at, f.token_digest, f.parent_digest
 FROM oauth_family f
 WHERE f.user_id = $1::text
   AND f.revoked_at IS NULL
@@ -234,17 +241,17 @@ func (q *Queries) FamilyListActiveByUser(ctx context.Context, db DBTX, arg Famil
 			&i.OauthFamily.CreatedAt,
 			&i.OauthFamily.ExpiresAt,
 			&i.OauthFamily.SenderThumbprint,
-			&i.OauthFamily.LastRotatedAt,
-			&i.OauthFamily.RotationCount,
-			&i.OauthFamily.IdleExpiresAt,
 			&i.OauthFamily.RevokedAt,
 			&i.OauthFamily.RevokedReason,
-			&i.OauthFamily.TokenDigest,
 			&i.OauthFamily.TokenPepperID,
 			&i.OauthFamily.TokenScope,
-			&i.OauthFamily.ParentDigest,
-			&i.OauthFamily.ParentReuses,
 			&i.OauthFamily.SweepDay,
+			&i.OauthFamily.ParentReuses,
+			&i.OauthFamily.RotationCount,
+			&i.OauthFamily.LastRotatedAt,
+			&i.OauthFamily.IdleExpiresAt,
+			&i.OauthFamily.TokenDigest,
+			&i.OauthFamily.ParentDigest,
 		); err != nil {
 			return nil, err
 		}

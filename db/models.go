@@ -37,17 +37,17 @@ type OauthFamily struct {
 	CreatedAt        time.Time
 	ExpiresAt        *time.Time
 	SenderThumbprint *string
-	LastRotatedAt    *time.Time
-	RotationCount    int32
-	IdleExpiresAt    time.Time
 	RevokedAt        *time.Time
 	RevokedReason    *string
-	TokenDigest      []byte
 	TokenPepperID    string
 	TokenScope       []string
-	ParentDigest     []byte
-	ParentReuses     int32
 	SweepDay         pgtype.Date
+	ParentReuses     int32
+	RotationCount    int32
+	LastRotatedAt    *time.Time
+	IdleExpiresAt    time.Time
+	TokenDigest      []byte
+	ParentDigest     []byte
 }
 
 type OauthRefreshToken struct {

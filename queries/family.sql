@@ -3,9 +3,9 @@
 -- the family's absolute lifetime.
 -- name: FamilyCreate :one
 INSERT INTO oauth_family (id, client_id, user_id, scope, created_at, expires_at, sender_thumbprint,
-    idle_expires_at, sweep_day, token_digest, token_pepper_id, token_scope)
+    idle_expires_at, token_digest, token_pepper_id, token_scope)
 SELECT @id::uuid, @client_id::text, @user_id::text, @scope::text[], c.now, c.now + sqlc.narg('lifetime')::interval,
-    sqlc.narg('sender_thumbprint')::text, c.idle_expires_at, (c.idle_expires_at AT TIME ZONE 'UTC')::date,
+    sqlc.narg('sender_thumbprint')::text, c.idle_expires_at,
     @digest::bytea, @pepper_id::text, @scope::text[]
 FROM (
     SELECT n.now, least(n.now + @ttl::interval, n.now + sqlc.narg('lifetime')::interval) AS idle_expires_at
@@ -20,8 +20,8 @@ DELETE FROM oauth_family
 WHERE id = @id::uuid;
 
 -- FamilyDeleteExpired deletes one batch of families whose newest token expired before the cutoff,
--- with all of their tokens and the code that produced them (ON DELETE CASCADE, one index probe per
--- family, whatever the statistics say about how tokens spread over families). Until then a family
+-- with all of their tombstones (one index probe per family, whatever the statistics say about how
+-- tokens spread over families) and the code that produced them (ON DELETE CASCADE). Until then a family
 -- keeps its tombstones and its revocation mark, so a replay is recognised for as long as any token
 -- of the family could be presented (I4).
 --
@@ -60,6 +60,13 @@ families AS (
     USING doomed d
     WHERE f.id = d.id
     RETURNING f.id
+),
+-- A family whose newest token has expired gains no tombstone: no rotation can consume a token of
+-- it, so this statement's snapshot holds all of them.
+tombstones AS (
+    DELETE FROM oauth_refresh_tombstone t
+    USING doomed d
+    WHERE t.family_id = d.id
 )
 SELECT count(*)::bigint AS families_deleted, coalesce(sum(d.tokens), 0)::bigint AS tokens_deleted,
     (SELECT count(*) FROM candidates)::bigint AS candidates

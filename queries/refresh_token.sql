@@ -9,7 +9,7 @@ SELECT f.id AS family_id, f.client_id, f.user_id, f.scope AS granted_scope,
     coalesce(t.digest, f.token_digest)::bytea AS digest,
     coalesce(t.pepper_id, f.token_pepper_id)::text AS pepper_id,
     (CASE WHEN t.digest IS NULL THEN f.parent_digest ELSE t.parent_digest END)::bytea AS parent_digest,
-    coalesce(t.scope, f.token_scope)::text[] AS scope,
+    (CASE WHEN t.digest IS NULL THEN f.token_scope ELSE coalesce(t.scope, f.scope) END)::text[] AS scope,
     coalesce(t.created_at, f.last_rotated_at, f.created_at)::timestamptz AS created_at,
     coalesce(t.expires_at, f.idle_expires_at)::timestamptz AS expires_at,
     t.consumed_at,
@@ -32,9 +32,9 @@ WHERE digest = ANY(@digests::bytea[])
 LIMIT 1;
 
 -- RefreshTokenRotate consumes the presented token and issues its successor in one statement, so
--- both commit together or not at all (I2): the family row, locked first, takes the successor as its
--- live token, and the presented token becomes a tombstone. A concurrent rotation of the same token
--- waits for the lock and then finds another live token; a revocation that commits first leaves
+-- both commit together or not at all (I2): the family row takes the successor as its live token,
+-- and the presented token becomes a tombstone. A concurrent rotation of the same token waits for
+-- the row's lock and then finds another live token; a revocation that commits first leaves
 -- nothing to rotate (I3). The family has one live token by construction (I1). Nothing changes
 -- unless the client, the sender key, the lifetimes and the scope all allow the rotation (I5). The
 -- successor carries the requested scope, or else the granted one (RFC 6749 §6), and never outlives
@@ -52,11 +52,25 @@ LIMIT 1;
 -- another client or sender, asks for scope beyond the grant, or its family is revoked; the caller
 -- then finds out which under the family lock.
 -- name: RefreshTokenRotate :one
-WITH live AS MATERIALIZED (
-    SELECT f.id, f.token_digest, f.token_pepper_id, f.token_scope, f.parent_digest,
-        coalesce(f.last_rotated_at, f.created_at) AS token_created_at, f.idle_expires_at
-    FROM oauth_family f
+WITH rotated AS (
+    UPDATE oauth_family f
+    SET token_digest = @successor_digest::bytea,
+        token_pepper_id = @pepper_id::text,
+        token_scope = coalesce(sqlc.narg('scope')::text[], f.scope),
+        parent_digest = f.token_digest,
+        parent_reuses = 0,
+        last_rotated_at = coalesce(sqlc.narg('now')::timestamptz, statement_timestamp()),
+        rotation_count = f.rotation_count + 1,
+        -- The family dies when its newest token expires, sooner or later than the one before.
+        idle_expires_at = least(coalesce(sqlc.narg('now')::timestamptz, statement_timestamp()) + @ttl::interval,
+            f.expires_at)
+    -- The consumed token's columns for its tombstone, as the row held them before this update.
+    -- The update locks the row; one that waited for a concurrent change of it checks the
+    -- conditions again on the row as that change left it. Every change that leaves the presented
+    -- token live (a grace reuse counts parent_reuses) leaves these columns as they were.
+    FROM oauth_family consumed
     WHERE f.id = @family_id::uuid
+      AND consumed.id = @family_id::uuid
       AND f.token_digest = @digest::bytea
       AND f.revoked_at IS NULL
       AND f.idle_expires_at > coalesce(sqlc.narg('now')::timestamptz, statement_timestamp())
@@ -66,37 +80,22 @@ WITH live AS MATERIALIZED (
       AND (f.sender_thumbprint IS NULL
           OR f.sender_thumbprint = sqlc.narg('sender_thumbprint')::text)
       AND (sqlc.narg('scope')::text[] IS NULL OR sqlc.narg('scope')::text[] <@ f.scope)
-    FOR NO KEY UPDATE OF f
-),
-rotated AS (
-    UPDATE oauth_family f
-    SET token_digest = @successor_digest::bytea,
-        token_pepper_id = @pepper_id::text,
-        token_scope = coalesce(sqlc.narg('scope')::text[], f.scope),
-        parent_digest = l.token_digest,
-        parent_reuses = 0,
-        last_rotated_at = coalesce(sqlc.narg('now')::timestamptz, statement_timestamp()),
-        rotation_count = f.rotation_count + 1,
-        -- The family dies when its newest token expires, sooner or later than the one before.
-        idle_expires_at = least(coalesce(sqlc.narg('now')::timestamptz, statement_timestamp()) + @ttl::interval,
-            f.expires_at),
-        sweep_day = (least(coalesce(sqlc.narg('now')::timestamptz, statement_timestamp()) + @ttl::interval,
-            f.expires_at) AT TIME ZONE 'UTC')::date
-    FROM live l
-    -- The family id again as a value, so that a partitioned table prunes to one partition.
-    WHERE f.id = @family_id::uuid
-      AND f.id = l.id
     RETURNING f.id, f.client_id, f.user_id, f.expires_at AS family_expires_at, f.token_scope,
-        f.idle_expires_at
+        f.idle_expires_at, consumed.token_digest AS consumed_digest,
+        consumed.token_pepper_id AS consumed_pepper_id, consumed.parent_digest AS consumed_parent_digest,
+        -- A tombstone of the granted scope keeps none (NULL).
+        nullif(consumed.token_scope, consumed.scope) AS consumed_scope,
+        coalesce(consumed.last_rotated_at, consumed.created_at) AS consumed_created_at,
+        consumed.idle_expires_at AS consumed_expires_at
 ),
 tombstone AS (
     INSERT INTO oauth_refresh_tombstone (family_id, digest, pepper_id, parent_digest, scope,
         created_at, expires_at, consumed_at, successor_sealed)
-    SELECT l.id, l.token_digest, l.token_pepper_id, l.parent_digest, l.token_scope,
-        l.token_created_at, l.idle_expires_at,
+    SELECT r.id, r.consumed_digest, r.consumed_pepper_id, r.consumed_parent_digest, r.consumed_scope,
+        r.consumed_created_at, r.consumed_expires_at,
         coalesce(sqlc.narg('now')::timestamptz, statement_timestamp()),
         sqlc.narg('successor_sealed')::bytea
-    FROM live l
+    FROM rotated r
 )
 SELECT r.id AS family_id, r.client_id, r.user_id, r.family_expires_at, r.token_scope AS scope,
     r.idle_expires_at AS expires_at
@@ -111,7 +110,8 @@ FROM rotated r;
 -- name: RefreshTokenGraceReplace :one
 WITH live AS MATERIALIZED (
     SELECT f.id, f.token_digest, f.token_pepper_id, f.token_scope, f.parent_digest,
-        coalesce(f.last_rotated_at, f.created_at) AS token_created_at, f.idle_expires_at
+        coalesce(f.last_rotated_at, f.created_at) AS token_created_at, f.idle_expires_at,
+        nullif(f.token_scope, f.scope) AS tombstone_scope
     FROM oauth_family f
     WHERE f.id = @family_id::uuid
       AND f.parent_digest = @parent_digest::bytea
@@ -127,9 +127,7 @@ rotated AS (
         last_rotated_at = coalesce(sqlc.narg('now')::timestamptz, statement_timestamp()),
         rotation_count = f.rotation_count + 1,
         idle_expires_at = least(coalesce(sqlc.narg('now')::timestamptz, statement_timestamp()) + @ttl::interval,
-            f.expires_at),
-        sweep_day = (least(coalesce(sqlc.narg('now')::timestamptz, statement_timestamp()) + @ttl::interval,
-            f.expires_at) AT TIME ZONE 'UTC')::date
+            f.expires_at)
     FROM live l
     -- The family id again as a value, so that a partitioned table prunes to one partition.
     WHERE f.id = @family_id::uuid
@@ -140,7 +138,7 @@ rotated AS (
 replaced AS (
     INSERT INTO oauth_refresh_tombstone (family_id, digest, pepper_id, parent_digest, scope,
         created_at, expires_at, consumed_at)
-    SELECT l.id, l.token_digest, l.token_pepper_id, l.parent_digest, l.token_scope,
+    SELECT l.id, l.token_digest, l.token_pepper_id, l.parent_digest, l.tombstone_scope,
         l.token_created_at, l.idle_expires_at,
         coalesce(sqlc.narg('now')::timestamptz, statement_timestamp())
     FROM live l
@@ -179,3 +177,10 @@ WHERE (family_id, digest) IN (
     LIMIT @batch_size::integer
     FOR UPDATE SKIP LOCKED
 );
+
+-- RefreshTombstoneDeleteByFamily deletes the tombstones of a family whose row is deleted. Run after
+-- that delete, in the same transaction: no rotation can add a tombstone to the family any more,
+-- and its own snapshot sees every tombstone a rotation committed before.
+-- name: RefreshTombstoneDeleteByFamily :execrows
+DELETE FROM oauth_refresh_tombstone
+WHERE family_id = @family_id::uuid;

@@ -4,6 +4,8 @@ import (
 	"context"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+
 	"github.com/oauthstore/oauthstore/db"
 )
 
@@ -179,10 +181,16 @@ func (a *Admin) DeleteFamily(ctx context.Context, familyID string) error {
 	if err != nil {
 		return err
 	}
+	// The tombstones go in a second statement: it sees those of a rotation that committed while
+	// the first waited for the family's lock, and none can come after the family row is gone.
 	var n int64
-	err = a.readCommitted(ctx, "delete family", func(q DBTX) (err error) {
-		n, err = a.q.FamilyDelete(ctx, q, id)
-		return err
+	err = a.inTx(ctx, "delete family", func(tx pgx.Tx) (bool, error) {
+		var err error
+		if n, err = a.q.FamilyDelete(ctx, tx, id); err != nil || n == 0 {
+			return false, err
+		}
+		_, err = a.q.RefreshTombstoneDeleteByFamily(ctx, tx, id)
+		return err == nil, err
 	})
 	if err != nil {
 		return dbError("delete family", err)

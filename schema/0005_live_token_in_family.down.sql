@@ -22,8 +22,8 @@ CREATE TABLE oauth_refresh_token (
 
 INSERT INTO oauth_refresh_token (digest, pepper_id, family_id, parent_digest, scope, created_at,
     expires_at, consumed_at, grace_uses)
-SELECT t.digest, t.pepper_id, t.family_id, t.parent_digest, t.scope, t.created_at, t.expires_at,
-    t.consumed_at, CASE WHEN f.parent_digest = t.digest THEN f.parent_reuses ELSE 0 END
+SELECT t.digest, t.pepper_id, t.family_id, t.parent_digest, coalesce(t.scope, f.scope), t.created_at,
+    t.expires_at, t.consumed_at, CASE WHEN f.parent_digest = t.digest THEN f.parent_reuses ELSE 0 END
 FROM oauth_refresh_tombstone t
 JOIN oauth_family f ON f.id = t.family_id;
 

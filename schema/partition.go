@@ -55,14 +55,13 @@ func partitionSQL(n int) string {
 DROP VIEW oauth_refresh_token;
 ALTER TABLE oauth_authorization_code DROP CONSTRAINT oauth_authorization_code_family_id_fkey;
 ALTER TABLE oauth_refresh_token_legacy DROP CONSTRAINT oauth_refresh_token_legacy_family_id_fkey;
-ALTER TABLE oauth_refresh_tombstone DROP CONSTRAINT oauth_refresh_tombstone_family_id_fkey;
 
 ALTER TABLE oauth_family RENAME TO oauth_family_unpartitioned;
 ALTER INDEX oauth_family_pkey RENAME TO oauth_family_unpartitioned_pkey;
 ALTER INDEX oauth_family_sweep_day_idx RENAME TO oauth_family_unpartitioned_sweep_day_idx;
 ALTER INDEX oauth_family_user_id_client_id_idx RENAME TO oauth_family_unpartitioned_user_id_client_id_idx;
 ALTER INDEX oauth_family_client_id_idx RENAME TO oauth_family_unpartitioned_client_id_idx;
-CREATE TABLE oauth_family (LIKE oauth_family_unpartitioned INCLUDING DEFAULTS INCLUDING CONSTRAINTS)
+CREATE TABLE oauth_family (LIKE oauth_family_unpartitioned INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING GENERATED)
     PARTITION BY HASH (id);
 ALTER TABLE oauth_family ADD CONSTRAINT oauth_family_pkey PRIMARY KEY (id);
 CREATE INDEX oauth_family_sweep_day_idx ON oauth_family (sweep_day);
@@ -83,13 +82,17 @@ CREATE INDEX oauth_refresh_tombstone_sealed_idx ON oauth_refresh_tombstone (cons
 		fmt.Fprintf(&b, "CREATE TABLE oauth_refresh_tombstone_p%d PARTITION OF oauth_refresh_tombstone FOR VALUES WITH (MODULUS %d, REMAINDER %d);\n", i, n, i)
 	}
 	b.WriteString(`
-INSERT INTO oauth_family SELECT * FROM oauth_family_unpartitioned;
+INSERT INTO oauth_family (id, client_id, user_id, scope, created_at, expires_at, sender_thumbprint,
+    revoked_at, revoked_reason, token_pepper_id, token_scope, parent_reuses, rotation_count,
+    last_rotated_at, idle_expires_at, token_digest, parent_digest)
+SELECT id, client_id, user_id, scope, created_at, expires_at, sender_thumbprint,
+    revoked_at, revoked_reason, token_pepper_id, token_scope, parent_reuses, rotation_count,
+    last_rotated_at, idle_expires_at, token_digest, parent_digest
+FROM oauth_family_unpartitioned;
 INSERT INTO oauth_refresh_tombstone SELECT * FROM oauth_refresh_tombstone_unpartitioned;
 DROP TABLE oauth_refresh_tombstone_unpartitioned;
 DROP TABLE oauth_family_unpartitioned;
 
-ALTER TABLE oauth_refresh_tombstone ADD CONSTRAINT oauth_refresh_tombstone_family_id_fkey
-    FOREIGN KEY (family_id) REFERENCES oauth_family (id) ON DELETE CASCADE;
 ALTER TABLE oauth_refresh_token_legacy ADD CONSTRAINT oauth_refresh_token_legacy_family_id_fkey
     FOREIGN KEY (family_id) REFERENCES oauth_family (id) ON DELETE CASCADE;
 ALTER TABLE oauth_authorization_code ADD CONSTRAINT oauth_authorization_code_family_id_fkey
@@ -106,7 +109,8 @@ SELECT f.token_digest AS digest, f.token_pepper_id AS pepper_id, f.id AS family_
     f.idle_expires_at AS expires_at, NULL::timestamptz AS consumed_at, NULL::bytea AS successor_sealed
 FROM oauth_family f
 UNION ALL
-SELECT t.digest, t.pepper_id, t.family_id, t.parent_digest, t.scope, t.created_at, t.expires_at,
-    t.consumed_at, t.successor_sealed
-FROM oauth_refresh_tombstone t;
+SELECT t.digest, t.pepper_id, t.family_id, t.parent_digest, coalesce(t.scope, f.scope), t.created_at,
+    t.expires_at, t.consumed_at, t.successor_sealed
+FROM oauth_refresh_tombstone t
+JOIN oauth_family f ON f.id = t.family_id;
 `

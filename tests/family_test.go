@@ -40,9 +40,9 @@ func TestRevokeFamilies_ConcurrentBulkRevocationsOfOverlappingFamiliesNeverDeadl
 	b := setup(t, setupOptions{configure: func(c *repository.Config) { c.Logger = slog.New(slog.DiscardHandler) }})
 	for round := range 3 {
 		if _, err := b.pool.Exec(b.ctx, `INSERT INTO oauth_family (client_id, user_id, scope, idle_expires_at, token_digest,
-				token_pepper_id, token_scope, sweep_day)
-			SELECT 'client-a', 'user-1', '{}', e, sha256(g::text::bytea || random()::text::bytea), 'default', '{}', (e AT TIME ZONE 'UTC')::date
-			FROM generate_series(1, 1200) g, (SELECT now() + interval '1 day' AS e) x`); err != nil {
+				token_pepper_id, token_scope)
+			SELECT 'client-a', 'user-1', '{}', now() + interval '1 day', sha256(g::text::bytea || random()::text::bytea), 'default', '{}'
+			FROM generate_series(1, 1200) g`); err != nil {
 			t.Fatal(err)
 		}
 		var wg sync.WaitGroup
@@ -203,9 +203,9 @@ func TestRevokeFamilies_ByClientRevokesAllInBatches(t *testing.T) {
 	b := setup(t)
 	// More families than one batch revokes.
 	if _, err := b.pool.Exec(b.ctx, `INSERT INTO oauth_family (client_id, user_id, idle_expires_at, token_digest, token_pepper_id,
-			token_scope, sweep_day)
-		SELECT 'doomed', 'user-' || g, e, sha256(g::text::bytea || random()::text::bytea), 'default', '{}', (e AT TIME ZONE 'UTC')::date
-		FROM generate_series(1, 1234) g, (SELECT now() + interval '1 day' AS e) x`); err != nil {
+			token_scope)
+		SELECT 'doomed', 'user-' || g, now() + interval '1 day', sha256(g::text::bytea || random()::text::bytea), 'default', '{}'
+		FROM generate_series(1, 1234) g`); err != nil {
 		t.Fatal(err)
 	}
 	keep := b.issue(t)
@@ -252,4 +252,41 @@ func TestActiveFamilies_ListsOnlyUsableFamiliesNewestFirst(t *testing.T) {
 	if got, err := b.store.ActiveFamilies(b.ctx, "user-1"); err != nil || len(got) != 0 {
 		t.Fatalf("after every token expired: %+v, %v", got, err)
 	}
+}
+
+func TestDeleteFamily_RacingRotationsLeavesNoTombstoneBehind(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	var rotatedFirst, deletedFirst int
+	for trial := 0; trial < 400 && (rotatedFirst < 20 || deletedFirst < 20); trial++ {
+		tok := b.issue(t)
+		errs := race(2, func(i int) error {
+			if i == 0 {
+				next, err := b.rotate(tok.Token, "client-a")
+				if err == nil {
+					b.remember(next.Token)
+				}
+				return err
+			}
+			return b.store.DeleteFamily(b.ctx, tok.FamilyID)
+		})
+		switch {
+		case errs[1] != nil:
+			t.Fatalf("trial %d: delete: %v", trial, errs[1])
+		case errs[0] == nil:
+			rotatedFirst++
+		case errors.Is(errs[0], repository.ErrTokenNotFound):
+			deletedFirst++
+		default:
+			t.Fatalf("trial %d: rotate: %v", trial, errs[0])
+		}
+		if n := b.count(t, "SELECT count(*) FROM oauth_refresh_tombstone WHERE family_id = $1", tok.FamilyID); n != 0 {
+			t.Fatalf("trial %d: %d tombstones of the deleted family remain", trial, n)
+		}
+	}
+	t.Logf("rotation first %d, deletion first %d", rotatedFirst, deletedFirst)
+	if rotatedFirst < 20 || deletedFirst < 20 {
+		t.Fatalf("rotation first %d, deletion first %d: each order wanted at least 20 times", rotatedFirst, deletedFirst)
+	}
+	b.checkInvariants(t, "after the races")
 }

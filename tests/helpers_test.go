@@ -373,6 +373,8 @@ var invariants = []struct{ name, sql string }{
 	{"tokens whose parent is not in their family", `SELECT count(*) FROM oauth_refresh_token x WHERE x.parent_digest IS NOT NULL AND NOT EXISTS (
 		SELECT 1 FROM oauth_refresh_token p WHERE p.digest = x.parent_digest AND p.family_id = x.family_id)`},
 	{"tokens consumed before they were created", `SELECT count(*) FROM oauth_refresh_token WHERE consumed_at < created_at`},
+	{"tombstones without their family", `SELECT count(*) FROM oauth_refresh_tombstone t
+		WHERE NOT EXISTS (SELECT 1 FROM oauth_family f WHERE f.id = t.family_id)`},
 	{"codes consumed without their family and its first token, or the reverse", `SELECT count(*) FROM oauth_authorization_code c
 		WHERE (c.consumed_at IS NULL) <> (c.family_id IS NULL)
 		OR (c.consumed_at IS NOT NULL AND NOT EXISTS (SELECT 1 FROM oauth_refresh_token t

@@ -308,9 +308,9 @@ func TestInvariant_DatabaseRefusesSecondLiveToken(t *testing.T) {
 	tok := b.issue(t)
 	// A family's live token is the one value of oauth_family.token_digest in the family's one row:
 	// even SQL that bypasses the repository cannot give a family a second row (I1)…
-	_, err := b.pool.Exec(b.ctx, `INSERT INTO oauth_family (id, client_id, user_id, scope, idle_expires_at, sweep_day, token_digest,
+	_, err := b.pool.Exec(b.ctx, `INSERT INTO oauth_family (id, client_id, user_id, scope, idle_expires_at, token_digest,
 			token_pepper_id, token_scope)
-		SELECT id, client_id, user_id, scope, idle_expires_at, sweep_day, decode(repeat('ab', 32), 'hex'), token_pepper_id, token_scope
+		SELECT id, client_id, user_id, scope, idle_expires_at, decode(repeat('ab', 32), 'hex'), token_pepper_id, token_scope
 		FROM oauth_family WHERE id = $1`, tok.FamilyID)
 	var pgErr *pgconn.PgError
 	// (On a table partitioned by family, the violation names the partition's primary key.)

@@ -21,10 +21,10 @@ writes, per variant and worker count, against one cluster in one run.
 
   a  repository.Store.Rotate as a service calls it (minting and HMAC digests included)
   b  the same RefreshTokenRotate statement sent raw through pgx, digests computed beforehand
-  c  a conventional transaction: BEGIN; SELECT … FOR UPDATE; UPDATE; UPDATE; INSERT; COMMIT
+  c  a conventional transaction: BEGIN; SELECT … FOR NO KEY UPDATE; UPDATE; INSERT; COMMIT
   d  the floor: one DELETE … RETURNING + INSERT on a table of token-row width with only a
      primary key (b/d: what the package's rules cost)
-  p  the previous design: the tables and RefreshTokenRotate of commit ae44542, frozen in
+  p  the previous design: the tables and RefreshTokenRotate of schema 4 (commit ae44542), frozen in
      internal/bench and rotated as b in schema oauthstore_bench_prev (b/p: new over old design)
 
 Each worker rotates its own families (no lock contention); each cell gets a pool with

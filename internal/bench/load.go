@@ -34,18 +34,11 @@ var packageTables = tableSet{
 	family: "oauth_family",
 	token:  "oauth_refresh_tombstone",
 	familyColumns: []string{"id", "client_id", "user_id", "scope", "created_at", "expires_at", "idle_expires_at",
-		"sweep_day", "token_digest", "token_pepper_id", "token_scope"},
+		"token_digest", "token_pepper_id", "token_scope"},
 	familyValues: func(r *familyRow) []any {
-		expires := r.created.Add(tokenTTL)
 		return []any{pgtype.UUID{Bytes: r.id, Valid: true}, r.client, r.user, benchScope,
-			r.created, r.created.Add(familyLife), expires, utcDay(expires), r.digest, pepperID, benchScope}
+			r.created, r.created.Add(familyLife), r.created.Add(tokenTTL), r.digest, pepperID, benchScope}
 	},
-}
-
-// utcDay is the date sweep_day holds for an expiry.
-func utcDay(t time.Time) pgtype.Date {
-	y, m, d := t.UTC().Date()
-	return pgtype.Date{Time: time.Date(y, m, d, 0, 0, 0, 0, time.UTC), Valid: true}
 }
 
 // LoadStat reports one bulk load.

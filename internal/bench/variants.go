@@ -222,12 +222,11 @@ SET token_digest = $2,
     parent_reuses = 0,
     last_rotated_at = now(),
     rotation_count = rotation_count + 1,
-    idle_expires_at = least(now() + $5::interval, expires_at),
-    sweep_day = (least(now() + $5::interval, expires_at) AT TIME ZONE 'UTC')::date
+    idle_expires_at = least(now() + $5::interval, expires_at)
 WHERE id = $1`
 	conventionalTombstone = `INSERT INTO oauth_refresh_tombstone (family_id, digest, pepper_id, parent_digest, scope, created_at,
     expires_at, consumed_at, successor_sealed)
-VALUES ($1, $2, $3, $4, $5, $6, $7, now(), $8)`
+VALUES ($1, $2, $3, $4, nullif($5::text[], $9::text[]), $6, $7, now(), $8)`
 )
 
 func conventionalRotate(ctx context.Context, pool *pgxpool.Pool, client string, family pgtype.UUID, digest, successor, sealed []byte, ttl time.Duration) error {
@@ -248,7 +247,7 @@ func conventionalRotate(ctx context.Context, pool *pgxpool.Pool, client string, 
 		if _, err := tx.Exec(ctx, conventionalFamily, family, successor, pepperID, live, ttl); err != nil {
 			return err
 		}
-		_, err = tx.Exec(ctx, conventionalTombstone, family, live, pepper, parent, tokenScope, created, expires, sealed)
+		_, err = tx.Exec(ctx, conventionalTombstone, family, live, pepper, parent, tokenScope, created, expires, sealed, scope)
 		return err
 	})
 }

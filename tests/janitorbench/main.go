@@ -304,9 +304,9 @@ func fillExpired(ctx context.Context, pool *pgxpool.Pool, families int) error {
 		_, err := pool.Exec(ctx, `
 			WITH f AS (
 				INSERT INTO oauth_family (client_id, user_id, scope, created_at, last_rotated_at, rotation_count, idle_expires_at,
-					sweep_day, token_digest, token_pepper_id, token_scope, parent_digest)
+					token_digest, token_pepper_id, token_scope, parent_digest)
 				SELECT 'expired', 'user-' || g, '{openid}', now() - interval '3 days', now() - interval '3 days' + interval '1 hour',
-					1, now() - interval '2 days', ((now() - interval '2 days') AT TIME ZONE 'UTC')::date,
+					1, now() - interval '2 days',
 					sha256(convert_to(g::text || 'c', 'UTF8')), 'default', '{openid}', sha256(convert_to(g::text || 'p', 'UTF8'))
 				FROM generate_series($1::int, $1::int + $2::int - 1) g
 				RETURNING id, parent_digest
