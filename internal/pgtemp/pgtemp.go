@@ -531,6 +531,9 @@ func exitedEarly(err error) error {
 	return fmt.Errorf("exited before accepting connections: %w", err)
 }
 
+// SocketPath returns the path of the server's unix socket, for a client that dials it itself.
+func (c *Cluster) SocketPath() string { return c.socketPath() }
+
 func (c *Cluster) socketPath() string {
 	return filepath.Join(c.sockDir, ".s.PGSQL."+strconv.Itoa(c.port))
 }

@@ -485,16 +485,17 @@ func (c *Cluster) Promote(ctx context.Context) error {
 	if !c.running() {
 		return errors.New("pgtemp: Promote: the cluster is not running")
 	}
-	const waitSeconds = 60
-	rows, err := query(ctx, c.socketPath(), fmt.Sprintf("SELECT pg_promote(true, %d)", waitSeconds))
-	if err != nil {
+	// pg_promote(wait => true) looks every 100 ms; polling ourselves returns sooner.
+	if _, err := query(ctx, c.socketPath(), "SELECT pg_promote(false)"); err != nil {
 		return fmt.Errorf("pgtemp: Promote: %w", err)
 	}
-	if len(rows) != 1 || rows[0][0] != "t" {
-		return &CommandError{Path: filepath.Join(c.binDir, "postgres"),
-			Err: fmt.Errorf("promotion did not complete within %d s", waitSeconds), Output: c.logTail()}
-	}
-	return nil
+	ctx, cancel := context.WithTimeoutCause(ctx, time.Minute,
+		fmt.Errorf("promotion timeout (1m0s) exceeded: %w", context.DeadlineExceeded))
+	defer cancel()
+	return c.await(ctx, "the promotion to complete", func() (bool, error) {
+		rows, err := query(ctx, c.socketPath(), "SELECT pg_is_in_recovery()")
+		return err == nil && len(rows) == 1 && rows[0][0] == "f", err
+	})
 }
 
 // MultiHostConnString returns a libpq key/value connection string for the superuser and database
