@@ -7,13 +7,18 @@
 // passwords. Durability is switched off by default because the data is
 // thrown away anyway, which makes the server noticeably faster.
 //
+// For failover tests a cluster can have streaming standbys ([Cluster.StartStandby]), synchronous
+// or not, which [Cluster.Promote] turns into a primary once [Cluster.Crash] has taken the primary
+// down; [MultiHostConnString] lists them all for a client that follows the primary.
+//
 // The server is tied to the lifetime of the calling process: on Linux it is
 // started with a parent-death signal, so it is killed even if the process
 // crashes before [Cluster.Stop] runs. In that case the temporary directory is
 // left behind; it lives under the system temp directory and is named pgt*.
 //
 // When the calling process runs as root, initdb and postgres (which refuse
-// to run as root) are run as the "postgres" OS user.
+// to run as root), and pg_basebackup with them, are run as the "postgres" OS
+// user.
 package pgtemp
 
 import (
