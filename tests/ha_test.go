@@ -769,10 +769,10 @@ func startHAPair(t *testing.T, synchronous bool) (primary, standby *pgtemp.Clust
 	return primary, standby, link
 }
 
-func runFailover(t *testing.T, synchronous bool) {
-	begun := time.Now()
-	primary, standby, link := startHAPair(t, synchronous)
-	started := time.Since(begun)
+// openHA opens the clients' pool, which follows the primary, migrates the schema through it, and
+// starts the run's store on it.
+func openHA(t *testing.T, primary, standby *pgtemp.Cluster, synchronous bool) *haRun {
+	t.Helper()
 	ctx := context.Background()
 	cfg, err := pgxpool.ParseConfig(pgtemp.MultiHostConnString("postgres", primary, standby) + " target_session_attrs=read-write connect_timeout=5")
 	if err != nil {
@@ -792,6 +792,15 @@ func runFailover(t *testing.T, synchronous bool) {
 	t.Cleanup(func() { b.checkSecretHygiene(t) })
 	r := newHARun(t, b, synchronous)
 	b.store = r.store
+	return r
+}
+
+func runFailover(t *testing.T, synchronous bool) {
+	begun := time.Now()
+	primary, standby, link := startHAPair(t, synchronous)
+	started := time.Since(begun)
+	r := openHA(t, primary, standby, synchronous)
+	ctx := r.b.ctx
 	dropped := r.prepareDropped(t, primary, 3)
 	// A client that starts a rotation once the primary has crashed: its attempts fail until the
 	// standby is promoted, so that there always is a rotation that met the failover.
@@ -809,6 +818,9 @@ func runFailover(t *testing.T, synchronous bool) {
 			}
 		})
 	}
+	// However the test ends, the clients stop before the servers do.
+	defer workers.Wait()
+	defer r.stop.Store(true)
 	var q quota
 	r.phaseQuota(&q, haBefore, "before the failover")
 	start := time.Now()
@@ -828,8 +840,6 @@ func runFailover(t *testing.T, synchronous bool) {
 		var stalled quota
 		stalled.need("rotations acknowledged with the standby's link stalled", 20, r.counts[haStalled].rotations.Load)
 		if !r.await(stalled, time.Minute) {
-			r.stop.Store(true)
-			workers.Wait()
 			t.Fatalf("the workload failed with the standby's link stalled: %v", errors.Join(r.errs...))
 		}
 	}
@@ -844,8 +854,7 @@ func runFailover(t *testing.T, synchronous bool) {
 	if link != nil {
 		link.close()
 	}
-	var rotating sync.WaitGroup
-	rotating.Go(func() {
+	workers.Go(func() {
 		if err := r.rotate(inFailover); err != nil {
 			r.fail(fmt.Errorf("a rotation that began once the primary had crashed: %w", err))
 		}
@@ -853,8 +862,6 @@ func runFailover(t *testing.T, synchronous bool) {
 	var faulted quota
 	faulted.need("rotations that met the crash", 1, r.faults.rotations.Load)
 	if !r.await(faulted, 30*time.Second) {
-		r.stop.Store(true)
-		workers.Wait()
 		t.Fatalf("no rotation met the crash: %v", errors.Join(r.errs...))
 	}
 	if err := standby.Promote(ctx); err != nil {
@@ -879,7 +886,6 @@ func runFailover(t *testing.T, synchronous bool) {
 	after := time.Since(start)
 	r.stop.Store(true)
 	workers.Wait()
-	rotating.Wait()
 	if r.failed() {
 		for _, err := range r.errs {
 			t.Error(err)
