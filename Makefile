@@ -8,7 +8,7 @@ GO_TEST_FLAGS ?= -race -count=1 -timeout 15m
 FUZZTIME ?= 10s
 SOAK ?= 10m
 
-.PHONY: help generate verify lint test test-unit test-integration test-partitioned test-matrix test-testcontainers fuzz soak bench-janitor demo
+.PHONY: help generate verify lint test test-unit test-integration test-ha test-partitioned test-matrix test-testcontainers fuzz soak bench-janitor demo
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -34,6 +34,10 @@ test-unit: ## tests of the library module (pure Go, and pgtemp against the serve
 
 test-integration: ## the integration suite in tests/ against real PostgreSQL
 	cd tests && go test $(GO_TEST_FLAGS) ./...
+
+test-ha: ## failover: pgtemp's standby tests, and a primary crashing under load onto a synchronous and an asynchronous standby
+	go test $(GO_TEST_FLAGS) -run 'Standby' ./internal/pgtemp/
+	cd tests && OAUTHSTORE_TEST_PROVIDER=binaries go test $(GO_TEST_FLAGS) -v -run '^TestHA_' .
 
 test-partitioned: ## the integration suite with the family tables hash-partitioned by family id (16 partitions)
 	cd tests && OAUTHSTORE_TEST_PARTITIONS=16 go test -count=1 -timeout 15m ./...

@@ -7,13 +7,18 @@
 // passwords. Durability is switched off by default because the data is
 // thrown away anyway, which makes the server noticeably faster.
 //
+// For failover tests a cluster can have streaming standbys ([Cluster.StartStandby]), synchronous
+// or not, which [Cluster.Promote] turns into a primary once [Cluster.Crash] has taken the primary
+// down; [MultiHostConnString] lists them all for a client that follows the primary.
+//
 // The server is tied to the lifetime of the calling process: on Linux it is
 // started with a parent-death signal, so it is killed even if the process
 // crashes before [Cluster.Stop] runs. In that case the temporary directory is
 // left behind; it lives under the system temp directory and is named pgt*.
 //
 // When the calling process runs as root, initdb and postgres (which refuse
-// to run as root) are run as the "postgres" OS user.
+// to run as root), and pg_basebackup with them, are run as the "postgres" OS
+// user.
 package pgtemp
 
 import (
@@ -148,6 +153,11 @@ type Cluster struct {
 	server  *process
 	stopped bool // Stop (or a failed Start) has shut the cluster down
 
+	// What StartStandby keeps about this cluster's standbys.
+	replMu       sync.Mutex // serialises changes of synchronous_standby_names
+	standbys     int        // standbys started, for their default names
+	syncStandbys []string   // names of the synchronous ones, in synchronous_standby_names
+
 	stopOnce sync.Once
 	stopErr  error
 }
@@ -245,6 +255,33 @@ func (c *Cluster) Restart(ctx context.Context, crash bool) error {
 	return c.waitReady(ctx)
 }
 
+// Crash stops the server as a crash would, with PostgreSQL's immediate shutdown (SIGQUIT to the
+// postmaster: every backend exits at once, nothing is checkpointed, and a walsender sends nothing
+// more to its standby), and leaves it stopped, as the primary of a failover test. What survives
+// is what Restart(ctx, true) documents. Stop still removes the cluster's directory; Restart and
+// StartStandby after Crash are errors.
+func (c *Cluster) Crash() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	path := filepath.Join(c.binDir, "postgres")
+	p := c.server
+	if p == nil || c.stopped {
+		return errors.New("pgtemp: Crash: the cluster is not running")
+	}
+	select {
+	case <-p.done:
+		return &CommandError{Path: path, Err: exitedUnexpectedly(p.err), Output: c.logTail()}
+	default:
+	}
+	err := c.signalAndWait(syscall.SIGQUIT, stopGrace)
+	c.server = nil
+	removeSharedMemory(c.dataDir)
+	if err != nil {
+		return &CommandError{Path: path, Err: err, Output: c.logTail()}
+	}
+	return nil
+}
+
 // serverSettings merges the package defaults with opts.Settings and returns
 // them with the port number the socket will use.
 func serverSettings(opts Options) (map[string]string, int, error) {
@@ -259,21 +296,30 @@ func serverSettings(opts Options) (map[string]string, int, error) {
 		s["synchronous_commit"] = "off"
 		s["full_page_writes"] = "off"
 	}
-	for name, value := range opts.Settings {
-		if !validSettingName(name) {
-			return nil, 0, fmt.Errorf("pgtemp: invalid setting name %q", name)
-		}
-		switch strings.ToLower(name) {
-		case "unix_socket_directories", "data_directory":
-			return nil, 0, fmt.Errorf("pgtemp: setting %q is managed by pgtemp and cannot be overridden", name)
-		}
-		s[strings.ToLower(name)] = value
+	if err := overrideSettings(s, opts.Settings); err != nil {
+		return nil, 0, err
 	}
 	port, err := strconv.Atoi(s["port"])
 	if err != nil || port < 1 || port > 65535 {
 		return nil, 0, fmt.Errorf("pgtemp: invalid port setting %q", s["port"])
 	}
 	return s, port, nil
+}
+
+// overrideSettings sets the settings of extra in s, refusing invalid names and the ones the
+// package manages.
+func overrideSettings(s, extra map[string]string) error {
+	for name, value := range extra {
+		if !validSettingName(name) {
+			return fmt.Errorf("pgtemp: invalid setting name %q", name)
+		}
+		switch strings.ToLower(name) {
+		case "unix_socket_directories", "data_directory":
+			return fmt.Errorf("pgtemp: setting %q is managed by pgtemp and cannot be overridden", name)
+		}
+		s[strings.ToLower(name)] = value
+	}
+	return nil
 }
 
 func validSettingName(name string) bool {
@@ -489,6 +535,9 @@ func exitedEarly(err error) error {
 	}
 	return fmt.Errorf("exited before accepting connections: %w", err)
 }
+
+// SocketPath returns the path of the server's unix socket, for a client that dials it itself.
+func (c *Cluster) SocketPath() string { return c.socketPath() }
 
 func (c *Cluster) socketPath() string {
 	return filepath.Join(c.sockDir, ".s.PGSQL."+strconv.Itoa(c.port))

@@ -290,6 +290,10 @@ func TestConnString(t *testing.T) {
 	if got, want := c.URL("app"), "postgres://postgres@/app?host=%2Ftmp%2Fpgt123%2Fsock&port=5433&sslmode=disable"; got != want {
 		t.Errorf("URL = %q, want %q", got, want)
 	}
+	d := &Cluster{sockDir: "/tmp/pgt456/sock", port: 5432}
+	if got, want := MultiHostConnString("app", c, d), "host=/tmp/pgt123/sock,/tmp/pgt456/sock port=5433,5432 user=postgres dbname=app sslmode=disable"; got != want {
+		t.Errorf("MultiHostConnString = %q, want %q", got, want)
+	}
 }
 
 // TestServerDiesWithParent checks that a server is killed when the process

@@ -30,16 +30,7 @@ func probe(ctx context.Context, sock string) (bool, error) {
 		return false, err
 	}
 
-	// StartupMessage: length, protocol 3.0, then name/value pairs.
-	var msg []byte
-	msg = binary.BigEndian.AppendUint32(msg, 0) // length, filled in below
-	msg = binary.BigEndian.AppendUint32(msg, 3<<16)
-	for _, s := range []string{"user", SuperUser, "database", "postgres", ""} {
-		msg = append(msg, s...)
-		msg = append(msg, 0)
-	}
-	binary.BigEndian.PutUint32(msg, uint32(len(msg)))
-	if _, err := conn.Write(msg); err != nil {
+	if _, err := conn.Write(startupMessage()); err != nil {
 		return false, err
 	}
 
