@@ -282,11 +282,21 @@ func (q *Queries) FamilyLock(ctx context.Context, db DBTX, id pgtype.UUID) (pgty
 }
 
 const familyRevoke = `-- name: FamilyRevoke :one
-WITH family AS MATERIALIZED (
+WITH durable AS MATERIALIZED (
+    -- A revocation is committed durably whatever the session's synchronous_commit says: with off
+    -- or local the commit waits for its WAL to be flushed (and for a synchronous standby, if
+    -- there is one), so that a revocation reported to the caller, above all a replay's (I7),
+    -- survives a crash of the server. Stronger settings are kept.
+    SELECT set_config('synchronous_commit',
+        CASE WHEN current_setting('synchronous_commit') IN ('off', 'local') THEN 'on'
+            ELSE current_setting('synchronous_commit') END, true) AS level
+),
+family AS MATERIALIZED (
     SELECT f.id, f.client_id, f.user_id, f.revoked_at
     FROM oauth_family f
+    CROSS JOIN durable
     WHERE f.id = $1::uuid
-    FOR NO KEY UPDATE
+    FOR NO KEY UPDATE OF f
 ),
 revoked AS (
     UPDATE oauth_family f
@@ -331,14 +341,21 @@ func (q *Queries) FamilyRevoke(ctx context.Context, db DBTX, arg FamilyRevokePar
 }
 
 const familyRevokeByClient = `-- name: FamilyRevokeByClient :many
-WITH batch AS MATERIALIZED (
+WITH durable AS MATERIALIZED (
+    -- Committed durably, as FamilyRevoke.
+    SELECT set_config('synchronous_commit',
+        CASE WHEN current_setting('synchronous_commit') IN ('off', 'local') THEN 'on'
+            ELSE current_setting('synchronous_commit') END, true) AS level
+),
+batch AS MATERIALIZED (
     SELECT f.id
     FROM oauth_family f
+    CROSS JOIN durable
     WHERE f.client_id = $3::text
       AND f.revoked_at IS NULL
     ORDER BY f.id
     LIMIT $4::integer
-    FOR NO KEY UPDATE
+    FOR NO KEY UPDATE OF f
 )
 UPDATE oauth_family f
 SET revoked_at = coalesce($1::timestamptz, statement_timestamp()),
@@ -390,15 +407,22 @@ func (q *Queries) FamilyRevokeByClient(ctx context.Context, db DBTX, arg FamilyR
 }
 
 const familyRevokeByUser = `-- name: FamilyRevokeByUser :many
-WITH batch AS MATERIALIZED (
+WITH durable AS MATERIALIZED (
+    -- Committed durably, as FamilyRevoke.
+    SELECT set_config('synchronous_commit',
+        CASE WHEN current_setting('synchronous_commit') IN ('off', 'local') THEN 'on'
+            ELSE current_setting('synchronous_commit') END, true) AS level
+),
+batch AS MATERIALIZED (
     SELECT f.id
     FROM oauth_family f
+    CROSS JOIN durable
     WHERE f.user_id = $3::text
       AND f.client_id = coalesce($4::text, f.client_id)
       AND f.revoked_at IS NULL
     ORDER BY f.id
     LIMIT $5::integer
-    FOR NO KEY UPDATE
+    FOR NO KEY UPDATE OF f
 )
 UPDATE oauth_family f
 SET revoked_at = coalesce($1::timestamptz, statement_timestamp()),

@@ -103,11 +103,21 @@ FOR NO KEY UPDATE;
 -- (I3); a family that is already revoked keeps its first reason. Returns no row when there is no
 -- such family.
 -- name: FamilyRevoke :one
-WITH family AS MATERIALIZED (
+WITH durable AS MATERIALIZED (
+    -- A revocation is committed durably whatever the session's synchronous_commit says: with off
+    -- or local the commit waits for its WAL to be flushed (and for a synchronous standby, if
+    -- there is one), so that a revocation reported to the caller, above all a replay's (I7),
+    -- survives a crash of the server. Stronger settings are kept.
+    SELECT set_config('synchronous_commit',
+        CASE WHEN current_setting('synchronous_commit') IN ('off', 'local') THEN 'on'
+            ELSE current_setting('synchronous_commit') END, true) AS level
+),
+family AS MATERIALIZED (
     SELECT f.id, f.client_id, f.user_id, f.revoked_at
     FROM oauth_family f
+    CROSS JOIN durable
     WHERE f.id = @id::uuid
-    FOR NO KEY UPDATE
+    FOR NO KEY UPDATE OF f
 ),
 revoked AS (
     UPDATE oauth_family f
@@ -126,14 +136,21 @@ FROM family f;
 -- repeat it until a batch comes back short, so that no statement holds many row locks for long.
 -- Rows are locked in id order, so that two bulk revocations over the same families never deadlock.
 -- name: FamilyRevokeByClient :many
-WITH batch AS MATERIALIZED (
+WITH durable AS MATERIALIZED (
+    -- Committed durably, as FamilyRevoke.
+    SELECT set_config('synchronous_commit',
+        CASE WHEN current_setting('synchronous_commit') IN ('off', 'local') THEN 'on'
+            ELSE current_setting('synchronous_commit') END, true) AS level
+),
+batch AS MATERIALIZED (
     SELECT f.id
     FROM oauth_family f
+    CROSS JOIN durable
     WHERE f.client_id = @client_id::text
       AND f.revoked_at IS NULL
     ORDER BY f.id
     LIMIT @batch_size::integer
-    FOR NO KEY UPDATE
+    FOR NO KEY UPDATE OF f
 )
 UPDATE oauth_family f
 SET revoked_at = coalesce(sqlc.narg('now')::timestamptz, statement_timestamp()),
@@ -145,15 +162,22 @@ RETURNING f.id, f.client_id, f.user_id;
 -- FamilyRevokeByUser revokes one batch of a user's live families, at every client or at one, and
 -- returns them; callers repeat it until a batch comes back short. Rows are locked in id order.
 -- name: FamilyRevokeByUser :many
-WITH batch AS MATERIALIZED (
+WITH durable AS MATERIALIZED (
+    -- Committed durably, as FamilyRevoke.
+    SELECT set_config('synchronous_commit',
+        CASE WHEN current_setting('synchronous_commit') IN ('off', 'local') THEN 'on'
+            ELSE current_setting('synchronous_commit') END, true) AS level
+),
+batch AS MATERIALIZED (
     SELECT f.id
     FROM oauth_family f
+    CROSS JOIN durable
     WHERE f.user_id = @user_id::text
       AND f.client_id = coalesce(sqlc.narg('client_id')::text, f.client_id)
       AND f.revoked_at IS NULL
     ORDER BY f.id
     LIMIT @batch_size::integer
-    FOR NO KEY UPDATE
+    FOR NO KEY UPDATE OF f
 )
 UPDATE oauth_family f
 SET revoked_at = coalesce(sqlc.narg('now')::timestamptz, statement_timestamp()),
