@@ -312,8 +312,8 @@ func (s *Store) settleRefused(ctx context.Context, tx pgx.Tx, pt presentedToken,
 // before such copies were kept, or under a pepper retired since, is replaced by a new one under
 // the same parent instead.
 func (s *Store) graceReuse(ctx context.Context, tx pgx.Tx, p db.RefreshTokenRotateParams, t db.RefreshTokenGetRow, r rotation) (*RefreshToken, error) {
-	if same, ok := openSuccessor(r.presented, s.refresh.graceSalt(t.PepperID), t.Digest, t.LiveDigest, t.SuccessorSealed); ok &&
-		!s.refresh.retired(t.LivePepperID) && s.refresh.matches(same, t.LiveDigest) {
+	if same, ok := s.refresh.openSuccessor(r.presented, s.refresh.graceSalt(t.PepperID), t.Digest, t.LiveDigest, t.SuccessorSealed, t.FamilyID.Bytes); ok &&
+		!s.refresh.retired(t.LivePepperID) {
 		if _, err := s.q.RefreshTokenGraceReuse(ctx, tx, db.RefreshTokenGraceReuseParams{FamilyID: t.FamilyID, ParentDigest: t.Digest}); err != nil {
 			return nil, err
 		}

@@ -408,20 +408,27 @@ func graceAEAD(rawParent, salt []byte) cipher.AEAD {
 
 // sealSuccessor encrypts successor for the holder of the presented parent token, made under the
 // pepper with the given grace salt: a random nonce followed by the sealed token bytes.
+//
+// Only the successor's entropy is sealed: the family id it begins with is the family's, which
+// whoever opens the copy knows.
 func sealSuccessor(presented string, salt, parentDigest, successorDigest []byte, successor Secret) []byte {
 	rawParent, ok := decodeToken(presented)
 	rawSuccessor, ok2 := decodeToken(successor.Reveal())
 	if !ok || !ok2 || salt == nil {
 		return nil
 	}
+	entropy := rawSuccessor[len(rawSuccessor)-tokenBytes:]
 	aead := graceAEAD(rawParent, salt)
-	nonce := make([]byte, aead.NonceSize(), aead.NonceSize()+len(rawSuccessor)+aead.Overhead())
+	nonce := make([]byte, aead.NonceSize(), aead.NonceSize()+tokenBytes+aead.Overhead())
 	_, _ = rand.Read(nonce)
-	return aead.Seal(nonce, nonce, rawSuccessor, graceAAD(parentDigest, successorDigest))
+	return aead.Seal(nonce, nonce, entropy, graceAAD(parentDigest, successorDigest))
 }
 
 // openSuccessor opens what sealSuccessor sealed, with the presented parent token.
-func openSuccessor(presented string, salt, parentDigest, successorDigest, sealed []byte) (Secret, bool) {
+// It returns the successor of the given family whose digest is successorDigest under a pepper of
+// the ring: a token that carries the family id, or one minted before tokens did (sealed by schema
+// 4 with all its bytes, which are its entropy).
+func (d *digester) openSuccessor(presented string, salt, parentDigest, successorDigest, sealed []byte, family [familyIDBytes]byte) (Secret, bool) {
 	rawParent, ok := decodeToken(presented)
 	if !ok || salt == nil {
 		return Secret{}, false
@@ -430,11 +437,16 @@ func openSuccessor(presented string, salt, parentDigest, successorDigest, sealed
 	if len(sealed) < aead.NonceSize() {
 		return Secret{}, false
 	}
-	raw, err := aead.Open(nil, sealed[:aead.NonceSize()], sealed[aead.NonceSize():], graceAAD(parentDigest, successorDigest))
-	if err != nil || (len(raw) != tokenBytes && len(raw) != familyIDBytes+tokenBytes) {
+	entropy, err := aead.Open(nil, sealed[:aead.NonceSize()], sealed[aead.NonceSize():], graceAAD(parentDigest, successorDigest))
+	if err != nil || len(entropy) != tokenBytes {
 		return Secret{}, false
 	}
-	return newSecret(tokenEncoding.EncodeToString(raw)), true
+	for _, raw := range [][]byte{append(family[:], entropy...), entropy} {
+		if token := newSecret(tokenEncoding.EncodeToString(raw)); d.matches(token, successorDigest) {
+			return token, true
+		}
+	}
+	return Secret{}, false
 }
 
 func graceAAD(parentDigest, successorDigest []byte) []byte {

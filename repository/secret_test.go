@@ -97,14 +97,18 @@ func TestMintFor_RefreshTokenCarriesItsFamilyAndLegacyTokensStayAccepted(t *test
 		digest []byte
 	}{{tok, digest}, {legacy, legacyDigest}} {
 		sealed := sealSuccessor(parent.tok.Reveal(), salt, parent.digest, successorDigest, successor)
-		if len(sealed) != 12+familyIDBytes+tokenBytes+16 {
+		// Only the successor's entropy is sealed: its family id is the family's.
+		if len(sealed) != 12+tokenBytes+16 {
 			t.Fatalf("sealed copy of %d bytes", len(sealed))
 		}
-		if got, ok := openSuccessor(parent.tok.Reveal(), salt, parent.digest, successorDigest, sealed); !ok || got.Reveal() != successor.Reveal() {
+		if got, ok := d.openSuccessor(parent.tok.Reveal(), salt, parent.digest, successorDigest, sealed, id); !ok || got.Reveal() != successor.Reveal() {
 			t.Fatal("the parent's holder cannot open the sealed successor")
 		}
-		if _, ok := openSuccessor(successor.Reveal(), salt, parent.digest, successorDigest, sealed); ok {
+		if _, ok := d.openSuccessor(successor.Reveal(), salt, parent.digest, successorDigest, sealed, id); ok {
 			t.Fatal("the successor opened its own sealed copy")
+		}
+		if _, ok := d.openSuccessor(parent.tok.Reveal(), salt, parent.digest, successorDigest, sealed, newFamilyID()); ok {
+			t.Fatal("the sealed copy opened as the successor of another family")
 		}
 	}
 }
@@ -316,7 +320,7 @@ func TestSealedSuccessor_OpensOnlyWithTheParentAndForItsDigests(t *testing.T) {
 	if len(sealed) != 12+tokenBytes+16 {
 		t.Fatalf("sealed copy of %d bytes", len(sealed))
 	}
-	got, ok := openSuccessor(parent.Reveal(), salt, parentDigest, successorDigest, sealed)
+	got, ok := d.openSuccessor(parent.Reveal(), salt, parentDigest, successorDigest, sealed, [familyIDBytes]byte{})
 	if !ok || got.Reveal() != successor.Reveal() {
 		t.Fatal("the parent's holder cannot open the sealed successor")
 	}
@@ -339,7 +343,7 @@ func TestSealedSuccessor_OpensOnlyWithTheParentAndForItsDigests(t *testing.T) {
 		"another pepper's salt":  {parent.Reveal(), other2.graceSalt(DefaultPepperID), parentDigest, successorDigest, sealed},
 		"no salt":                {parent.Reveal(), nil, parentDigest, successorDigest, sealed},
 	} {
-		if _, ok := openSuccessor(c.presented, c.salt, c.parent, c.suc, c.sealed); ok {
+		if _, ok := d.openSuccessor(c.presented, c.salt, c.parent, c.suc, c.sealed, [familyIDBytes]byte{}); ok {
 			t.Errorf("%s opened the sealed successor", name)
 		}
 	}
