@@ -76,8 +76,10 @@ DELETE FROM oauth_family
 WHERE id = $1::uuid
 `
 
-// FamilyDelete erases a family and all its tokens at once, for example when its user's account is
-// deleted. Unlike a revocation it leaves no evidence: a later replay of its tokens is not found.
+// FamilyDelete erases a family, its live token and the code that produced it (ON DELETE CASCADE),
+// for example when its user's account is deleted; the caller deletes its tombstones next
+// (RefreshTombstoneDeleteByFamily). Unlike a revocation it leaves no evidence: a later replay of
+// its tokens is not found.
 func (q *Queries) FamilyDelete(ctx context.Context, db DBTX, id pgtype.UUID) (int64, error) {
 	result, err := db.Exec(ctx, familyDelete, id)
 	if err != nil {
@@ -113,14 +115,10 @@ families AS (
     USING doomed d
     WHERE f.id = d.id
     RETURNING f.id
-),
-tombstones AS (
-    DELETE FROM oauth_refresh_tombstone t
-    USING doomed d
-    WHERE t.family_id = d.id
 )
 SELECT count(*)::bigint AS families_deleted, coalesce(sum(d.tokens), 0)::bigint AS tokens_deleted,
-    (SELECT count(*) FROM candidates)::bigint AS candidates
+    (SELECT count(*) FROM candidates)::bigint AS candidates,
+    coalesce(array_agg(x.id), '{}')::uuid[] AS family_ids
 FROM families x
 JOIN doomed d ON d.id = x.id
 `
@@ -136,6 +134,7 @@ type FamilyDeleteExpiredRow struct {
 	FamiliesDeleted int64
 	TokensDeleted   int64
 	Candidates      int64
+	FamilyIds       []pgtype.UUID
 }
 
 // FamilyDeleteExpired deletes one batch of families whose newest token expired before the cutoff,
@@ -150,10 +149,10 @@ type FamilyDeleteExpiredRow struct {
 // another or on a rotation), and deletes them in order while their tokens (one per issue, one per
 // rotation: rotation_count + 1) add up to at most max_tokens, and always the first, so that a run
 // makes progress; a family is deleted whole, however many tokens it holds. The rest are unlocked
-// at commit. The same count is the tokens deleted, which the cascade removes. candidates tells the
-// caller whether more may be left.
-// A family whose newest token has expired gains no tombstone: no rotation can consume a token of
-// it, so this statement's snapshot holds all of them.
+// at commit. The same count is the tokens deleted. The caller deletes the families' tombstones
+// (family_ids) in a second statement of the same transaction, whose snapshot sees those of a
+// rotation that committed while this one waited for a family's lock. candidates tells the caller
+// whether more may be left.
 func (q *Queries) FamilyDeleteExpired(ctx context.Context, db DBTX, arg FamilyDeleteExpiredParams) (FamilyDeleteExpiredRow, error) {
 	row := db.QueryRow(ctx, familyDeleteExpired,
 		arg.Now,
@@ -162,7 +161,12 @@ func (q *Queries) FamilyDeleteExpired(ctx context.Context, db DBTX, arg FamilyDe
 		arg.MaxTokens,
 	)
 	var i FamilyDeleteExpiredRow
-	err := row.Scan(&i.FamiliesDeleted, &i.TokensDeleted, &i.Candidates)
+	err := row.Scan(
+		&i.FamiliesDeleted,
+		&i.TokensDeleted,
+		&i.Candidates,
+		&i.FamilyIds,
+	)
 	return i, err
 }
 
@@ -283,12 +287,12 @@ func (q *Queries) FamilyLock(ctx context.Context, db DBTX, id pgtype.UUID) (pgty
 
 const familyRevoke = `-- name: FamilyRevoke :one
 WITH durable AS MATERIALIZED (
-    -- A revocation is committed durably whatever the session's synchronous_commit says: with off
-    -- or local the commit waits for its WAL to be flushed (and for a synchronous standby, if
-    -- there is one), so that a revocation reported to the caller, above all a replay's (I7),
-    -- survives a crash of the server. Stronger settings are kept.
+    -- A revocation is committed durably whatever the session's synchronous_commit says: off is
+    -- raised to local, so that the commit waits for its WAL to be flushed and a revocation
+    -- reported to the caller, above all a replay's (I7), survives a crash of the server. Other
+    -- settings are kept: whether it also waits for a standby is the server's choice.
     SELECT set_config('synchronous_commit',
-        CASE WHEN current_setting('synchronous_commit') IN ('off', 'local') THEN 'on'
+        CASE WHEN current_setting('synchronous_commit') = 'off' THEN 'local'
             ELSE current_setting('synchronous_commit') END, true) AS level
 ),
 family AS MATERIALIZED (
@@ -344,7 +348,7 @@ const familyRevokeByClient = `-- name: FamilyRevokeByClient :many
 WITH durable AS MATERIALIZED (
     -- Committed durably, as FamilyRevoke.
     SELECT set_config('synchronous_commit',
-        CASE WHEN current_setting('synchronous_commit') IN ('off', 'local') THEN 'on'
+        CASE WHEN current_setting('synchronous_commit') = 'off' THEN 'local'
             ELSE current_setting('synchronous_commit') END, true) AS level
 ),
 batch AS MATERIALIZED (
@@ -410,7 +414,7 @@ const familyRevokeByUser = `-- name: FamilyRevokeByUser :many
 WITH durable AS MATERIALIZED (
     -- Committed durably, as FamilyRevoke.
     SELECT set_config('synchronous_commit',
-        CASE WHEN current_setting('synchronous_commit') IN ('off', 'local') THEN 'on'
+        CASE WHEN current_setting('synchronous_commit') = 'off' THEN 'local'
             ELSE current_setting('synchronous_commit') END, true) AS level
 ),
 batch AS MATERIALIZED (

@@ -387,6 +387,21 @@ func (q *Queries) RefreshTokenRotate(ctx context.Context, db DBTX, arg RefreshTo
 	return i, err
 }
 
+const refreshTombstoneDeleteByFamilies = `-- name: RefreshTombstoneDeleteByFamilies :execrows
+DELETE FROM oauth_refresh_tombstone
+WHERE family_id = ANY($1::uuid[])
+`
+
+// RefreshTombstoneDeleteByFamilies deletes the tombstones of families cleanup deleted, in the same
+// transaction, after it.
+func (q *Queries) RefreshTombstoneDeleteByFamilies(ctx context.Context, db DBTX, familyIds []pgtype.UUID) (int64, error) {
+	result, err := db.Exec(ctx, refreshTombstoneDeleteByFamilies, familyIds)
+	if err != nil {
+		return 0, err
+	}
+	return result.RowsAffected(), nil
+}
+
 const refreshTombstoneDeleteByFamily = `-- name: RefreshTombstoneDeleteByFamily :execrows
 DELETE FROM oauth_refresh_tombstone
 WHERE family_id = $1::uuid

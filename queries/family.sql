@@ -13,8 +13,10 @@ FROM (
 ) c
 RETURNING id, created_at, expires_at AS family_expires_at, idle_expires_at AS expires_at;
 
--- FamilyDelete erases a family and all its tokens at once, for example when its user's account is
--- deleted. Unlike a revocation it leaves no evidence: a later replay of its tokens is not found.
+-- FamilyDelete erases a family, its live token and the code that produced it (ON DELETE CASCADE),
+-- for example when its user's account is deleted; the caller deletes its tombstones next
+-- (RefreshTombstoneDeleteByFamily). Unlike a revocation it leaves no evidence: a later replay of
+-- its tokens is not found.
 -- name: FamilyDelete :execrows
 DELETE FROM oauth_family
 WHERE id = @id::uuid;
@@ -31,8 +33,10 @@ WHERE id = @id::uuid;
 -- another or on a rotation), and deletes them in order while their tokens (one per issue, one per
 -- rotation: rotation_count + 1) add up to at most max_tokens, and always the first, so that a run
 -- makes progress; a family is deleted whole, however many tokens it holds. The rest are unlocked
--- at commit. The same count is the tokens deleted, which the cascade removes. candidates tells the
--- caller whether more may be left.
+-- at commit. The same count is the tokens deleted. The caller deletes the families' tombstones
+-- (family_ids) in a second statement of the same transaction, whose snapshot sees those of a
+-- rotation that committed while this one waited for a family's lock. candidates tells the caller
+-- whether more may be left.
 -- name: FamilyDeleteExpired :one
 WITH candidates AS MATERIALIZED (
     -- sweep_day is the day idle_expires_at falls on: the index finds the families of the days up
@@ -60,16 +64,10 @@ families AS (
     USING doomed d
     WHERE f.id = d.id
     RETURNING f.id
-),
--- A family whose newest token has expired gains no tombstone: no rotation can consume a token of
--- it, so this statement's snapshot holds all of them.
-tombstones AS (
-    DELETE FROM oauth_refresh_tombstone t
-    USING doomed d
-    WHERE t.family_id = d.id
 )
 SELECT count(*)::bigint AS families_deleted, coalesce(sum(d.tokens), 0)::bigint AS tokens_deleted,
-    (SELECT count(*) FROM candidates)::bigint AS candidates
+    (SELECT count(*) FROM candidates)::bigint AS candidates,
+    coalesce(array_agg(x.id), '{}')::uuid[] AS family_ids
 FROM families x
 JOIN doomed d ON d.id = x.id;
 
@@ -104,12 +102,12 @@ FOR NO KEY UPDATE;
 -- such family.
 -- name: FamilyRevoke :one
 WITH durable AS MATERIALIZED (
-    -- A revocation is committed durably whatever the session's synchronous_commit says: with off
-    -- or local the commit waits for its WAL to be flushed (and for a synchronous standby, if
-    -- there is one), so that a revocation reported to the caller, above all a replay's (I7),
-    -- survives a crash of the server. Stronger settings are kept.
+    -- A revocation is committed durably whatever the session's synchronous_commit says: off is
+    -- raised to local, so that the commit waits for its WAL to be flushed and a revocation
+    -- reported to the caller, above all a replay's (I7), survives a crash of the server. Other
+    -- settings are kept: whether it also waits for a standby is the server's choice.
     SELECT set_config('synchronous_commit',
-        CASE WHEN current_setting('synchronous_commit') IN ('off', 'local') THEN 'on'
+        CASE WHEN current_setting('synchronous_commit') = 'off' THEN 'local'
             ELSE current_setting('synchronous_commit') END, true) AS level
 ),
 family AS MATERIALIZED (
@@ -139,7 +137,7 @@ FROM family f;
 WITH durable AS MATERIALIZED (
     -- Committed durably, as FamilyRevoke.
     SELECT set_config('synchronous_commit',
-        CASE WHEN current_setting('synchronous_commit') IN ('off', 'local') THEN 'on'
+        CASE WHEN current_setting('synchronous_commit') = 'off' THEN 'local'
             ELSE current_setting('synchronous_commit') END, true) AS level
 ),
 batch AS MATERIALIZED (
@@ -165,7 +163,7 @@ RETURNING f.id, f.client_id, f.user_id;
 WITH durable AS MATERIALIZED (
     -- Committed durably, as FamilyRevoke.
     SELECT set_config('synchronous_commit',
-        CASE WHEN current_setting('synchronous_commit') IN ('off', 'local') THEN 'on'
+        CASE WHEN current_setting('synchronous_commit') = 'off' THEN 'local'
             ELSE current_setting('synchronous_commit') END, true) AS level
 ),
 batch AS MATERIALIZED (

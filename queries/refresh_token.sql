@@ -184,3 +184,9 @@ WHERE (family_id, digest) IN (
 -- name: RefreshTombstoneDeleteByFamily :execrows
 DELETE FROM oauth_refresh_tombstone
 WHERE family_id = @family_id::uuid;
+
+-- RefreshTombstoneDeleteByFamilies deletes the tombstones of families cleanup deleted, in the same
+-- transaction, after it.
+-- name: RefreshTombstoneDeleteByFamilies :execrows
+DELETE FROM oauth_refresh_tombstone
+WHERE family_id = ANY(@family_ids::uuid[]);

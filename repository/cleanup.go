@@ -4,6 +4,8 @@ import (
 	"context"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+
 	"github.com/oauthstore/oauthstore/db"
 )
 
@@ -109,14 +111,28 @@ const (
 // family), whose tokens it adds to res; more may be left while it deleted some, but not all, of
 // what it looked at, or as many as it looked for.
 func (a *Admin) cleanupBatch(ctx context.Context, kind cleanupKind, n int, opts CleanupOptions, res *CleanupResult) (deleted int64, more bool, err error) {
-	err = a.readCommitted(ctx, "cleanup", func(q DBTX) error {
-		switch kind {
-		case cleanupFamilies:
-			row, err := a.q.FamilyDeleteExpired(ctx, q, db.FamilyDeleteExpiredParams{
+	if kind == cleanupFamilies {
+		// The families' tombstones go in a second statement: its snapshot sees those of a rotation
+		// that committed while the first waited for a family's lock.
+		err = a.inTx(ctx, "cleanup", func(tx pgx.Tx) (bool, error) {
+			row, err := a.q.FamilyDeleteExpired(ctx, tx, db.FamilyDeleteExpiredParams{
 				Now: a.now(), Retain: opts.Retain, MaxFamilies: int32(n), MaxTokens: int64(opts.BatchSize)})
+			if err != nil {
+				return false, err
+			}
+			if len(row.FamilyIds) > 0 {
+				if _, err := a.q.RefreshTombstoneDeleteByFamilies(ctx, tx, row.FamilyIds); err != nil {
+					return false, err
+				}
+			}
 			res.RefreshTokens += row.TokensDeleted
 			deleted, more = row.FamiliesDeleted, row.FamiliesDeleted > 0 && (row.FamiliesDeleted < row.Candidates || row.Candidates == int64(n))
-			return err
+			return true, nil
+		})
+		return deleted, more, err
+	}
+	err = a.readCommitted(ctx, "cleanup", func(q DBTX) error {
+		switch kind {
 		case cleanupCodes:
 			deleted, err = a.q.AuthorizationCodeDeleteExpired(ctx, q, db.AuthorizationCodeDeleteExpiredParams{Now: a.now(), Retain: opts.Retain, BatchSize: int32(n)})
 		case cleanupGraceCiphertexts:

@@ -1,6 +1,9 @@
 package tests
 
 import (
+	"crypto/aes"
+	"crypto/cipher"
+	"crypto/hkdf"
 	"crypto/hmac"
 	"crypto/rand"
 	"crypto/sha256"
@@ -32,6 +35,32 @@ func (b *bundle) legacyToken() legacyToken {
 	return tok
 }
 
+// sealFor seals successor for the holder of parent as schema 4 did: AES-256-GCM under HKDF-SHA-256 of
+// the raw parent, salted with a key derived from the pepper, both digests the associated data.
+func (b *bundle) sealFor(t *testing.T, parent, successor legacyToken) []byte {
+	t.Helper()
+	saltMAC := hmac.New(sha256.New, b.pepper)
+	saltMAC.Write([]byte("oauthstore/v1/grace-salt/refresh-token"))
+	rawParent, _ := base64.RawURLEncoding.DecodeString(parent.raw)
+	rawSuccessor, _ := base64.RawURLEncoding.DecodeString(successor.raw)
+	key, err := hkdf.Key(sha256.New, rawParent, saltMAC.Sum(nil), "oauthstore/v1/grace-successor", 32)
+	if err != nil {
+		t.Fatal(err)
+	}
+	block, err := aes.NewCipher(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	aead, err := cipher.NewGCM(block)
+	if err != nil {
+		t.Fatal(err)
+	}
+	nonce := make([]byte, aead.NonceSize())
+	_, _ = rand.Read(nonce)
+	aad := append(append([]byte("oauthstore/v1/grace-successor\x00"), parent.digest...), successor.digest...)
+	return aead.Seal(nonce, nonce, rawSuccessor, aad)
+}
+
 func TestMigration5_TokensMintedBeforeItKeepWorking(t *testing.T) {
 	t.Parallel()
 	b := setup(t, withGrace(time.Minute, 3))
@@ -49,7 +78,8 @@ func TestMigration5_TokensMintedBeforeItKeepWorking(t *testing.T) {
 	rotatedParent, rotatedLive := b.legacyToken(), b.legacyToken()
 	single := b.legacyToken()
 	lostParent, lostLive := b.legacyToken(), b.legacyToken()
-	var rotated, unrotated, lost string
+	sealedParent, sealedLive := b.legacyToken(), b.legacyToken()
+	var rotated, unrotated, lost, sealed string
 	family := func(id *string, rotatedAt *time.Time, count int) {
 		t.Helper()
 		if err := b.pool.QueryRow(b.ctx, `INSERT INTO oauth_family (client_id, user_id, scope, created_at, last_rotated_at,
@@ -77,13 +107,27 @@ func TestMigration5_TokensMintedBeforeItKeepWorking(t *testing.T) {
 	family(&lost, &tenSecondsAgo, 1)
 	token(lostParent, lost, nil, now.Add(-time.Hour), &tenSecondsAgo)
 	token(lostLive, lost, lostParent.digest, tenSecondsAgo, nil)
+	// A lost response whose successor schema 4 sealed for the parent's holder, resent twice already.
+	family(&sealed, &tenSecondsAgo, 1)
+	token(sealedParent, sealed, nil, now.Add(-time.Hour), &tenSecondsAgo)
+	token(sealedLive, sealed, sealedParent.digest, tenSecondsAgo, nil)
+	if _, err := b.pool.Exec(b.ctx, `UPDATE oauth_refresh_token SET grace_uses = 2 WHERE digest = $1`, sealedParent.digest); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.pool.Exec(b.ctx, `UPDATE oauth_refresh_token SET grace_ciphertext = $2 WHERE digest = $1`,
+		sealedLive.digest, b.sealFor(t, sealedParent, sealedLive)); err != nil {
+		t.Fatal(err)
+	}
 
 	if err := m.Up(); err != nil {
 		t.Fatalf("up to 5: %v", err)
 	}
 	b.checkInvariants(t, "after migration 5")
-	if n := b.count(t, "SELECT count(*) FROM oauth_refresh_token_legacy"); n != 5 {
-		t.Fatalf("%d legacy digests, want 5", n)
+	if n := b.count(t, "SELECT count(*) FROM oauth_refresh_token_legacy"); n != 7 {
+		t.Fatalf("%d legacy digests, want 7", n)
+	}
+	if n := b.count(t, "SELECT parent_reuses FROM oauth_family WHERE id = $1", sealed); n != 2 {
+		t.Fatalf("the parent's grace reuses after the migration: %d, want 2", n)
 	}
 
 	// The live token of a rotated family rotates, into a token that carries its family.
@@ -128,6 +172,19 @@ func TestMigration5_TokensMintedBeforeItKeepWorking(t *testing.T) {
 	}
 	if n := b.liveTokens(t, lost); n != 1 {
 		t.Fatalf("%d live tokens, want 1", n)
+	}
+	// The token the resend replaced is consumed: presenting it is a replay.
+	if _, err := b.store.Rotate(b.ctx, repository.RotateRequest{Token: lostLive.raw, ClientID: "client-a"}); !errors.Is(err, repository.ErrReplayDetected) {
+		t.Fatalf("the replaced token: %v, want ErrReplayDetected", err)
+	}
+
+	// The successor schema 4 sealed is handed out again, the same token, and the reuse is counted.
+	same, err := b.store.Rotate(b.ctx, repository.RotateRequest{Token: sealedParent.raw, ClientID: "client-a"})
+	if err != nil || same.Token.Reveal() != sealedLive.raw {
+		t.Fatalf("grace resend of a parent whose successor schema 4 sealed: %v; the same token back: %v", err, err == nil && same.Token.Reveal() == sealedLive.raw)
+	}
+	if n := b.count(t, "SELECT parent_reuses FROM oauth_family WHERE id = $1", sealed); n != 3 {
+		t.Fatalf("the parent's grace reuses after a resend: %d, want 3", n)
 	}
 
 	// Deleting a family deletes its legacy digests.
