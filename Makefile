@@ -35,9 +35,9 @@ test-unit: ## tests of the library module (pure Go, and pgtemp against the serve
 test-integration: ## the integration suite in tests/ against real PostgreSQL
 	cd tests && go test $(GO_TEST_FLAGS) ./...
 
-test-ha: ## failover: pgtemp's standby tests, and a primary crashing under load onto a synchronous and an asynchronous standby
+test-ha: ## failover and standbys: pgtemp's standby tests, a primary crashing under load onto a synchronous and an asynchronous standby, and reads served by a standby within a staleness bound
 	go test $(GO_TEST_FLAGS) -run 'Standby' ./internal/pgtemp/
-	cd tests && OAUTHSTORE_TEST_PROVIDER=binaries go test $(GO_TEST_FLAGS) -v -run '^TestHA_' .
+	cd tests && OAUTHSTORE_TEST_PROVIDER=binaries go test $(GO_TEST_FLAGS) -v -run '^TestHA_|^TestReplica_' .
 
 test-partitioned: ## the integration suite with the family tables hash-partitioned by family id (16 partitions)
 	cd tests && OAUTHSTORE_TEST_PARTITIONS=16 go test -count=1 -timeout 15m ./...

@@ -86,6 +86,32 @@ type Config struct {
 	// for another DBTX, to WithDB), the settings that connection was opened with, as they were
 	// then — set RevocationConnect where they do not last, such as short-lived credentials.
 	RevocationConnect func(ctx context.Context) (*pgx.Conn, error)
+	// ReadReplica, when set, is a hot standby of the database, typically a *pgxpool.Pool of it,
+	// that serves the reads which may lag behind the primary: Admin.ActiveFamilies, Admin.Stats
+	// and Admin.CleanupBacklog. Each runs there in a read-only transaction whose first statement
+	// asks the standby how stale it is; the read runs on the primary instead when the standby is
+	// staler than MaxReplicaStaleness or cannot show how stale it is, is not in recovery
+	// (promoted, or a primary given by mistake), or fails. Admin.ReplicaReads counts both paths.
+	//
+	// Whatever decides a credential's fate never runs there: rotation, exchange, Peek, Lookup,
+	// revocation, Family, PepperUsage, and every write run on the primary, and so does every read
+	// of a Store or Admin in a caller's transaction (WithDB), which must see its own writes.
+	//
+	// The standby must stream from the primary itself, not from another standby. It shows how
+	// stale it is by the last transaction it replayed and, to a role with the privileges of
+	// pg_read_all_stats, by the last message from the primary, which an idle primary sends only
+	// when the standby asks (every wal_receiver_timeout/2, 30 s by default): while the primary is
+	// idle, reads fall back. The check gets MaxReplicaStaleness, one second at most, to obtain a
+	// connection and answer; give the pool a connect_timeout as well.
+	ReadReplica DBTX
+	// MaxReplicaStaleness bounds how stale a read served by ReadReplica may be: it shows every
+	// change committed on the primary at least this long before the call began, so a family
+	// revoked longer ago is never listed as active (one revoked more recently may still be; it is
+	// refused all the same). The standby compares the primary's commit and message timestamps
+	// with its own clock, so the bound holds as far as the two servers' clocks agree; a commit
+	// made with synchronous_commit off may show up to three wal_writer_delay later than that.
+	// Required, and positive, when ReadReplica is set; set only with it.
+	MaxReplicaStaleness time.Duration
 }
 
 // withDefaults returns cfg with every zero value that has a default replaced by it. It checks
@@ -138,6 +164,25 @@ func (cfg Config) validate(withPepper bool) error {
 		return inputError("GraceMaxReuses", "outside 0..100")
 	case cfg.CodeTTL < time.Second || cfg.CodeTTL > MaxCodeTTL:
 		return inputError("CodeTTL", "outside 1s..10m")
+	}
+	return cfg.validateReplica()
+}
+
+// validateReplica checks ReadReplica and MaxReplicaStaleness, which come together.
+func (cfg Config) validateReplica() error {
+	if cfg.ReadReplica == nil {
+		if cfg.MaxReplicaStaleness != 0 {
+			return inputError("MaxReplicaStaleness", "set without ReadReplica")
+		}
+		return nil
+	}
+	if _, ok := cfg.ReadReplica.(pgx.Tx); ok {
+		// A transaction would pin one snapshot, and its isolation level is the caller's: each read
+		// needs a transaction of its own, begun after the check.
+		return inputError("ReadReplica", "a transaction; give a pool or a connection of the standby")
+	}
+	if cfg.MaxReplicaStaleness <= 0 {
+		return inputError("MaxReplicaStaleness", "not positive (required with ReadReplica)")
 	}
 	return nil
 }

@@ -12,14 +12,16 @@
 //   - Admin (NewAdmin) needs no pepper: it lists, revokes and deletes families, cleans up what is
 //     dead, and reports statistics and what depends on each pepper. A Store is an Admin too.
 //
-// Both run on a *pgxpool.Pool, a *pgx.Conn or a caller's transaction (WithDB). Every refused
-// credential is an error that matches ErrInvalidGrant; ErrorCode gives the OAuth error code to send
-// the client. Raw credentials are Secret values, peppers Key values: neither prints, logs or
-// marshals its content.
+// Both run on a *pgxpool.Pool, a *pgx.Conn or a caller's transaction (WithDB). A hot standby given
+// as Config.ReadReplica serves the reads that tolerate lag (a user's session list, statistics) as
+// long as it shows that it is within Config.MaxReplicaStaleness of the primary; whatever decides a
+// credential's fate runs on the primary. Every refused credential is an error that matches
+// ErrInvalidGrant; ErrorCode gives the OAuth error code to send the client. Raw credentials are
+// Secret values, peppers Key values: neither prints, logs or marshals its content.
 //
 // Files: store.go (the types and their construction), config.go, tx.go (transactions, the
 // caller's and the store's own), refresh.go (issue and rotation), replay.go (revocation on replay),
 // token.go (reads of a presented token), code.go, state.go, family.go, cleanup.go, stats.go,
-// secret.go (secrets, peppers, digests), validate.go, convert.go (rows to the package's types),
-// errors.go and event.go.
+// replica.go (the reads a hot standby may serve, Config.ReadReplica), secret.go (secrets,
+// peppers, digests), validate.go, convert.go (rows to the package's types), errors.go and event.go.
 package repository

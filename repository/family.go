@@ -138,7 +138,8 @@ type Family struct {
 	RevokedReason    string
 }
 
-// Family returns a family by id.
+// Family returns a family by id. It always reads the primary, never Config.ReadReplica: a service
+// may decide on its revocation.
 func (a *Admin) Family(ctx context.Context, familyID string) (*Family, error) {
 	id, err := parseFamilyID(familyID)
 	if err != nil {
@@ -156,13 +157,18 @@ func (a *Admin) Family(ctx context.Context, familyID string) (*Family, error) {
 const MaxListedFamilies = 1000
 
 // ActiveFamilies lists a user's families that can still be used, newest first, at most
-// MaxListedFamilies: the rows of a "your sessions" page.
+// MaxListedFamilies: the rows of a "your sessions" page. With Config.ReadReplica it may run on the
+// replica, and then lag behind the primary by up to Config.MaxReplicaStaleness.
 func (a *Admin) ActiveFamilies(ctx context.Context, userID string) ([]Family, error) {
 	if err := validateID("user_id", userID); err != nil {
 		return nil, err
 	}
-	rows, err := a.q.FamilyListActiveByUser(ctx, a.dbtx, db.FamilyListActiveByUserParams{
-		UserID: userID, Now: a.now(), MaxRows: MaxListedFamilies,
+	var rows []db.FamilyListActiveByUserRow
+	err := a.boundedStaleRead(ctx, "list families", func(q DBTX) (err error) {
+		rows, err = a.q.FamilyListActiveByUser(ctx, q, db.FamilyListActiveByUserParams{
+			UserID: userID, Now: a.now(), MaxRows: MaxListedFamilies,
+		})
+		return err
 	})
 	if err != nil {
 		return nil, dbError("list families", err)

@@ -42,31 +42,42 @@ type TableSize struct {
 	IndexBytes int64  `json:"index_bytes"`
 }
 
-// Stats counts the rows of every table by state and reports the tables' sizes.
+// Stats counts the rows of every table by state and reports the tables' sizes. With
+// Config.ReadReplica it may run on the replica, and then lag behind the primary by up to
+// Config.MaxReplicaStaleness.
 func (a *Admin) Stats(ctx context.Context) (*Stats, error) {
+	var st *Stats
+	err := a.boundedStaleRead(ctx, "stats", func(q DBTX) (err error) {
+		st, err = a.stats(ctx, q)
+		return err
+	})
+	return st, err
+}
+
+func (a *Admin) stats(ctx context.Context, q DBTX) (*Stats, error) {
 	var st Stats
 	now := a.now()
-	f, err := a.q.StatsFamilies(ctx, a.dbtx, now)
+	f, err := a.q.StatsFamilies(ctx, q, now)
 	if err != nil {
 		return nil, dbError("stats", err)
 	}
 	st.Families.Live, st.Families.Revoked, st.Families.Expired = f.Live, f.Revoked, f.Expired
-	t, err := a.q.StatsRefreshTokens(ctx, a.dbtx, now)
+	t, err := a.q.StatsRefreshTokens(ctx, q, now)
 	if err != nil {
 		return nil, dbError("stats", err)
 	}
 	st.RefreshTokens.Live, st.RefreshTokens.Consumed, st.RefreshTokens.Revoked, st.RefreshTokens.Expired = t.Live, t.Consumed, t.Revoked, t.Expired
-	c, err := a.q.StatsAuthorizationCodes(ctx, a.dbtx, now)
+	c, err := a.q.StatsAuthorizationCodes(ctx, q, now)
 	if err != nil {
 		return nil, dbError("stats", err)
 	}
 	st.AuthorizationCodes.Pending, st.AuthorizationCodes.Consumed, st.AuthorizationCodes.Expired = c.Pending, c.Consumed, c.Expired
-	sb, err := a.q.StatsStates(ctx, a.dbtx, now)
+	sb, err := a.q.StatsStates(ctx, q, now)
 	if err != nil {
 		return nil, dbError("stats", err)
 	}
 	st.States.Pending, st.States.Expired = sb.Pending, sb.Expired
-	sizes, err := a.q.StatsTableSizes(ctx, a.dbtx)
+	sizes, err := a.q.StatsTableSizes(ctx, q)
 	if err != nil {
 		return nil, dbError("stats", err)
 	}
@@ -77,11 +88,17 @@ func (a *Admin) Stats(ctx context.Context) (*Stats, error) {
 }
 
 // CleanupBacklog counts what Cleanup with opts.Retain would delete now, without deleting anything.
+// With Config.ReadReplica it may run on the replica, and then lag behind the primary by up to
+// Config.MaxReplicaStaleness; Cleanup itself decides on the primary.
 func (a *Admin) CleanupBacklog(ctx context.Context, opts CleanupOptions) (CleanupResult, error) {
 	if err := opts.withDefaults().validate(); err != nil {
 		return CleanupResult{}, err
 	}
-	r, err := a.q.StatsCleanupBacklog(ctx, a.dbtx, db.StatsCleanupBacklogParams{Now: a.now(), Retain: opts.Retain, GraceWindow: MaxGraceWindow})
+	var r db.StatsCleanupBacklogRow
+	err := a.boundedStaleRead(ctx, "cleanup backlog", func(q DBTX) (err error) {
+		r, err = a.q.StatsCleanupBacklog(ctx, q, db.StatsCleanupBacklogParams{Now: a.now(), Retain: opts.Retain, GraceWindow: MaxGraceWindow})
+		return err
+	})
 	if err != nil {
 		return CleanupResult{}, dbError("cleanup backlog", err)
 	}
@@ -125,7 +142,9 @@ func (u PepperUse) Removable() bool {
 
 // PepperUsage answers "may I retire or remove this pepper?": for every pepper ID that anything in
 // the database still depends on, what depends on it. A pepper ID it does not list has nothing
-// left and may leave the ring. It scans the tables: an operator's question, not a hot path.
+// left and may leave the ring. It scans the tables: an operator's question, not a hot path. It
+// always reads the primary, never Config.ReadReplica: a lagging answer could miss a session or a
+// code minted under the pepper moments ago, and let the pepper leave the ring too early.
 func (a *Admin) PepperUsage(ctx context.Context) ([]PepperUse, error) {
 	rows, err := a.q.PepperUsage(ctx, a.dbtx, a.now())
 	if err != nil {

@@ -21,6 +21,7 @@ type Admin struct {
 	log      *slog.Logger
 	onEvent  func(context.Context, Event)
 	clock    func() time.Time
+	replica  *replica // Config.ReadReplica, for boundedStaleRead alone; nil without one
 }
 
 // Store mints, stores and checks credentials — refresh-token families, authorization codes and
@@ -97,7 +98,7 @@ func NewAdmin(dbtx DBTX, cfg Config) (*Admin, error) {
 }
 
 func newAdmin(dbtx DBTX, cfg Config) Admin {
-	return Admin{dbtx: dbtx, q: db.New(), log: cfg.Logger, onEvent: cfg.OnEvent, clock: cfg.Clock}
+	return Admin{dbtx: dbtx, q: db.New(), log: cfg.Logger, onEvent: cfg.OnEvent, clock: cfg.Clock, replica: newReplica(cfg)}
 }
 
 // WithDB returns an Admin that runs its statements on dbtx, the caller's transaction, which must

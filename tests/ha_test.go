@@ -739,10 +739,25 @@ func (l *haLink) close() {
 // streaming from it: directly when synchronous, otherwise through a link the test can stall.
 func startHAPair(t *testing.T, synchronous bool) (primary, standby *pgtemp.Cluster, link *haLink) {
 	t.Helper()
+	primary = startPrimary(t, "a failover test")
+	opts := pgtemp.StandbyOptions{Name: "standby", Synchronous: synchronous}
+	if !synchronous {
+		link = startLink(t, primary.SocketPath())
+		opts.Settings = map[string]string{"primary_conninfo": link.connInfo(opts.Name)}
+	}
+	return primary, startStandby(t, primary, opts), link
+}
+
+// startPrimary starts a cluster of the test's own from the server binaries, whose commits wait
+// for their WAL to be flushed, to be the primary of a standby; it is stopped when the test ends.
+// When the suite runs against another provider on a machine without the binaries, it skips the
+// test and says why; what names the test in that message.
+func startPrimary(t *testing.T, what string) *pgtemp.Cluster {
+	t.Helper()
 	primary, err := pgtemp.Start(t.Context(), pgtemp.Options{Settings: map[string]string{"synchronous_commit": "on", "max_connections": "50"}})
 	if errors.Is(err, pgtemp.ErrNoServerBinaries) && dbtest.Current().Provider != "binaries" {
-		t.Skipf("a failover test needs two PostgreSQL clusters of its own, from the server binaries, besides the suite's %q server; "+
-			"install the binaries to run it (make test-ha): %v", dbtest.Current().Provider, err)
+		t.Skipf("%s needs two PostgreSQL clusters of its own, from the server binaries, besides the suite's %q server; "+
+			"install the binaries to run it (make test-ha): %v", what, dbtest.Current().Provider, err)
 	}
 	if err != nil {
 		t.Fatal(err)
@@ -752,12 +767,13 @@ func startHAPair(t *testing.T, synchronous bool) (primary, standby *pgtemp.Clust
 			t.Errorf("stop the primary: %v", err)
 		}
 	})
-	opts := pgtemp.StandbyOptions{Name: "standby", Synchronous: synchronous}
-	if !synchronous {
-		link = startLink(t, primary.SocketPath())
-		opts.Settings = map[string]string{"primary_conninfo": link.connInfo(opts.Name)}
-	}
-	standby, err = primary.StartStandby(t.Context(), opts)
+	return primary
+}
+
+// startStandby starts a standby of primary, stopped when the test ends.
+func startStandby(t *testing.T, primary *pgtemp.Cluster, opts pgtemp.StandbyOptions) *pgtemp.Cluster {
+	t.Helper()
+	standby, err := primary.StartStandby(t.Context(), opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -766,7 +782,7 @@ func startHAPair(t *testing.T, synchronous bool) (primary, standby *pgtemp.Clust
 			t.Errorf("stop the standby: %v", err)
 		}
 	})
-	return primary, standby, link
+	return standby
 }
 
 // openHA opens the clients' pool, which follows the primary, migrates the schema through it, and
