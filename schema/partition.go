@@ -21,7 +21,8 @@ const MaxPartitions = 1024
 // schema version 5) by a digest that carries no family.
 //
 // It is the layout of a deployment, not a migration: run it once after Migrate on a database at
-// the latest version; later migrations apply to the partitioned tables. It rewrites both tables
+// the latest version; later migrations apply to the partitioned tables, but migrating down past
+// schema 5 and up again rebuilds them unpartitioned (run it again then). It rewrites both tables
 // under an exclusive lock: on a database in use, run it when a pause is acceptable.
 func PartitionByFamily(ctx context.Context, pool *pgxpool.Pool, partitions int) error {
 	if partitions < 2 || partitions > MaxPartitions {
