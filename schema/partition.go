@@ -40,7 +40,13 @@ func PartitionByFamily(ctx context.Context, pool *pgxpool.Pool, partitions int) 
 		if partitioned {
 			return errors.New("schema: oauth_family is partitioned already")
 		}
-		if _, err := tx.Exec(ctx, partitionSQL(partitions)); err != nil {
+		// The view of every token names the two tables: it is made again, as the migrations
+		// defined it, over their partitioned replacements.
+		var view string
+		if err := tx.QueryRow(ctx, `SELECT pg_get_viewdef('oauth_refresh_token'::regclass)`).Scan(&view); err != nil {
+			return fmt.Errorf("schema: read the view oauth_refresh_token: %w", err)
+		}
+		if _, err := tx.Exec(ctx, partitionSQL(partitions)+"CREATE VIEW oauth_refresh_token AS "+view); err != nil {
 			return fmt.Errorf("schema: partition by family: %w", err)
 		}
 		return nil
@@ -49,7 +55,8 @@ func PartitionByFamily(ctx context.Context, pool *pgxpool.Pool, partitions int) 
 
 // partitionSQL is the DDL PartitionByFamily runs: the two tables renamed aside, their partitioned
 // replacements created with the same columns, constraints and indexes, the rows copied, the
-// foreign keys and the view that name them made again, the old tables dropped.
+// foreign keys that name them made again, the old tables dropped. The view that names them is
+// dropped first; the caller makes it again.
 func partitionSQL(n int) string {
 	var b strings.Builder
 	b.WriteString(`SET LOCAL lock_timeout = '5s';
@@ -99,19 +106,5 @@ ALTER TABLE oauth_refresh_token_legacy ADD CONSTRAINT oauth_refresh_token_legacy
 ALTER TABLE oauth_authorization_code ADD CONSTRAINT oauth_authorization_code_family_id_fkey
     FOREIGN KEY (family_id) REFERENCES oauth_family (id) ON DELETE CASCADE;
 `)
-	b.WriteString(refreshTokenView)
 	return b.String()
 }
-
-// refreshTokenView is the view of every refresh token that migration 5 creates.
-const refreshTokenView = `CREATE VIEW oauth_refresh_token AS
-SELECT f.token_digest AS digest, f.token_pepper_id AS pepper_id, f.id AS family_id,
-    f.parent_digest, f.token_scope AS scope, coalesce(f.last_rotated_at, f.created_at) AS created_at,
-    f.idle_expires_at AS expires_at, NULL::timestamptz AS consumed_at, NULL::bytea AS successor_sealed
-FROM oauth_family f
-UNION ALL
-SELECT t.digest, t.pepper_id, t.family_id, t.parent_digest, coalesce(t.scope, f.scope), t.created_at,
-    t.expires_at, t.consumed_at, t.successor_sealed
-FROM oauth_refresh_tombstone t
-JOIN oauth_family f ON f.id = t.family_id;
-`
