@@ -25,15 +25,21 @@ import (
 func fuzzPepper(b byte) []byte { return bytes.Repeat([]byte{b}, MinPepperBytes) }
 
 // FuzzDigestPresented: token decoding never panics and accepts exactly the canonical unpadded
-// base64url encodings of 32 bytes, which re-encode to themselves; an accepted token digests, under
-// every pepper of the ring, to the HMAC-SHA-256 the package defines.
+// base64url encodings of 32 bytes (codes, states, refresh tokens minted before schema 5) or, for
+// refresh tokens, of 48 bytes (a family id and 32 bytes), which re-encode to themselves; an accepted
+// token digests, under every pepper of the ring, to the HMAC-SHA-256 the package defines.
 func FuzzDigestPresented(f *testing.F) {
 	ring := []Pepper{{ID: "k2", Secret: NewKey(fuzzPepper(2))}, {ID: DefaultPepperID, Secret: NewKey(fuzzPepper(1))}}
-	d := newDigester(ring, "refresh-token", false)
+	code, refresh := newDigester(ring, "refresh-token", false), newDigester(ring, "refresh-token", true)
 	f.Fuzz(func(t *testing.T, token string) {
-		digests, ok := d.digestPresented(token)
 		raw, err := base64.RawURLEncoding.DecodeString(token)
-		canonical := err == nil && len(raw) == 32 && base64.RawURLEncoding.EncodeToString(raw) == token
+		canonical := err == nil && base64.RawURLEncoding.EncodeToString(raw) == token
+		if _, ok := refresh.digestPresented(token); ok != (canonical && (len(raw) == 32 || len(raw) == 48)) {
+			t.Fatalf("refresh digestPresented(%q) accepted=%v, want a canonical 43- or 64-character base64url encoding of 32 or 48 bytes", token, ok)
+		}
+		d := code
+		digests, ok := d.digestPresented(token)
+		canonical = canonical && len(raw) == 32
 		if ok != canonical {
 			t.Fatalf("digestPresented(%q) accepted=%v, want %v (a canonical 43-character base64url encoding of 32 bytes)", token, ok, canonical)
 		}

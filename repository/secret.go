@@ -321,13 +321,22 @@ func newFamilyID() [familyIDBytes]byte {
 
 // decodeToken returns the bytes of a credential this package minted: tokenBytes of entropy, or
 // for a refresh token the family id followed by them. Anything else is false.
+//
+// Only the canonical encoding is accepted: the decoder skips newlines, so the length decoded must
+// be the one the string's length encodes.
 func decodeToken(token string) ([]byte, bool) {
-	if len(token) != tokenLen && len(token) != familyTokenLen {
+	var want int
+	switch len(token) {
+	case tokenLen:
+		want = tokenBytes
+	case familyTokenLen:
+		want = familyIDBytes + tokenBytes
+	default:
 		return nil, false
 	}
 	raw := make([]byte, familyIDBytes+tokenBytes)
 	n, err := tokenEncoding.Decode(raw, []byte(token))
-	if err != nil || (n != tokenBytes && n != familyIDBytes+tokenBytes) {
+	if err != nil || n != want {
 		return nil, false
 	}
 	return raw[:n], true
