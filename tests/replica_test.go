@@ -505,6 +505,9 @@ func startReplicaPairWith(t *testing.T, standby pgtemp.StandbyOptions, maxStalen
 	}
 	standby.Name = "replica"
 	p.standby = startStandby(t, p.primary, standby)
+	// Without pg_basebackup (the server binaries of the npm registry) the standby is made from a
+	// copy of the primary stopped for it: the connections the pool opened before are gone.
+	p.primaryPool.Reset()
 	p.tracer = &replicaTracer{}
 	replicaPool := openReplicaTestPool(t, p.standby, "", p.tracer)
 	p.standbyPool = openReplicaTestPool(t, p.standby, "", nil)
