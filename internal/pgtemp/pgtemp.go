@@ -427,8 +427,7 @@ func searchableByOthers(dir string) bool {
 }
 
 func (c *Cluster) initdb(ctx context.Context, cred *syscall.Credential) error {
-	path := filepath.Join(c.binDir, "initdb")
-	cmd := exec.CommandContext(ctx, path,
+	err := c.runTool(ctx, cred, filepath.Join(c.binDir, "initdb"),
 		"-D", c.dataDir,
 		"-U", SuperUser,
 		"--auth=trust",
@@ -436,24 +435,33 @@ func (c *Cluster) initdb(ctx context.Context, cred *syscall.Credential) error {
 		"--locale=C",
 		"--no-sync", // the cluster is throwaway; syncing makes initdb several times slower
 	)
-	cmd.Dir = c.dir // the server user may not be able to access our working directory
+	if err != nil {
+		// A killed initdb leaves its single-user backend's segment behind.
+		removeSharedMemory(c.dataDir)
+	}
+	return err
+}
+
+// runTool runs one of the server's command-line tools (initdb, pg_basebackup) as the server's
+// user, in the cluster's directory (the server user may not be able to access our working
+// directory), to its end, and returns a *CommandError with its output if it failed. Cancelling
+// ctx kills its whole process group, so that nothing it started (initdb runs postgres in
+// single-user mode as a child) outlives it.
+func (c *Cluster) runTool(ctx context.Context, cred *syscall.Credential, path string, args ...string) error {
+	cmd := exec.CommandContext(ctx, path, args...)
+	cmd.Dir = c.dir
 	cmd.SysProcAttr = sysProcAttr(cred)
 	var out bytes.Buffer
 	cmd.Stdout = &out
 	cmd.Stderr = &out
-	// initdb runs postgres in single-user mode as a child; kill the whole
-	// process group so nothing outlives a cancelled Start.
 	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
 	cmd.WaitDelay = time.Second
-
 	p, err := startProcess(cmd)
 	if err != nil {
 		return &CommandError{Path: path, Err: err}
 	}
 	<-p.done
 	if p.err != nil {
-		// A killed initdb leaves its single-user backend's segment behind.
-		removeSharedMemory(c.dataDir)
 		if ctx.Err() != nil {
 			return &CommandError{Path: path, Err: context.Cause(ctx), Output: out.String()}
 		}

@@ -1,7 +1,6 @@
 package pgtemp
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -9,7 +8,6 @@ import (
 	"io/fs"
 	"maps"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -250,26 +248,7 @@ func (c *Cluster) baseBackup(ctx context.Context, path string, primary *Cluster,
 	if c.settings["fsync"] == "off" {
 		args = append(args, "--no-sync") // as initdb: the standby does not sync either
 	}
-	cmd := exec.CommandContext(ctx, path, args...)
-	cmd.Dir = c.dir
-	cmd.SysProcAttr = sysProcAttr(c.cred)
-	var out bytes.Buffer
-	cmd.Stdout = &out
-	cmd.Stderr = &out
-	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
-	cmd.WaitDelay = time.Second
-	p, err := startProcess(cmd)
-	if err != nil {
-		return &CommandError{Path: path, Err: err}
-	}
-	<-p.done
-	if p.err != nil {
-		if ctx.Err() != nil {
-			return &CommandError{Path: path, Err: context.Cause(ctx), Output: out.String()}
-		}
-		return &CommandError{Path: path, Err: p.err, Output: out.String()}
-	}
-	return nil
+	return c.runTool(ctx, c.cred, path, args...)
 }
 
 // copyWhileStopped shuts the server down (fast shutdown, which ends with a checkpoint), copies its
