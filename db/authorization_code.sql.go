@@ -14,7 +14,8 @@ import (
 
 const authorizationCodeCreate = `-- name: AuthorizationCodeCreate :one
 INSERT INTO oauth_authorization_code (digest, pepper_id, client_id, user_id, redirect_uri, scope,
-    code_challenge, code_challenge_method, nonce, resources, dpop_jkt, session, created_at, expires_at)
+    code_challenge, code_challenge_method, nonce, resources, dpop_jkt, session, created_at, expires_at,
+    auth_time, acr, amr, session_id, user_agent, ip, label)
 VALUES (
     $1::bytea,
     $2::text,
@@ -29,7 +30,14 @@ VALUES (
     $11::text,
     $12::text,
     coalesce($13::timestamptz, statement_timestamp()),
-    coalesce($13::timestamptz, statement_timestamp()) + $14::interval
+    coalesce($13::timestamptz, statement_timestamp()) + $14::interval,
+    $15::timestamptz,
+    $16::text,
+    $17::text[],
+    $18::text,
+    $19::text,
+    $20::text,
+    $21::text
 )
 RETURNING expires_at
 `
@@ -49,6 +57,13 @@ type AuthorizationCodeCreateParams struct {
 	Session             string
 	Now                 *time.Time
 	TTL                 time.Duration
+	AuthTime            *time.Time
+	ACR                 *string
+	AMR                 []string
+	SessionID           *string
+	UserAgent           *string
+	IP                  *string
+	Label               *string
 }
 
 func (q *Queries) AuthorizationCodeCreate(ctx context.Context, db DBTX, arg AuthorizationCodeCreateParams) (time.Time, error) {
@@ -67,6 +82,13 @@ func (q *Queries) AuthorizationCodeCreate(ctx context.Context, db DBTX, arg Auth
 		arg.Session,
 		arg.Now,
 		arg.TTL,
+		arg.AuthTime,
+		arg.ACR,
+		arg.AMR,
+		arg.SessionID,
+		arg.UserAgent,
+		arg.IP,
+		arg.Label,
 	)
 	var expires_at time.Time
 	err := row.Scan(&expires_at)
@@ -140,70 +162,132 @@ func (q *Queries) AuthorizationCodeEndPending(ctx context.Context, db DBTX, arg 
 const authorizationCodeExchange = `-- name: AuthorizationCodeExchange :one
 WITH code AS (
     UPDATE oauth_authorization_code c
-    SET consumed_at = coalesce($5::timestamptz, statement_timestamp()),
-        family_id = $6::uuid
-    WHERE c.digest = $7::bytea
+    SET consumed_at = coalesce($1::timestamptz, statement_timestamp()),
+        family_id = $2::uuid
+    WHERE c.digest = $3::bytea
       AND c.consumed_at IS NULL
-      AND c.expires_at > coalesce($5::timestamptz, statement_timestamp())
-      AND c.client_id = $8::text
-      AND c.redirect_uri = $9::text
-    RETURNING c.family_id, c.client_id, c.user_id, c.scope
+      AND c.expires_at > coalesce($1::timestamptz, statement_timestamp())
+      AND c.client_id = $4::text
+      AND c.redirect_uri = $5::text
+      AND ($6::text[] IS NULL OR cardinality(c.resources) = 0
+          OR $6::text[] <@ c.resources)
+    RETURNING c.family_id, c.client_id, c.user_id, c.scope, c.resources, c.auth_time, c.acr, c.amr,
+        c.session_id, c.user_agent, c.ip, c.label
 ),
 clock AS (
-    SELECT n.now, least(n.now + $10::interval, n.now + $1::interval) AS idle_expires_at
-    FROM (SELECT coalesce($5::timestamptz, statement_timestamp()) AS now) n
+    SELECT n.now, least(n.now + $7::interval, n.now + $8::interval) AS idle_expires_at,
+        least(n.now + $9::interval, n.now + $8::interval) AS access_expires_at
+    FROM (SELECT coalesce($1::timestamptz, statement_timestamp()) AS now) n
+),
+family AS (
+    INSERT INTO oauth_family (id, client_id, user_id, scope, created_at, expires_at, sender_thumbprint,
+        idle_expires_at, token_digest, token_pepper_id, token_scope, auth_time, acr, amr, audience,
+        session_id, user_agent, ip, label, access_expires_at)
+    SELECT c.family_id, c.client_id, c.user_id, c.scope, k.now, k.now + $8::interval,
+        $10::text, k.idle_expires_at,
+        $11::bytea, $12::text, c.scope, c.auth_time, c.acr, c.amr,
+        c.resources, c.session_id, c.user_agent, c.ip, c.label,
+        CASE WHEN $13::bytea IS NOT NULL THEN k.access_expires_at END
+    FROM code c
+    CROSS JOIN clock k
+    RETURNING id, client_id, user_id, token_scope, audience, sender_thumbprint, created_at,
+        expires_at, idle_expires_at, access_expires_at, auth_time, acr, amr, session_id, user_agent,
+        ip, label
+),
+access AS (
+    INSERT INTO oauth_access_token (family_id, key, jwt, standalone, pepper_id, client_id, subject,
+        scope, audience, token_type, sender_thumbprint, issued_at, expires_at)
+    SELECT f.id, $13::bytea, $14::boolean, false, $15::text,
+        f.client_id, f.user_id, f.token_scope, coalesce($6::text[], f.audience),
+        $16::text, f.sender_thumbprint, f.created_at, f.access_expires_at
+    FROM family f
+    WHERE $13::bytea IS NOT NULL
 )
-INSERT INTO oauth_family (id, client_id, user_id, scope, created_at, expires_at, sender_thumbprint,
-    idle_expires_at, token_digest, token_pepper_id, token_scope)
-SELECT c.family_id, c.client_id, c.user_id, c.scope, k.now, k.now + $1::interval,
-    $2::text, k.idle_expires_at,
-    $3::bytea, $4::text, c.scope
-FROM code c
-CROSS JOIN clock k
-RETURNING id AS family_id, expires_at AS family_expires_at, idle_expires_at AS expires_at
+SELECT f.id AS family_id, f.expires_at AS family_expires_at, f.idle_expires_at AS expires_at,
+    f.created_at, f.access_expires_at, f.audience, f.auth_time, f.acr, f.amr, f.session_id,
+    f.user_agent, f.ip, f.label
+FROM family f
 `
 
 type AuthorizationCodeExchangeParams struct {
-	Lifetime         *time.Duration
-	SenderThumbprint *string
-	RefreshDigest    []byte
-	RefreshPepperID  string
 	Now              *time.Time
 	FamilyID         pgtype.UUID
 	Digest           []byte
 	ClientID         string
 	RedirectURI      string
+	AccessAudience   []string
 	TTL              time.Duration
+	Lifetime         *time.Duration
+	AccessTTL        *time.Duration
+	SenderThumbprint *string
+	RefreshDigest    []byte
+	RefreshPepperID  string
+	AccessKey        []byte
+	AccessJWT        bool
+	AccessPepperID   *string
+	AccessTokenType  string
 }
 
 type AuthorizationCodeExchangeRow struct {
 	FamilyID        pgtype.UUID
 	FamilyExpiresAt *time.Time
 	ExpiresAt       time.Time
+	CreatedAt       time.Time
+	AccessExpiresAt *time.Time
+	Audience        []string
+	AuthTime        *time.Time
+	ACR             *string
+	AMR             []string
+	SessionID       *string
+	UserAgent       *string
+	IP              *string
+	Label           *string
 }
 
 // AuthorizationCodeExchange consumes a code and creates the family of its grant with the first
-// refresh token, recording the family on the code, all in one statement: either all of it
-// happens or none of it. The code's row lock makes concurrent exchanges of one code wait here and
-// then find it consumed, so exactly one succeeds. The caller has verified PKCE against the stored
-// challenge; client, redirect URI and expiry are checked again here, atomically with the consume.
-// The caller passes the digest under which AuthorizationCodeGet found the code. Returns no row when
-// the code is unknown, consumed, expired or not the client's.
+// refresh token, and the first access token when access_key is given, recording the family on the
+// code, all in one statement: either all of it happens or none of it. The family takes the claims
+// the authorization request carried, and the code's resources as its audience. The code's row lock
+// makes concurrent exchanges of one code wait here and then find it consumed, so exactly one
+// succeeds. The caller has verified PKCE against the stored challenge; client, redirect URI and
+// expiry are checked again here, atomically with the consume. The caller passes the digest under
+// which AuthorizationCodeGet found the code. Returns no row when the code is unknown, consumed,
+// expired or not the client's.
 func (q *Queries) AuthorizationCodeExchange(ctx context.Context, db DBTX, arg AuthorizationCodeExchangeParams) (AuthorizationCodeExchangeRow, error) {
 	row := db.QueryRow(ctx, authorizationCodeExchange,
-		arg.Lifetime,
-		arg.SenderThumbprint,
-		arg.RefreshDigest,
-		arg.RefreshPepperID,
 		arg.Now,
 		arg.FamilyID,
 		arg.Digest,
 		arg.ClientID,
 		arg.RedirectURI,
+		arg.AccessAudience,
 		arg.TTL,
+		arg.Lifetime,
+		arg.AccessTTL,
+		arg.SenderThumbprint,
+		arg.RefreshDigest,
+		arg.RefreshPepperID,
+		arg.AccessKey,
+		arg.AccessJWT,
+		arg.AccessPepperID,
+		arg.AccessTokenType,
 	)
 	var i AuthorizationCodeExchangeRow
-	err := row.Scan(&i.FamilyID, &i.FamilyExpiresAt, &i.ExpiresAt)
+	err := row.Scan(
+		&i.FamilyID,
+		&i.FamilyExpiresAt,
+		&i.ExpiresAt,
+		&i.CreatedAt,
+		&i.AccessExpiresAt,
+		&i.Audience,
+		&i.AuthTime,
+		&i.ACR,
+		&i.AMR,
+		&i.SessionID,
+		&i.UserAgent,
+		&i.IP,
+		&i.Label,
+	)
 	return i, err
 }
 

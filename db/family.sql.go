@@ -13,29 +13,64 @@ import (
 )
 
 const familyCreate = `-- name: FamilyCreate :one
-INSERT INTO oauth_family (id, client_id, user_id, scope, created_at, expires_at, sender_thumbprint,
-    idle_expires_at, token_digest, token_pepper_id, token_scope)
-SELECT $1::uuid, $2::text, $3::text, $4::text[], c.now, c.now + $5::interval,
-    $6::text, c.idle_expires_at,
-    $7::bytea, $8::text, $4::text[]
-FROM (
-    SELECT n.now, least(n.now + $9::interval, n.now + $5::interval) AS idle_expires_at
-    FROM (SELECT coalesce($10::timestamptz, statement_timestamp()) AS now) n
-) c
-RETURNING id, created_at, expires_at AS family_expires_at, idle_expires_at AS expires_at
+WITH clock AS (
+    SELECT n.now, least(n.now + $1::interval, n.now + $2::interval) AS idle_expires_at,
+        least(n.now + $3::interval, n.now + $2::interval) AS access_expires_at
+    FROM (SELECT coalesce($4::timestamptz, statement_timestamp()) AS now) n
+),
+family AS (
+    INSERT INTO oauth_family (id, client_id, user_id, scope, created_at, expires_at, sender_thumbprint,
+        idle_expires_at, token_digest, token_pepper_id, token_scope, auth_time, acr, amr, audience,
+        session_id, user_agent, ip, label, access_expires_at)
+    SELECT $5::uuid, $6::text, $7::text, $8::text[], c.now, c.now + $2::interval,
+        $9::text, c.idle_expires_at,
+        $10::bytea, $11::text, $8::text[], $12::timestamptz,
+        $13::text, $14::text[], $15::text[], $16::text,
+        $17::text, $18::text, $19::text,
+        CASE WHEN $20::bytea IS NOT NULL THEN c.access_expires_at END
+    FROM clock c
+    RETURNING id, client_id, user_id, token_scope, audience, sender_thumbprint, created_at,
+        expires_at, idle_expires_at, access_expires_at
+),
+access AS (
+    INSERT INTO oauth_access_token (family_id, key, jwt, standalone, pepper_id, client_id, subject,
+        scope, audience, token_type, sender_thumbprint, issued_at, expires_at)
+    SELECT f.id, $20::bytea, $21::boolean, false, $22::text,
+        f.client_id, f.user_id, f.token_scope, coalesce($23::text[], f.audience),
+        $24::text, f.sender_thumbprint, f.created_at, f.access_expires_at
+    FROM family f
+    WHERE $20::bytea IS NOT NULL
+)
+SELECT f.id, f.created_at, f.expires_at AS family_expires_at, f.idle_expires_at AS expires_at,
+    f.access_expires_at
+FROM family f
 `
 
 type FamilyCreateParams struct {
+	TTL              time.Duration
+	Lifetime         *time.Duration
+	AccessTTL        *time.Duration
+	Now              *time.Time
 	ID               pgtype.UUID
 	ClientID         string
 	UserID           string
 	Scope            []string
-	Lifetime         *time.Duration
 	SenderThumbprint *string
 	Digest           []byte
 	PepperID         string
-	TTL              time.Duration
-	Now              *time.Time
+	AuthTime         *time.Time
+	ACR              *string
+	AMR              []string
+	Audience         []string
+	SessionID        *string
+	UserAgent        *string
+	IP               *string
+	Label            *string
+	AccessKey        []byte
+	AccessJWT        bool
+	AccessPepperID   *string
+	AccessAudience   []string
+	AccessTokenType  string
 }
 
 type FamilyCreateRow struct {
@@ -43,23 +78,39 @@ type FamilyCreateRow struct {
 	CreatedAt       time.Time
 	FamilyExpiresAt *time.Time
 	ExpiresAt       time.Time
+	AccessExpiresAt *time.Time
 }
 
-// FamilyCreate starts a grant: a new family with its first refresh token, in one row. The id is
-// chosen by the caller, because the token carries it. The token's idle lifetime never reaches past
-// the family's absolute lifetime.
+// FamilyCreate starts a grant: a new family with its first refresh token, in one row, and its
+// first access token when access_key is given. The id is chosen by the caller, because the tokens
+// carry it. The token's idle lifetime never reaches past the family's absolute lifetime, and
+// neither does the access token's.
 func (q *Queries) FamilyCreate(ctx context.Context, db DBTX, arg FamilyCreateParams) (FamilyCreateRow, error) {
 	row := db.QueryRow(ctx, familyCreate,
+		arg.TTL,
+		arg.Lifetime,
+		arg.AccessTTL,
+		arg.Now,
 		arg.ID,
 		arg.ClientID,
 		arg.UserID,
 		arg.Scope,
-		arg.Lifetime,
 		arg.SenderThumbprint,
 		arg.Digest,
 		arg.PepperID,
-		arg.TTL,
-		arg.Now,
+		arg.AuthTime,
+		arg.ACR,
+		arg.AMR,
+		arg.Audience,
+		arg.SessionID,
+		arg.UserAgent,
+		arg.IP,
+		arg.Label,
+		arg.AccessKey,
+		arg.AccessJWT,
+		arg.AccessPepperID,
+		arg.AccessAudience,
+		arg.AccessTokenType,
 	)
 	var i FamilyCreateRow
 	err := row.Scan(
@@ -67,6 +118,7 @@ func (q *Queries) FamilyCreate(ctx context.Context, db DBTX, arg FamilyCreatePar
 		&i.CreatedAt,
 		&i.FamilyExpiresAt,
 		&i.ExpiresAt,
+		&i.AccessExpiresAt,
 	)
 	return i, err
 }
@@ -171,7 +223,7 @@ func (q *Queries) FamilyDeleteExpired(ctx context.Context, db DBTX, arg FamilyDe
 }
 
 const familyGet = `-- name: FamilyGet :one
-SELECT f.id, f.client_id, f.user_id, f.scope, f.created_at, f.expires_at, f.sender_thumbprint, f.revoked_at, f.revoked_reason, f.token_pepper_id, f.token_scope, f.sweep_day, f.parent_reuses, f.rotation_count, f.last_rotated_at, f.idle_expires_at, f.token_digest, f.parent_digest
+SELECT f.id, f.client_id, f.user_id, f.scope, f.created_at, f.expires_at, f.sender_thumbprint, f.revoked_at, f.revoked_reason, f.token_pepper_id, f.token_scope, f.sweep_day, f.parent_reuses, f.rotation_count, f.last_rotated_at, f.idle_expires_at, f.token_digest, f.parent_digest, f.auth_time, f.acr, f.amr, f.audience, f.session_id, f.user_agent, f.ip, f.label, f.access_expires_at
 FROM oauth_family f
 WHERE f.id = $1::uuid
 `
@@ -202,12 +254,21 @@ func (q *Queries) FamilyGet(ctx context.Context, db DBTX, id pgtype.UUID) (Famil
 		&i.OauthFamily.IdleExpiresAt,
 		&i.OauthFamily.TokenDigest,
 		&i.OauthFamily.ParentDigest,
+		&i.OauthFamily.AuthTime,
+		&i.OauthFamily.ACR,
+		&i.OauthFamily.AMR,
+		&i.OauthFamily.Audience,
+		&i.OauthFamily.SessionID,
+		&i.OauthFamily.UserAgent,
+		&i.OauthFamily.IP,
+		&i.OauthFamily.Label,
+		&i.OauthFamily.AccessExpiresAt,
 	)
 	return i, err
 }
 
 const familyListActiveByUser = `-- name: FamilyListActiveByUser :many
-SELECT f.id, f.client_id, f.user_id, f.scope, f.created_at, f.expires_at, f.sender_thumbprint, f.revoked_at, f.revoked_reason, f.token_pepper_id, f.token_scope, f.sweep_day, f.parent_reuses, f.rotation_count, f.last_rotated_at, f.idle_expires_at, f.token_digest, f.parent_digest
+SELECT f.id, f.client_id, f.user_id, f.scope, f.created_at, f.expires_at, f.sender_thumbprint, f.revoked_at, f.revoked_reason, f.token_pepper_id, f.token_scope, f.sweep_day, f.parent_reuses, f.rotation_count, f.last_rotated_at, f.idle_expires_at, f.token_digest, f.parent_digest, f.auth_time, f.acr, f.amr, f.audience, f.session_id, f.user_agent, f.ip, f.label, f.access_expires_at
 FROM oauth_family f
 WHERE f.user_id = $1::text
   AND f.revoked_at IS NULL
@@ -256,6 +317,15 @@ func (q *Queries) FamilyListActiveByUser(ctx context.Context, db DBTX, arg Famil
 			&i.OauthFamily.IdleExpiresAt,
 			&i.OauthFamily.TokenDigest,
 			&i.OauthFamily.ParentDigest,
+			&i.OauthFamily.AuthTime,
+			&i.OauthFamily.ACR,
+			&i.OauthFamily.AMR,
+			&i.OauthFamily.Audience,
+			&i.OauthFamily.SessionID,
+			&i.OauthFamily.UserAgent,
+			&i.OauthFamily.IP,
+			&i.OauthFamily.Label,
+			&i.OauthFamily.AccessExpiresAt,
 		); err != nil {
 			return nil, err
 		}
@@ -296,7 +366,7 @@ WITH durable AS MATERIALIZED (
             ELSE current_setting('synchronous_commit') END, true) AS level
 ),
 family AS MATERIALIZED (
-    SELECT f.id, f.client_id, f.user_id, f.revoked_at
+    SELECT f.id, f.client_id, f.user_id, f.session_id, f.revoked_at
     FROM oauth_family f
     CROSS JOIN durable
     WHERE f.id = $1::uuid
@@ -310,9 +380,15 @@ revoked AS (
     WHERE f.id = $1::uuid
       AND f.id = locked.id
       AND locked.revoked_at IS NULL
-    RETURNING f.id
+    RETURNING f.id, f.access_expires_at
+),
+feed AS (
+    INSERT INTO oauth_revocation (family_id, revoked_at, expires_at)
+    SELECT r.id, coalesce($2::timestamptz, statement_timestamp()), r.access_expires_at
+    FROM revoked r
+    WHERE r.access_expires_at > coalesce($2::timestamptz, statement_timestamp())
 )
-SELECT f.id, f.client_id, f.user_id, EXISTS (SELECT 1 FROM revoked) AS revoked_now
+SELECT f.id, f.client_id, f.user_id, f.session_id, EXISTS (SELECT 1 FROM revoked) AS revoked_now
 FROM family f
 `
 
@@ -326,12 +402,14 @@ type FamilyRevokeRow struct {
 	ID         pgtype.UUID
 	ClientID   string
 	UserID     string
+	SessionID  *string
 	RevokedNow bool
 }
 
 // FamilyRevoke marks a family revoked. The row lock orders it against rotations of the same family
 // (I3); a family that is already revoked keeps its first reason. Returns no row when there is no
 // such family.
+// Announced in the revocation feed while an access token of the family may still be used.
 func (q *Queries) FamilyRevoke(ctx context.Context, db DBTX, arg FamilyRevokeParams) (FamilyRevokeRow, error) {
 	row := db.QueryRow(ctx, familyRevoke, arg.ID, arg.Now, arg.Reason)
 	var i FamilyRevokeRow
@@ -339,6 +417,7 @@ func (q *Queries) FamilyRevoke(ctx context.Context, db DBTX, arg FamilyRevokePar
 		&i.ID,
 		&i.ClientID,
 		&i.UserID,
+		&i.SessionID,
 		&i.RevokedNow,
 	)
 	return i, err
@@ -355,42 +434,55 @@ batch AS MATERIALIZED (
     SELECT f.id
     FROM oauth_family f
     CROSS JOIN durable
-    WHERE f.client_id = $3::text
+    WHERE f.client_id = $1::text
       AND f.revoked_at IS NULL
     ORDER BY f.id
-    LIMIT $4::integer
+    LIMIT $2::integer
     FOR NO KEY UPDATE OF f
+),
+revoked AS (
+    UPDATE oauth_family f
+    SET revoked_at = coalesce($3::timestamptz, statement_timestamp()),
+        revoked_reason = $4::text
+    FROM batch b
+    WHERE f.id = b.id
+    RETURNING f.id, f.client_id, f.user_id, f.session_id, f.access_expires_at
+),
+feed AS (
+    INSERT INTO oauth_revocation (family_id, revoked_at, expires_at)
+    SELECT r.id, coalesce($3::timestamptz, statement_timestamp()), r.access_expires_at
+    FROM revoked r
+    WHERE r.access_expires_at > coalesce($3::timestamptz, statement_timestamp())
+    ORDER BY r.id
 )
-UPDATE oauth_family f
-SET revoked_at = coalesce($1::timestamptz, statement_timestamp()),
-    revoked_reason = $2::text
-FROM batch b
-WHERE f.id = b.id
-RETURNING f.id, f.client_id, f.user_id
+SELECT r.id, r.client_id, r.user_id, r.session_id
+FROM revoked r
 `
 
 type FamilyRevokeByClientParams struct {
-	Now       *time.Time
-	Reason    string
 	ClientID  string
 	BatchSize int32
+	Now       *time.Time
+	Reason    string
 }
 
 type FamilyRevokeByClientRow struct {
-	ID       pgtype.UUID
-	ClientID string
-	UserID   string
+	ID        pgtype.UUID
+	ClientID  string
+	UserID    string
+	SessionID *string
 }
 
 // FamilyRevokeByClient revokes one batch of a client's live families and returns them; callers
 // repeat it until a batch comes back short, so that no statement holds many row locks for long.
 // Rows are locked in id order, so that two bulk revocations over the same families never deadlock.
+// Announced in the revocation feed while an access token of the family may still be used.
 func (q *Queries) FamilyRevokeByClient(ctx context.Context, db DBTX, arg FamilyRevokeByClientParams) ([]FamilyRevokeByClientRow, error) {
 	rows, err := db.Query(ctx, familyRevokeByClient,
-		arg.Now,
-		arg.Reason,
 		arg.ClientID,
 		arg.BatchSize,
+		arg.Now,
+		arg.Reason,
 	)
 	if err != nil {
 		return nil, err
@@ -399,7 +491,12 @@ func (q *Queries) FamilyRevokeByClient(ctx context.Context, db DBTX, arg FamilyR
 	var items []FamilyRevokeByClientRow
 	for rows.Next() {
 		var i FamilyRevokeByClientRow
-		if err := rows.Scan(&i.ID, &i.ClientID, &i.UserID); err != nil {
+		if err := rows.Scan(
+			&i.ID,
+			&i.ClientID,
+			&i.UserID,
+			&i.SessionID,
+		); err != nil {
 			return nil, err
 		}
 		items = append(items, i)
@@ -421,44 +518,57 @@ batch AS MATERIALIZED (
     SELECT f.id
     FROM oauth_family f
     CROSS JOIN durable
-    WHERE f.user_id = $3::text
-      AND f.client_id = coalesce($4::text, f.client_id)
+    WHERE f.user_id = $1::text
+      AND f.client_id = coalesce($2::text, f.client_id)
       AND f.revoked_at IS NULL
     ORDER BY f.id
-    LIMIT $5::integer
+    LIMIT $3::integer
     FOR NO KEY UPDATE OF f
+),
+revoked AS (
+    UPDATE oauth_family f
+    SET revoked_at = coalesce($4::timestamptz, statement_timestamp()),
+        revoked_reason = $5::text
+    FROM batch b
+    WHERE f.id = b.id
+    RETURNING f.id, f.client_id, f.user_id, f.session_id, f.access_expires_at
+),
+feed AS (
+    INSERT INTO oauth_revocation (family_id, revoked_at, expires_at)
+    SELECT r.id, coalesce($4::timestamptz, statement_timestamp()), r.access_expires_at
+    FROM revoked r
+    WHERE r.access_expires_at > coalesce($4::timestamptz, statement_timestamp())
+    ORDER BY r.id
 )
-UPDATE oauth_family f
-SET revoked_at = coalesce($1::timestamptz, statement_timestamp()),
-    revoked_reason = $2::text
-FROM batch b
-WHERE f.id = b.id
-RETURNING f.id, f.client_id, f.user_id
+SELECT r.id, r.client_id, r.user_id, r.session_id
+FROM revoked r
 `
 
 type FamilyRevokeByUserParams struct {
-	Now       *time.Time
-	Reason    string
 	UserID    string
 	ClientID  *string
 	BatchSize int32
+	Now       *time.Time
+	Reason    string
 }
 
 type FamilyRevokeByUserRow struct {
-	ID       pgtype.UUID
-	ClientID string
-	UserID   string
+	ID        pgtype.UUID
+	ClientID  string
+	UserID    string
+	SessionID *string
 }
 
 // FamilyRevokeByUser revokes one batch of a user's live families, at every client or at one, and
 // returns them; callers repeat it until a batch comes back short. Rows are locked in id order.
+// Announced in the revocation feed while an access token of the family may still be used.
 func (q *Queries) FamilyRevokeByUser(ctx context.Context, db DBTX, arg FamilyRevokeByUserParams) ([]FamilyRevokeByUserRow, error) {
 	rows, err := db.Query(ctx, familyRevokeByUser,
-		arg.Now,
-		arg.Reason,
 		arg.UserID,
 		arg.ClientID,
 		arg.BatchSize,
+		arg.Now,
+		arg.Reason,
 	)
 	if err != nil {
 		return nil, err
@@ -467,7 +577,12 @@ func (q *Queries) FamilyRevokeByUser(ctx context.Context, db DBTX, arg FamilyRev
 	var items []FamilyRevokeByUserRow
 	for rows.Next() {
 		var i FamilyRevokeByUserRow
-		if err := rows.Scan(&i.ID, &i.ClientID, &i.UserID); err != nil {
+		if err := rows.Scan(
+			&i.ID,
+			&i.ClientID,
+			&i.UserID,
+			&i.SessionID,
+		); err != nil {
 			return nil, err
 		}
 		items = append(items, i)

@@ -10,6 +10,23 @@ import (
 	"github.com/jackc/pgx/v5/pgtype"
 )
 
+type OauthAccessToken struct {
+	FamilyID         pgtype.UUID
+	Key              []byte
+	JWT              bool
+	Standalone       bool
+	PepperID         *string
+	ClientID         string
+	Subject          string
+	Scope            []string
+	Audience         []string
+	TokenType        string
+	SenderThumbprint *string
+	IssuedAt         time.Time
+	ExpiresAt        time.Time
+	RevokedAt        *time.Time
+}
+
 type OauthAuthorizationCode struct {
 	Digest              []byte
 	PepperID            string
@@ -27,6 +44,13 @@ type OauthAuthorizationCode struct {
 	ExpiresAt           time.Time
 	ConsumedAt          *time.Time
 	FamilyID            pgtype.UUID
+	AuthTime            *time.Time
+	ACR                 *string
+	AMR                 []string
+	SessionID           *string
+	UserAgent           *string
+	IP                  *string
+	Label               *string
 }
 
 type OauthFamily struct {
@@ -48,6 +72,15 @@ type OauthFamily struct {
 	IdleExpiresAt    time.Time
 	TokenDigest      []byte
 	ParentDigest     []byte
+	AuthTime         *time.Time
+	ACR              *string
+	AMR              []string
+	Audience         []string
+	SessionID        *string
+	UserAgent        *string
+	IP               *string
+	Label            *string
+	AccessExpiresAt  *time.Time
 }
 
 type OauthRefreshToken struct {
@@ -77,6 +110,15 @@ type OauthRefreshTombstone struct {
 	ExpiresAt       time.Time
 	ConsumedAt      time.Time
 	SuccessorSealed []byte
+}
+
+type OauthRevocation struct {
+	XID       int64
+	Seq       int64
+	FamilyID  pgtype.UUID
+	JTI       *string
+	RevokedAt time.Time
+	ExpiresAt time.Time
 }
 
 type OauthState struct {

@@ -55,6 +55,8 @@ SELECT f.id AS family_id, f.client_id, f.user_id, f.scope AS granted_scope,
     t.successor_sealed,
     f.token_digest AS live_digest, f.token_pepper_id AS live_pepper_id, f.token_scope AS live_scope,
     f.idle_expires_at AS live_expires_at, f.parent_digest AS live_parent_digest, f.parent_reuses,
+    f.audience, f.auth_time, f.acr, f.amr, f.session_id, f.user_agent, f.ip, f.label,
+    f.created_at AS family_created_at, f.last_rotated_at,
     coalesce(t.expires_at, f.idle_expires_at) <= coalesce($1::timestamptz, statement_timestamp()) AS expired,
     coalesce($1::timestamptz, statement_timestamp())::timestamptz AS now
 FROM oauth_family f
@@ -92,6 +94,16 @@ type RefreshTokenGetRow struct {
 	LiveExpiresAt    time.Time
 	LiveParentDigest []byte
 	ParentReuses     int32
+	Audience         []string
+	AuthTime         *time.Time
+	ACR              *string
+	AMR              []string
+	SessionID        *string
+	UserAgent        *string
+	IP               *string
+	Label            *string
+	FamilyCreatedAt  time.Time
+	LastRotatedAt    *time.Time
 	Expired          bool
 	Now              time.Time
 }
@@ -127,6 +139,16 @@ func (q *Queries) RefreshTokenGet(ctx context.Context, db DBTX, arg RefreshToken
 		&i.LiveExpiresAt,
 		&i.LiveParentDigest,
 		&i.ParentReuses,
+		&i.Audience,
+		&i.AuthTime,
+		&i.ACR,
+		&i.AMR,
+		&i.SessionID,
+		&i.UserAgent,
+		&i.IP,
+		&i.Label,
+		&i.FamilyCreatedAt,
+		&i.LastRotatedAt,
 		&i.Expired,
 		&i.Now,
 	)
@@ -159,7 +181,8 @@ rotated AS (
     WHERE f.id = $1::uuid
       AND f.id = l.id
     RETURNING f.id, f.client_id, f.user_id, f.expires_at AS family_expires_at, f.token_scope,
-        f.idle_expires_at
+        f.idle_expires_at, f.audience, f.auth_time, f.acr, f.amr, f.session_id, f.user_agent, f.ip,
+        f.label, f.created_at, f.last_rotated_at
 ),
 replaced AS (
     INSERT INTO oauth_refresh_tombstone (family_id, digest, pepper_id, parent_digest, scope,
@@ -178,7 +201,8 @@ resealed AS (
       AND t.digest = l.parent_digest
 )
 SELECT r.id AS family_id, r.client_id, r.user_id, r.family_expires_at, r.token_scope AS scope,
-    r.idle_expires_at AS expires_at
+    r.idle_expires_at AS expires_at, r.audience, r.auth_time, r.acr, r.amr, r.session_id,
+    r.user_agent, r.ip, r.label, r.created_at, r.last_rotated_at
 FROM rotated r
 `
 
@@ -200,6 +224,16 @@ type RefreshTokenGraceReplaceRow struct {
 	FamilyExpiresAt *time.Time
 	Scope           []string
 	ExpiresAt       time.Time
+	Audience        []string
+	AuthTime        *time.Time
+	ACR             *string
+	AMR             []string
+	SessionID       *string
+	UserAgent       *string
+	IP              *string
+	Label           *string
+	CreatedAt       time.Time
+	LastRotatedAt   *time.Time
 }
 
 // RefreshTokenGraceReplace replaces the family's unused live token with a new one under the same
@@ -227,6 +261,16 @@ func (q *Queries) RefreshTokenGraceReplace(ctx context.Context, db DBTX, arg Ref
 		&i.FamilyExpiresAt,
 		&i.Scope,
 		&i.ExpiresAt,
+		&i.Audience,
+		&i.AuthTime,
+		&i.ACR,
+		&i.AMR,
+		&i.SessionID,
+		&i.UserAgent,
+		&i.IP,
+		&i.Label,
+		&i.CreatedAt,
+		&i.LastRotatedAt,
 	)
 	return i, err
 }
@@ -281,25 +325,36 @@ WITH rotated AS (
         rotation_count = f.rotation_count + 1,
         -- The family dies when its newest token expires, sooner or later than the one before.
         idle_expires_at = least(coalesce($4::timestamptz, statement_timestamp()) + $5::interval,
-            f.expires_at)
+            f.expires_at),
+        -- Where the token is used from now, for a "your devices" page, when the caller says.
+        user_agent = coalesce($6::text, f.user_agent),
+        ip = coalesce($7::text, f.ip),
+        access_expires_at = CASE WHEN $8::bytea IS NULL THEN f.access_expires_at
+            ELSE greatest(f.access_expires_at, least(coalesce($4::timestamptz, statement_timestamp())
+                + $9::interval, f.expires_at)) END
     -- The consumed token's columns for its tombstone, as the row held them before this update.
     -- The update locks the row; one that waited for a concurrent change of it checks the
     -- conditions again on the row as that change left it. Every change that leaves the presented
     -- token live (a grace reuse counts parent_reuses) leaves these columns as they were.
     FROM oauth_family consumed
-    WHERE f.id = $6::uuid
-      AND consumed.id = $6::uuid
-      AND f.token_digest = $7::bytea
+    WHERE f.id = $10::uuid
+      AND consumed.id = $10::uuid
+      AND f.token_digest = $11::bytea
       AND f.revoked_at IS NULL
       AND f.idle_expires_at > coalesce($4::timestamptz, statement_timestamp())
       -- IS TRUE keeps the client out of index selection: the family comes from its primary key,
       -- whatever the statistics say about the client.
-      AND (f.client_id = $8::text) IS TRUE
+      AND (f.client_id = $12::text) IS TRUE
       AND (f.sender_thumbprint IS NULL
-          OR f.sender_thumbprint = $9::text)
+          OR f.sender_thumbprint = $13::text)
       AND ($3::text[] IS NULL OR $3::text[] <@ f.scope)
+      -- An access token's audience is one the grant allows (RFC 8707 §2.2).
+      AND ($14::text[] IS NULL OR cardinality(f.audience) = 0
+          OR $14::text[] <@ f.audience)
     RETURNING f.id, f.client_id, f.user_id, f.expires_at AS family_expires_at, f.token_scope,
-        f.idle_expires_at, consumed.token_digest AS consumed_digest,
+        f.idle_expires_at, f.sender_thumbprint, f.audience, f.auth_time, f.acr, f.amr, f.session_id,
+        f.user_agent, f.ip, f.label, f.created_at, f.last_rotated_at,
+        consumed.token_digest AS consumed_digest,
         consumed.token_pepper_id AS consumed_pepper_id, consumed.parent_digest AS consumed_parent_digest,
         -- A tombstone of the granted scope keeps none (NULL).
         nullif(consumed.token_scope, consumed.scope) AS consumed_scope,
@@ -312,11 +367,22 @@ tombstone AS (
     SELECT r.id, r.consumed_digest, r.consumed_pepper_id, r.consumed_parent_digest, r.consumed_scope,
         r.consumed_created_at, r.consumed_expires_at,
         coalesce($4::timestamptz, statement_timestamp()),
-        $10::bytea
+        $15::bytea
     FROM rotated r
+),
+access AS (
+    INSERT INTO oauth_access_token (family_id, key, jwt, standalone, pepper_id, client_id, subject,
+        scope, audience, token_type, sender_thumbprint, issued_at, expires_at)
+    SELECT r.id, $8::bytea, $16::boolean, false, $17::text,
+        r.client_id, r.user_id, r.token_scope, coalesce($14::text[], r.audience),
+        $18::text, r.sender_thumbprint, r.last_rotated_at,
+        least(r.last_rotated_at + $9::interval, r.family_expires_at)
+    FROM rotated r
+    WHERE $8::bytea IS NOT NULL
 )
 SELECT r.id AS family_id, r.client_id, r.user_id, r.family_expires_at, r.token_scope AS scope,
-    r.idle_expires_at AS expires_at
+    r.idle_expires_at AS expires_at, r.audience, r.auth_time, r.acr, r.amr, r.session_id,
+    r.user_agent, r.ip, r.label, r.created_at, r.last_rotated_at
 FROM rotated r
 `
 
@@ -326,11 +392,19 @@ type RefreshTokenRotateParams struct {
 	Scope            []string
 	Now              *time.Time
 	TTL              time.Duration
+	UserAgent        *string
+	IP               *string
+	AccessKey        []byte
+	AccessTTL        *time.Duration
 	FamilyID         pgtype.UUID
 	Digest           []byte
 	ClientID         string
 	SenderThumbprint *string
+	AccessAudience   []string
 	SuccessorSealed  []byte
+	AccessJWT        bool
+	AccessPepperID   *string
+	AccessTokenType  string
 }
 
 type RefreshTokenRotateRow struct {
@@ -340,6 +414,16 @@ type RefreshTokenRotateRow struct {
 	FamilyExpiresAt *time.Time
 	Scope           []string
 	ExpiresAt       time.Time
+	Audience        []string
+	AuthTime        *time.Time
+	ACR             *string
+	AMR             []string
+	SessionID       *string
+	UserAgent       *string
+	IP              *string
+	Label           *string
+	CreatedAt       time.Time
+	LastRotatedAt   *time.Time
 }
 
 // RefreshTokenRotate consumes the presented token and issues its successor in one statement, so
@@ -369,11 +453,19 @@ func (q *Queries) RefreshTokenRotate(ctx context.Context, db DBTX, arg RefreshTo
 		arg.Scope,
 		arg.Now,
 		arg.TTL,
+		arg.UserAgent,
+		arg.IP,
+		arg.AccessKey,
+		arg.AccessTTL,
 		arg.FamilyID,
 		arg.Digest,
 		arg.ClientID,
 		arg.SenderThumbprint,
+		arg.AccessAudience,
 		arg.SuccessorSealed,
+		arg.AccessJWT,
+		arg.AccessPepperID,
+		arg.AccessTokenType,
 	)
 	var i RefreshTokenRotateRow
 	err := row.Scan(
@@ -383,6 +475,16 @@ func (q *Queries) RefreshTokenRotate(ctx context.Context, db DBTX, arg RefreshTo
 		&i.FamilyExpiresAt,
 		&i.Scope,
 		&i.ExpiresAt,
+		&i.Audience,
+		&i.AuthTime,
+		&i.ACR,
+		&i.AMR,
+		&i.SessionID,
+		&i.UserAgent,
+		&i.IP,
+		&i.Label,
+		&i.CreatedAt,
+		&i.LastRotatedAt,
 	)
 	return i, err
 }

@@ -10,6 +10,41 @@ import (
 	"time"
 )
 
+const statsAccessTokens = `-- name: StatsAccessTokens :one
+SELECT
+    count(*) FILTER (WHERE a.revoked_at IS NULL AND f.revoked_at IS NULL AND (a.standalone OR f.id IS NOT NULL)
+        AND a.expires_at > coalesce($1::timestamptz, statement_timestamp())) AS active,
+    count(*) FILTER (WHERE (a.revoked_at IS NOT NULL OR f.revoked_at IS NOT NULL)
+        AND a.expires_at > coalesce($1::timestamptz, statement_timestamp())) AS revoked,
+    count(*) FILTER (WHERE a.expires_at <= coalesce($1::timestamptz, statement_timestamp())) AS expired,
+    count(*) FILTER (WHERE a.jwt) AS jwts,
+    (SELECT count(*) FROM oauth_revocation) AS revocations
+FROM oauth_access_token a
+LEFT JOIN oauth_family f ON f.id = a.family_id AND NOT a.standalone
+`
+
+type StatsAccessTokensRow struct {
+	Active      int64
+	Revoked     int64
+	Expired     int64
+	Jwts        int64
+	Revocations int64
+}
+
+// An access token of a family is revoked when the family is.
+func (q *Queries) StatsAccessTokens(ctx context.Context, db DBTX, now *time.Time) (StatsAccessTokensRow, error) {
+	row := db.QueryRow(ctx, statsAccessTokens, now)
+	var i StatsAccessTokensRow
+	err := row.Scan(
+		&i.Active,
+		&i.Revoked,
+		&i.Expired,
+		&i.Jwts,
+		&i.Revocations,
+	)
+	return i, err
+}
+
 const statsAuthorizationCodes = `-- name: StatsAuthorizationCodes :one
 
 SELECT
@@ -49,7 +84,11 @@ SELECT
         WHERE s.expires_at < coalesce($1::timestamptz, statement_timestamp()) - $2::interval) AS states,
     (SELECT count(*) FROM oauth_refresh_tombstone t
         WHERE t.successor_sealed IS NOT NULL
-          AND t.consumed_at < coalesce($1::timestamptz, statement_timestamp()) - $3::interval) AS grace_ciphertexts
+          AND t.consumed_at < coalesce($1::timestamptz, statement_timestamp()) - $3::interval) AS grace_ciphertexts,
+    (SELECT count(*) FROM oauth_access_token a
+        WHERE a.expires_at < coalesce($1::timestamptz, statement_timestamp()) - $2::interval) AS access_tokens,
+    (SELECT count(*) FROM oauth_revocation r
+        WHERE r.expires_at < coalesce($1::timestamptz, statement_timestamp()) - $2::interval) AS revocations
 `
 
 type StatsCleanupBacklogParams struct {
@@ -64,6 +103,8 @@ type StatsCleanupBacklogRow struct {
 	AuthorizationCodes int64
 	States             int64
 	GraceCiphertexts   int64
+	AccessTokens       int64
+	Revocations        int64
 }
 
 // StatsCleanupBacklog counts what a cleanup with this retention would delete now.
@@ -76,6 +117,8 @@ func (q *Queries) StatsCleanupBacklog(ctx context.Context, db DBTX, arg StatsCle
 		&i.AuthorizationCodes,
 		&i.States,
 		&i.GraceCiphertexts,
+		&i.AccessTokens,
+		&i.Revocations,
 	)
 	return i, err
 }
@@ -162,7 +205,7 @@ WHERE c.relkind IN ('r', 'p')
   AND NOT c.relispartition
   AND c.relnamespace = to_regnamespace(current_schema())
   AND c.relname IN ('oauth_family', 'oauth_refresh_tombstone', 'oauth_refresh_token_legacy',
-      'oauth_authorization_code', 'oauth_state')
+      'oauth_authorization_code', 'oauth_state', 'oauth_access_token', 'oauth_revocation')
 ORDER BY c.relname
 `
 

@@ -1,17 +1,39 @@
--- FamilyCreate starts a grant: a new family with its first refresh token, in one row. The id is
--- chosen by the caller, because the token carries it. The token's idle lifetime never reaches past
--- the family's absolute lifetime.
+-- FamilyCreate starts a grant: a new family with its first refresh token, in one row, and its
+-- first access token when access_key is given. The id is chosen by the caller, because the tokens
+-- carry it. The token's idle lifetime never reaches past the family's absolute lifetime, and
+-- neither does the access token's.
 -- name: FamilyCreate :one
-INSERT INTO oauth_family (id, client_id, user_id, scope, created_at, expires_at, sender_thumbprint,
-    idle_expires_at, token_digest, token_pepper_id, token_scope)
-SELECT @id::uuid, @client_id::text, @user_id::text, @scope::text[], c.now, c.now + sqlc.narg('lifetime')::interval,
-    sqlc.narg('sender_thumbprint')::text, c.idle_expires_at,
-    @digest::bytea, @pepper_id::text, @scope::text[]
-FROM (
-    SELECT n.now, least(n.now + @ttl::interval, n.now + sqlc.narg('lifetime')::interval) AS idle_expires_at
+WITH clock AS (
+    SELECT n.now, least(n.now + @ttl::interval, n.now + sqlc.narg('lifetime')::interval) AS idle_expires_at,
+        least(n.now + sqlc.narg('access_ttl')::interval, n.now + sqlc.narg('lifetime')::interval) AS access_expires_at
     FROM (SELECT coalesce(sqlc.narg('now')::timestamptz, statement_timestamp()) AS now) n
-) c
-RETURNING id, created_at, expires_at AS family_expires_at, idle_expires_at AS expires_at;
+),
+family AS (
+    INSERT INTO oauth_family (id, client_id, user_id, scope, created_at, expires_at, sender_thumbprint,
+        idle_expires_at, token_digest, token_pepper_id, token_scope, auth_time, acr, amr, audience,
+        session_id, user_agent, ip, label, access_expires_at)
+    SELECT @id::uuid, @client_id::text, @user_id::text, @scope::text[], c.now, c.now + sqlc.narg('lifetime')::interval,
+        sqlc.narg('sender_thumbprint')::text, c.idle_expires_at,
+        @digest::bytea, @pepper_id::text, @scope::text[], sqlc.narg('auth_time')::timestamptz,
+        sqlc.narg('acr')::text, sqlc.narg('amr')::text[], @audience::text[], sqlc.narg('session_id')::text,
+        sqlc.narg('user_agent')::text, sqlc.narg('ip')::text, sqlc.narg('label')::text,
+        CASE WHEN sqlc.narg('access_key')::bytea IS NOT NULL THEN c.access_expires_at END
+    FROM clock c
+    RETURNING id, client_id, user_id, token_scope, audience, sender_thumbprint, created_at,
+        expires_at, idle_expires_at, access_expires_at
+),
+access AS (
+    INSERT INTO oauth_access_token (family_id, key, jwt, standalone, pepper_id, client_id, subject,
+        scope, audience, token_type, sender_thumbprint, issued_at, expires_at)
+    SELECT f.id, sqlc.narg('access_key')::bytea, @access_jwt::boolean, false, sqlc.narg('access_pepper_id')::text,
+        f.client_id, f.user_id, f.token_scope, coalesce(sqlc.narg('access_audience')::text[], f.audience),
+        @access_token_type::text, f.sender_thumbprint, f.created_at, f.access_expires_at
+    FROM family f
+    WHERE sqlc.narg('access_key')::bytea IS NOT NULL
+)
+SELECT f.id, f.created_at, f.expires_at AS family_expires_at, f.idle_expires_at AS expires_at,
+    f.access_expires_at
+FROM family f;
 
 -- FamilyDelete erases a family, its live token and the code that produced it (ON DELETE CASCADE),
 -- for example when its user's account is deleted; the caller deletes its tombstones next
@@ -111,7 +133,7 @@ WITH durable AS MATERIALIZED (
             ELSE current_setting('synchronous_commit') END, true) AS level
 ),
 family AS MATERIALIZED (
-    SELECT f.id, f.client_id, f.user_id, f.revoked_at
+    SELECT f.id, f.client_id, f.user_id, f.session_id, f.revoked_at
     FROM oauth_family f
     CROSS JOIN durable
     WHERE f.id = @id::uuid
@@ -125,9 +147,16 @@ revoked AS (
     WHERE f.id = @id::uuid
       AND f.id = locked.id
       AND locked.revoked_at IS NULL
-    RETURNING f.id
+    RETURNING f.id, f.access_expires_at
+),
+-- Announced in the revocation feed while an access token of the family may still be used.
+feed AS (
+    INSERT INTO oauth_revocation (family_id, revoked_at, expires_at)
+    SELECT r.id, coalesce(sqlc.narg('now')::timestamptz, statement_timestamp()), r.access_expires_at
+    FROM revoked r
+    WHERE r.access_expires_at > coalesce(sqlc.narg('now')::timestamptz, statement_timestamp())
 )
-SELECT f.id, f.client_id, f.user_id, EXISTS (SELECT 1 FROM revoked) AS revoked_now
+SELECT f.id, f.client_id, f.user_id, f.session_id, EXISTS (SELECT 1 FROM revoked) AS revoked_now
 FROM family f;
 
 -- FamilyRevokeByClient revokes one batch of a client's live families and returns them; callers
@@ -149,13 +178,25 @@ batch AS MATERIALIZED (
     ORDER BY f.id
     LIMIT @batch_size::integer
     FOR NO KEY UPDATE OF f
+),
+revoked AS (
+    UPDATE oauth_family f
+    SET revoked_at = coalesce(sqlc.narg('now')::timestamptz, statement_timestamp()),
+        revoked_reason = @reason::text
+    FROM batch b
+    WHERE f.id = b.id
+    RETURNING f.id, f.client_id, f.user_id, f.session_id, f.access_expires_at
+),
+-- Announced in the revocation feed while an access token of the family may still be used.
+feed AS (
+    INSERT INTO oauth_revocation (family_id, revoked_at, expires_at)
+    SELECT r.id, coalesce(sqlc.narg('now')::timestamptz, statement_timestamp()), r.access_expires_at
+    FROM revoked r
+    WHERE r.access_expires_at > coalesce(sqlc.narg('now')::timestamptz, statement_timestamp())
+    ORDER BY r.id
 )
-UPDATE oauth_family f
-SET revoked_at = coalesce(sqlc.narg('now')::timestamptz, statement_timestamp()),
-    revoked_reason = @reason::text
-FROM batch b
-WHERE f.id = b.id
-RETURNING f.id, f.client_id, f.user_id;
+SELECT r.id, r.client_id, r.user_id, r.session_id
+FROM revoked r;
 
 -- FamilyRevokeByUser revokes one batch of a user's live families, at every client or at one, and
 -- returns them; callers repeat it until a batch comes back short. Rows are locked in id order.
@@ -176,10 +217,22 @@ batch AS MATERIALIZED (
     ORDER BY f.id
     LIMIT @batch_size::integer
     FOR NO KEY UPDATE OF f
+),
+revoked AS (
+    UPDATE oauth_family f
+    SET revoked_at = coalesce(sqlc.narg('now')::timestamptz, statement_timestamp()),
+        revoked_reason = @reason::text
+    FROM batch b
+    WHERE f.id = b.id
+    RETURNING f.id, f.client_id, f.user_id, f.session_id, f.access_expires_at
+),
+-- Announced in the revocation feed while an access token of the family may still be used.
+feed AS (
+    INSERT INTO oauth_revocation (family_id, revoked_at, expires_at)
+    SELECT r.id, coalesce(sqlc.narg('now')::timestamptz, statement_timestamp()), r.access_expires_at
+    FROM revoked r
+    WHERE r.access_expires_at > coalesce(sqlc.narg('now')::timestamptz, statement_timestamp())
+    ORDER BY r.id
 )
-UPDATE oauth_family f
-SET revoked_at = coalesce(sqlc.narg('now')::timestamptz, statement_timestamp()),
-    revoked_reason = @reason::text
-FROM batch b
-WHERE f.id = b.id
-RETURNING f.id, f.client_id, f.user_id;
+SELECT r.id, r.client_id, r.user_id, r.session_id
+FROM revoked r;

@@ -16,6 +16,8 @@ SELECT f.id AS family_id, f.client_id, f.user_id, f.scope AS granted_scope,
     t.successor_sealed,
     f.token_digest AS live_digest, f.token_pepper_id AS live_pepper_id, f.token_scope AS live_scope,
     f.idle_expires_at AS live_expires_at, f.parent_digest AS live_parent_digest, f.parent_reuses,
+    f.audience, f.auth_time, f.acr, f.amr, f.session_id, f.user_agent, f.ip, f.label,
+    f.created_at AS family_created_at, f.last_rotated_at,
     coalesce(t.expires_at, f.idle_expires_at) <= coalesce(sqlc.narg('now')::timestamptz, statement_timestamp()) AS expired,
     coalesce(sqlc.narg('now')::timestamptz, statement_timestamp())::timestamptz AS now
 FROM oauth_family f
@@ -63,7 +65,13 @@ WITH rotated AS (
         rotation_count = f.rotation_count + 1,
         -- The family dies when its newest token expires, sooner or later than the one before.
         idle_expires_at = least(coalesce(sqlc.narg('now')::timestamptz, statement_timestamp()) + @ttl::interval,
-            f.expires_at)
+            f.expires_at),
+        -- Where the token is used from now, for a "your devices" page, when the caller says.
+        user_agent = coalesce(sqlc.narg('user_agent')::text, f.user_agent),
+        ip = coalesce(sqlc.narg('ip')::text, f.ip),
+        access_expires_at = CASE WHEN sqlc.narg('access_key')::bytea IS NULL THEN f.access_expires_at
+            ELSE greatest(f.access_expires_at, least(coalesce(sqlc.narg('now')::timestamptz, statement_timestamp())
+                + sqlc.narg('access_ttl')::interval, f.expires_at)) END
     -- The consumed token's columns for its tombstone, as the row held them before this update.
     -- The update locks the row; one that waited for a concurrent change of it checks the
     -- conditions again on the row as that change left it. Every change that leaves the presented
@@ -80,8 +88,13 @@ WITH rotated AS (
       AND (f.sender_thumbprint IS NULL
           OR f.sender_thumbprint = sqlc.narg('sender_thumbprint')::text)
       AND (sqlc.narg('scope')::text[] IS NULL OR sqlc.narg('scope')::text[] <@ f.scope)
+      -- An access token's audience is one the grant allows (RFC 8707 §2.2).
+      AND (sqlc.narg('access_audience')::text[] IS NULL OR cardinality(f.audience) = 0
+          OR sqlc.narg('access_audience')::text[] <@ f.audience)
     RETURNING f.id, f.client_id, f.user_id, f.expires_at AS family_expires_at, f.token_scope,
-        f.idle_expires_at, consumed.token_digest AS consumed_digest,
+        f.idle_expires_at, f.sender_thumbprint, f.audience, f.auth_time, f.acr, f.amr, f.session_id,
+        f.user_agent, f.ip, f.label, f.created_at, f.last_rotated_at,
+        consumed.token_digest AS consumed_digest,
         consumed.token_pepper_id AS consumed_pepper_id, consumed.parent_digest AS consumed_parent_digest,
         -- A tombstone of the granted scope keeps none (NULL).
         nullif(consumed.token_scope, consumed.scope) AS consumed_scope,
@@ -96,9 +109,20 @@ tombstone AS (
         coalesce(sqlc.narg('now')::timestamptz, statement_timestamp()),
         sqlc.narg('successor_sealed')::bytea
     FROM rotated r
+),
+access AS (
+    INSERT INTO oauth_access_token (family_id, key, jwt, standalone, pepper_id, client_id, subject,
+        scope, audience, token_type, sender_thumbprint, issued_at, expires_at)
+    SELECT r.id, sqlc.narg('access_key')::bytea, @access_jwt::boolean, false, sqlc.narg('access_pepper_id')::text,
+        r.client_id, r.user_id, r.token_scope, coalesce(sqlc.narg('access_audience')::text[], r.audience),
+        @access_token_type::text, r.sender_thumbprint, r.last_rotated_at,
+        least(r.last_rotated_at + sqlc.narg('access_ttl')::interval, r.family_expires_at)
+    FROM rotated r
+    WHERE sqlc.narg('access_key')::bytea IS NOT NULL
 )
 SELECT r.id AS family_id, r.client_id, r.user_id, r.family_expires_at, r.token_scope AS scope,
-    r.idle_expires_at AS expires_at
+    r.idle_expires_at AS expires_at, r.audience, r.auth_time, r.acr, r.amr, r.session_id,
+    r.user_agent, r.ip, r.label, r.created_at, r.last_rotated_at
 FROM rotated r;
 
 -- RefreshTokenGraceReplace replaces the family's unused live token with a new one under the same
@@ -133,7 +157,8 @@ rotated AS (
     WHERE f.id = @family_id::uuid
       AND f.id = l.id
     RETURNING f.id, f.client_id, f.user_id, f.expires_at AS family_expires_at, f.token_scope,
-        f.idle_expires_at
+        f.idle_expires_at, f.audience, f.auth_time, f.acr, f.amr, f.session_id, f.user_agent, f.ip,
+        f.label, f.created_at, f.last_rotated_at
 ),
 replaced AS (
     INSERT INTO oauth_refresh_tombstone (family_id, digest, pepper_id, parent_digest, scope,
@@ -152,7 +177,8 @@ resealed AS (
       AND t.digest = l.parent_digest
 )
 SELECT r.id AS family_id, r.client_id, r.user_id, r.family_expires_at, r.token_scope AS scope,
-    r.idle_expires_at AS expires_at
+    r.idle_expires_at AS expires_at, r.audience, r.auth_time, r.acr, r.amr, r.session_id,
+    r.user_agent, r.ip, r.label, r.created_at, r.last_rotated_at
 FROM rotated r;
 
 -- RefreshTokenGraceReuse counts one more presentation of the live token's consumed parent within

@@ -36,6 +36,19 @@ SELECT
     count(*) FILTER (WHERE expires_at <= coalesce(sqlc.narg('now')::timestamptz, statement_timestamp())) AS expired
 FROM oauth_state;
 
+-- An access token of a family is revoked when the family is.
+-- name: StatsAccessTokens :one
+SELECT
+    count(*) FILTER (WHERE a.revoked_at IS NULL AND f.revoked_at IS NULL AND (a.standalone OR f.id IS NOT NULL)
+        AND a.expires_at > coalesce(sqlc.narg('now')::timestamptz, statement_timestamp())) AS active,
+    count(*) FILTER (WHERE (a.revoked_at IS NOT NULL OR f.revoked_at IS NOT NULL)
+        AND a.expires_at > coalesce(sqlc.narg('now')::timestamptz, statement_timestamp())) AS revoked,
+    count(*) FILTER (WHERE a.expires_at <= coalesce(sqlc.narg('now')::timestamptz, statement_timestamp())) AS expired,
+    count(*) FILTER (WHERE a.jwt) AS jwts,
+    (SELECT count(*) FROM oauth_revocation) AS revocations
+FROM oauth_access_token a
+LEFT JOIN oauth_family f ON f.id = a.family_id AND NOT a.standalone;
+
 -- StatsTableSizes reports the size on disk of the package's tables and their indexes (of all
 -- its partitions, for a partitioned table).
 -- name: StatsTableSizes :many
@@ -47,7 +60,7 @@ WHERE c.relkind IN ('r', 'p')
   AND NOT c.relispartition
   AND c.relnamespace = to_regnamespace(current_schema())
   AND c.relname IN ('oauth_family', 'oauth_refresh_tombstone', 'oauth_refresh_token_legacy',
-      'oauth_authorization_code', 'oauth_state')
+      'oauth_authorization_code', 'oauth_state', 'oauth_access_token', 'oauth_revocation')
 ORDER BY c.relname;
 
 -- StatsCleanupBacklog counts what a cleanup with this retention would delete now.
@@ -64,4 +77,8 @@ SELECT
         WHERE s.expires_at < coalesce(sqlc.narg('now')::timestamptz, statement_timestamp()) - @retain::interval) AS states,
     (SELECT count(*) FROM oauth_refresh_tombstone t
         WHERE t.successor_sealed IS NOT NULL
-          AND t.consumed_at < coalesce(sqlc.narg('now')::timestamptz, statement_timestamp()) - @grace_window::interval) AS grace_ciphertexts;
+          AND t.consumed_at < coalesce(sqlc.narg('now')::timestamptz, statement_timestamp()) - @grace_window::interval) AS grace_ciphertexts,
+    (SELECT count(*) FROM oauth_access_token a
+        WHERE a.expires_at < coalesce(sqlc.narg('now')::timestamptz, statement_timestamp()) - @retain::interval) AS access_tokens,
+    (SELECT count(*) FROM oauth_revocation r
+        WHERE r.expires_at < coalesce(sqlc.narg('now')::timestamptz, statement_timestamp()) - @retain::interval) AS revocations;

@@ -21,7 +21,8 @@ type CleanupOptions struct {
 	// codes or states, or whole families holding at most this many tokens among them (always at
 	// least one family, however many tokens it holds). Zero means DefaultCleanupBatchSize.
 	BatchSize int
-	// Limit caps the families, codes and states (each counted on its own) deleted by this run;
+	// Limit caps the families, codes, states, access tokens and feed entries (each counted on its
+	// own) deleted by this run;
 	// zero means no cap.
 	Limit int
 	// Retain keeps what is dead this much longer.
@@ -42,7 +43,11 @@ type CleanupResult struct {
 	// GraceCiphertexts counts the sealed copies of unused successors older than the longest grace
 	// window, deleted: no client can use them any more.
 	GraceCiphertexts int64
-	Batches          int
+	// AccessTokens counts access tokens that expired more than Retain ago; Revocations the entries
+	// of the revocation feed whose tokens all expired more than Retain ago.
+	AccessTokens int64
+	Revocations  int64
+	Batches      int
 }
 
 // Cleanup deletes, in batches:
@@ -53,7 +58,8 @@ type CleanupResult struct {
 //     a token or code of the family could revoke anything (I4);
 //   - authorization codes that expired without being exchanged;
 //   - expired state bindings;
-//   - the sealed copies of unused successors (see Config.GraceWindow) older than MaxGraceWindow.
+//   - the sealed copies of unused successors (see Config.GraceWindow) older than MaxGraceWindow;
+//   - access tokens that expired, and the revocation feed's entries whose tokens all expired.
 //
 // Batches lock with SKIP LOCKED, so several cleaners can run at once and none waits on a rotation.
 // On error, the result counts the batches that committed.
@@ -65,7 +71,8 @@ func (a *Admin) Cleanup(ctx context.Context, opts CleanupOptions) (CleanupResult
 	}
 	// Families first, then codes, then states: batch after batch of each until none is left or
 	// the limit is reached.
-	for kind, count := range []*int64{&res.Families, &res.AuthorizationCodes, &res.States, &res.GraceCiphertexts} {
+	for kind, count := range []*int64{&res.Families, &res.AuthorizationCodes, &res.States, &res.GraceCiphertexts,
+		&res.AccessTokens, &res.Revocations} {
 		for more := true; more; {
 			n := opts.BatchSize
 			if opts.Limit > 0 {
@@ -104,6 +111,8 @@ const (
 	cleanupCodes
 	cleanupStates
 	cleanupGraceCiphertexts
+	cleanupAccessTokens
+	cleanupRevocations
 )
 
 // cleanupBatch deletes one batch of at most n rows of a kind and says whether more may be left. A
@@ -135,6 +144,10 @@ func (a *Admin) cleanupBatch(ctx context.Context, kind cleanupKind, n int, opts 
 		switch kind {
 		case cleanupCodes:
 			deleted, err = a.q.AuthorizationCodeDeleteExpired(ctx, q, db.AuthorizationCodeDeleteExpiredParams{Now: a.now(), Retain: opts.Retain, BatchSize: int32(n)})
+		case cleanupAccessTokens:
+			deleted, err = a.q.AccessTokenDeleteExpired(ctx, q, db.AccessTokenDeleteExpiredParams{Now: a.now(), Retain: opts.Retain, BatchSize: int32(n)})
+		case cleanupRevocations:
+			deleted, err = a.q.RevocationDeleteExpired(ctx, q, db.RevocationDeleteExpiredParams{Now: a.now(), Retain: opts.Retain, BatchSize: int32(n)})
 		case cleanupGraceCiphertexts:
 			deleted, err = a.q.RefreshTokenClearSealedSuccessors(ctx, q, db.RefreshTokenClearSealedSuccessorsParams{Now: a.now(), GraceWindow: MaxGraceWindow, BatchSize: int32(n)})
 		default:

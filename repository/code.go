@@ -48,6 +48,9 @@ type CodeRequest struct {
 	Session json.RawMessage
 	// TTL is the code's lifetime; zero means Config.CodeTTL.
 	TTL time.Duration
+	// Claims are the grant's claims (auth_time, acr, amr, sid, session metadata): the family the
+	// code produces takes them, and its Resources as its audience.
+	Claims Claims
 }
 
 // AuthorizationCode is a newly minted code: Code goes to the client in the redirect, once.
@@ -99,9 +102,11 @@ func (s *Store) codeParams(req CodeRequest) (db.AuthorizationCodeCreateParams, e
 	if p.Resources, err = validateResources(req.Resources); err != nil {
 		return p, err
 	}
-	if err := validateThumbprint(req.DPoPJKT); err != nil {
+	if err := firstError(validateThumbprint(req.DPoPJKT), req.Claims.validate()); err != nil {
 		return p, err
 	}
+	c := req.Claims.params()
+	p.AuthTime, p.ACR, p.AMR, p.SessionID, p.UserAgent, p.IP, p.Label = c.authTime, c.acr, c.amr, c.sid, c.userAgent, c.ip, c.label
 	if p.Session, err = validateJSON("session", req.Session); err != nil {
 		return p, err
 	}
@@ -128,6 +133,9 @@ type ExchangeRequest struct {
 	// absolute lifetime; zero means the Config defaults.
 	RefreshTokenTTL time.Duration
 	Lifetime        time.Duration
+	// Access asks for an access token issued in the same statement; its audience must be among
+	// the code's resources, when it has any.
+	Access AccessRequest
 }
 
 // CodeExchange is the grant an exchanged code produced: a new family with its first refresh token,
@@ -162,6 +170,10 @@ func (s *Store) Exchange(ctx context.Context, req ExchangeRequest) (*CodeExchang
 	if err != nil {
 		return nil, err
 	}
+	areq, err := s.checkAccess(req.Access)
+	if err != nil {
+		return nil, err
+	}
 	digests, ok := s.code.digestPresented(req.Code)
 	if !ok {
 		return nil, ErrCodeNotFound
@@ -170,13 +182,17 @@ func (s *Store) Exchange(ctx context.Context, req ExchangeRequest) (*CodeExchang
 	if err != nil {
 		return nil, err
 	}
+	if err := accessWithin(areq, c.Resources, req.SenderThumbprint); err != nil {
+		return nil, err
+	}
 	family := newFamilyID()
 	token, refreshDigest, pepperID := s.refresh.mintFor(family)
+	access := s.planAccess(areq, family)
 	// Under a stricter default isolation level a concurrent exchange makes the statement fail to
 	// serialize; run again READ COMMITTED, it waits for that exchange and sees its outcome.
 	var row db.AuthorizationCodeExchangeRow
 	err = s.readCommitted(ctx, "exchange code", func(q DBTX) (err error) {
-		row, err = s.q.AuthorizationCodeExchange(ctx, q, db.AuthorizationCodeExchangeParams{
+		p := db.AuthorizationCodeExchangeParams{
 			Digest:           c.Digest,
 			FamilyID:         pgtype.UUID{Bytes: family, Valid: true},
 			Now:              s.now(),
@@ -187,7 +203,9 @@ func (s *Store) Exchange(ctx context.Context, req ExchangeRequest) (*CodeExchang
 			TTL:              ttl,
 			RefreshDigest:    refreshDigest,
 			RefreshPepperID:  pepperID,
-		})
+		}
+		p.AccessKey, p.AccessJWT, p.AccessPepperID, p.AccessTTL, p.AccessAudience, p.AccessTokenType = access.params()
+		row, err = s.q.AuthorizationCodeExchange(ctx, q, p)
 		return err
 	})
 	if errors.Is(err, pgx.ErrNoRows) {
@@ -200,7 +218,7 @@ func (s *Store) Exchange(ctx context.Context, req ExchangeRequest) (*CodeExchang
 	if err != nil {
 		return nil, dbError("exchange code", err)
 	}
-	return codeExchange(token, c, row), nil
+	return codeExchange(token, c, row, access), nil
 }
 
 // verifyCode reads a code and checks the request against it. It returns the code when it can be
@@ -250,7 +268,7 @@ func (s *Store) codeReplayed(ctx context.Context, c db.AuthorizationCodeGetRow) 
 	}
 	err := s.readCommitted(ctx, "exchange code: revoke on replay", func(q DBTX) error {
 		row, err := s.q.FamilyRevoke(ctx, q, db.FamilyRevokeParams{ID: c.FamilyID, Now: s.now(), Reason: ReasonCodeReplayDetected})
-		e.FamilyRevoked = row.RevokedNow
+		e.FamilyRevoked, e.SessionID = row.RevokedNow, deref(row.SessionID)
 		return err
 	})
 	if err != nil && !errors.Is(err, pgx.ErrNoRows) {

@@ -60,6 +60,9 @@ type Config struct {
 	// GraceMaxReuses is how many times one consumed token may be presented within the window.
 	// Zero means DefaultGraceReuses.
 	GraceMaxReuses int
+	// AccessTokenTTL is the default lifetime of access tokens (AccessRequest.TTL); zero means
+	// DefaultAccessTokenTTL. At most MaxAccessTokenTTL.
+	AccessTokenTTL time.Duration
 	// CodeTTL is the lifetime of authorization codes; zero means DefaultCodeTTL (60 s). At most
 	// MaxCodeTTL (10 minutes, RFC 6749 §4.1.2).
 	CodeTTL time.Duration
@@ -129,6 +132,9 @@ func (cfg Config) withDefaults() Config {
 	if cfg.CodeTTL == 0 {
 		cfg.CodeTTL = DefaultCodeTTL
 	}
+	if cfg.AccessTokenTTL == 0 {
+		cfg.AccessTokenTTL = DefaultAccessTokenTTL
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
@@ -164,6 +170,8 @@ func (cfg Config) validate(withPepper bool) error {
 		return inputError("GraceMaxReuses", "outside 0..100")
 	case cfg.CodeTTL < time.Second || cfg.CodeTTL > MaxCodeTTL:
 		return inputError("CodeTTL", "outside 1s..10m")
+	case cfg.AccessTokenTTL < time.Second || cfg.AccessTokenTTL > MaxAccessTokenTTL:
+		return inputError("AccessTokenTTL", "outside 1s..24h")
 	}
 	return cfg.validateReplica()
 }

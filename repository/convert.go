@@ -89,34 +89,51 @@ func newRefreshToken(token Secret, expires time.Time, familyExpires *time.Time, 
 	return &RefreshToken{Token: token, ExpiresAt: expires.UTC(), FamilyExpiresAt: utcPtr(familyExpires), Grant: g}
 }
 
-// rotatedToken is the successor a rotation (or a grace reuse) inserted, as the client gets it.
-func rotatedToken(token Secret, row db.RefreshTokenRotateRow) *RefreshToken {
-	return newRefreshToken(token, row.ExpiresAt, row.FamilyExpiresAt, Grant{
+// rotatedToken is the successor a rotation (or a grace reuse) inserted, as the client gets it, with
+// the access token issued with it, if any.
+func rotatedToken(token Secret, row db.RefreshTokenRotateRow, access *accessPlan) *RefreshToken {
+	g := Grant{
 		FamilyID: row.FamilyID.String(), ClientID: row.ClientID, UserID: row.UserID, Scope: row.Scope,
-	})
+		Audience: row.Audience, Claims: claimsOf(row.AuthTime, row.ACR, row.AMR, row.SessionID, row.UserAgent, row.IP, row.Label),
+		CreatedAt: row.CreatedAt.UTC(), LastUsedAt: utcPtr(row.LastRotatedAt),
+	}
+	rt := newRefreshToken(token, row.ExpiresAt, row.FamilyExpiresAt, g)
+	if row.LastRotatedAt != nil {
+		rt.Access = access.issued(g.FamilyID, *row.LastRotatedAt, row.FamilyExpiresAt, row.Scope, row.Audience)
+	}
+	return rt
 }
 
 // codeExchange is what an exchange returns: the family's first token and what the code carried.
-func codeExchange(token Secret, c db.AuthorizationCodeGetRow, row db.AuthorizationCodeExchangeRow) *CodeExchange {
+func codeExchange(token Secret, c db.AuthorizationCodeGetRow, row db.AuthorizationCodeExchangeRow, access *accessPlan) *CodeExchange {
+	g := Grant{
+		FamilyID: row.FamilyID.String(), ClientID: c.ClientID, UserID: c.UserID, Scope: c.Scope,
+		Audience: row.Audience, Claims: claimsOf(row.AuthTime, row.ACR, row.AMR, row.SessionID, row.UserAgent, row.IP, row.Label),
+		CreatedAt: row.CreatedAt.UTC(),
+	}
+	rt := newRefreshToken(token, row.ExpiresAt, row.FamilyExpiresAt, g)
+	rt.Access = access.issued(g.FamilyID, row.CreatedAt, row.FamilyExpiresAt, c.Scope, row.Audience)
 	return &CodeExchange{
-		RefreshToken: newRefreshToken(token, row.ExpiresAt, row.FamilyExpiresAt, Grant{
-			FamilyID: row.FamilyID.String(), ClientID: c.ClientID, UserID: c.UserID, Scope: c.Scope,
-		}),
-		Nonce:       deref(c.Nonce),
-		Resources:   c.Resources,
-		Session:     json.RawMessage(c.Session),
-		RedirectURI: c.RedirectURI,
+		RefreshToken: rt,
+		Nonce:        deref(c.Nonce),
+		Resources:    c.Resources,
+		Session:      json.RawMessage(c.Session),
+		RedirectURI:  c.RedirectURI,
+	}
+}
+
+// grantOf is the grant of a token read with its family.
+func grantOf(row db.RefreshTokenGetRow) Grant {
+	return Grant{
+		FamilyID: row.FamilyID.String(), ClientID: row.ClientID, UserID: row.UserID, Scope: row.Scope,
+		Audience: row.Audience, Claims: claimsOf(row.AuthTime, row.ACR, row.AMR, row.SessionID, row.UserAgent, row.IP, row.Label),
+		CreatedAt: row.FamilyCreatedAt.UTC(), LastUsedAt: utcPtr(row.LastRotatedAt),
 	}
 }
 
 func tokenInfo(row db.RefreshTokenGetRow) *TokenInfo {
 	return &TokenInfo{
-		Grant: Grant{
-			FamilyID: row.FamilyID.String(),
-			ClientID: row.ClientID,
-			UserID:   row.UserID,
-			Scope:    row.Scope,
-		},
+		Grant:            grantOf(row),
 		GrantedScope:     row.GrantedScope,
 		CreatedAt:        row.CreatedAt.UTC(),
 		ExpiresAt:        row.ExpiresAt.UTC(),
@@ -155,5 +172,7 @@ func familyFromRow(f db.OauthFamily) Family {
 		SenderThumbprint: deref(f.SenderThumbprint),
 		RevokedAt:        utcPtr(f.RevokedAt),
 		RevokedReason:    deref(f.RevokedReason),
+		Audience:         f.Audience,
+		Claims:           claimsOf(f.AuthTime, f.ACR, f.AMR, f.SessionID, f.UserAgent, f.IP, f.Label),
 	}
 }

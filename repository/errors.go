@@ -59,6 +59,10 @@ var ErrStateNotFound = errors.New("oauthstore: state not found, expired or alrea
 // §6); send the client "invalid_scope". Nothing was consumed. It is not an invalid grant.
 var ErrInvalidScope = errors.New("invalid_scope: requested scope exceeds the granted scope")
 
+// ErrInvalidTarget is returned when an access token is asked for an audience the grant does not
+// allow (RFC 8707 §2.2, "invalid_target"). Nothing changes.
+var ErrInvalidTarget = errors.New("invalid_target: requested audience is not among the grant's resources")
+
 // ErrFamilyNotFound is returned by operations addressed to a family id that does not exist.
 var ErrFamilyNotFound = errors.New("oauthstore: family not found")
 
@@ -99,6 +103,7 @@ func inputError(field, problem string) error { return &InputError{Field: field, 
 
 // ErrorCode returns the OAuth 2 error code (RFC 6749 §5.2) to send a client for an error of this
 // package: "invalid_grant" for every refused token whatever the cause, "invalid_scope",
+// "invalid_target" (RFC 8707),
 // "invalid_request" for refused input, and "server_error" for anything else. Send the code, not
 // err.Error(): the message names the cause, which is for the service's own logs.
 func ErrorCode(err error) string {
@@ -109,6 +114,8 @@ func ErrorCode(err error) string {
 		return "invalid_grant"
 	case errors.Is(err, ErrInvalidScope):
 		return "invalid_scope"
+	case errors.Is(err, ErrInvalidTarget):
+		return "invalid_target"
 	case errors.Is(err, ErrInvalidInput), errors.Is(err, ErrStateNotFound):
 		return "invalid_request"
 	}

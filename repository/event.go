@@ -37,6 +37,9 @@ type Event struct {
 	// FamilyRevoked reports, for the replay events, whether this replay revoked the family and the
 	// revocation is committed (the family may have been revoked before).
 	FamilyRevoked bool
+	// SessionID is the revoked family's OpenID Connect session id (Claims.SessionID), if any, for
+	// back-channel logout.
+	SessionID string
 	// InCallerTx reports, for the replay events, that the revocation was made inside the caller's
 	// transaction (Store.WithDB), because that transaction held or created the family; it
 	// commits or rolls back with it.
@@ -57,6 +60,9 @@ func (a *Admin) emit(ctx context.Context, e Event) {
 	}
 	if e.Reason != "" {
 		attrs = append(attrs, slog.String("reason", e.Reason))
+	}
+	if e.SessionID != "" {
+		attrs = append(attrs, slog.String("sid", e.SessionID))
 	}
 	if replay {
 		attrs = append(attrs, slog.Bool("family_revoked_now", e.FamilyRevoked))

@@ -36,7 +36,7 @@ func (a *Admin) RevokeFamily(ctx context.Context, familyID, reason string) error
 		return err
 	}
 	if row.RevokedNow {
-		a.emit(ctx, Event{Kind: EventFamilyRevoked, FamilyID: row.ID.String(), ClientID: row.ClientID, UserID: row.UserID, Reason: reason})
+		a.emit(ctx, Event{Kind: EventFamilyRevoked, FamilyID: row.ID.String(), ClientID: row.ClientID, UserID: row.UserID, Reason: reason, SessionID: deref(row.SessionID)})
 	}
 	return nil
 }
@@ -50,14 +50,28 @@ type FamilyFilter struct {
 // revokeBatchSize bounds the row locks one revoking statement holds.
 const revokeBatchSize = 500
 
+// RevokedFamilies is what RevokeFamilies ended.
+type RevokedFamilies struct {
+	// Families is how many live families it revoked; their access tokens went with them.
+	Families int64
+	// StandaloneAccessTokens is how many live standalone access tokens it revoked.
+	StandaloneAccessTokens int64
+	// SessionIDs are the OpenID Connect sessions (Claims.SessionID) of the revoked families, each
+	// once: send their back-channel logout tokens.
+	SessionIDs []string
+}
+
 // RevokeFamilies revokes every live family of a user (logout everywhere), of a client (the client
-// was deleted), or of a user at one client, in batches of short statements, and returns how many
-// it revoked. Each revoked family is reported as an EventFamilyRevoked. It first ends the
-// authorization codes the filter covers that could still be exchanged, so that no code minted
+// was deleted), or of a user at one client, with the access tokens of those families, and the
+// standalone access tokens the filter covers (a user's: those whose subject is the user), in
+// batches of short statements; each statement writes one row per family, however many access
+// tokens the family has. Each revoked family is reported as an EventFamilyRevoked. It first ends
+// the authorization codes the filter covers that could still be exchanged, so that no code minted
 // before the call yields a live family after it.
-func (a *Admin) RevokeFamilies(ctx context.Context, filter FamilyFilter, reason string) (int64, error) {
+func (a *Admin) RevokeFamilies(ctx context.Context, filter FamilyFilter, reason string) (RevokedFamilies, error) {
+	var out RevokedFamilies
 	if err := firstError(filter.validate(), validateReason(reason)); err != nil {
-		return 0, err
+		return out, err
 	}
 	// Codes first: an exchange that commits before this statement made a family that the batches
 	// below revoke; one that comes after finds no code.
@@ -67,20 +81,41 @@ func (a *Admin) RevokeFamilies(ctx context.Context, filter FamilyFilter, reason 
 		})
 		return err
 	}); err != nil {
-		return 0, dbError("revoke families: end pending codes", err)
+		return out, dbError("revoke families: end pending codes", err)
 	}
-	var total int64
+	seen := map[string]bool{}
 	for {
 		batch, err := a.revokeFamiliesBatch(ctx, filter, reason)
 		if err != nil {
-			return total, dbError("revoke families", err)
+			return out, dbError("revoke families", err)
 		}
 		for _, r := range batch {
-			a.emit(ctx, Event{Kind: EventFamilyRevoked, FamilyID: r.ID.String(), ClientID: r.ClientID, UserID: r.UserID, Reason: reason})
+			sid := deref(r.SessionID)
+			if sid != "" && !seen[sid] {
+				seen[sid] = true
+				out.SessionIDs = append(out.SessionIDs, sid)
+			}
+			a.emit(ctx, Event{Kind: EventFamilyRevoked, FamilyID: r.ID.String(), ClientID: r.ClientID, UserID: r.UserID, Reason: reason, SessionID: sid})
 		}
-		total += int64(len(batch))
+		out.Families += int64(len(batch))
 		if len(batch) < revokeBatchSize {
-			return total, nil
+			break
+		}
+	}
+	for {
+		var n int64
+		err := a.readCommitted(ctx, "revoke standalone access tokens", func(q DBTX) (err error) {
+			n, err = a.q.AccessTokenRevokeStandalone(ctx, q, db.AccessTokenRevokeStandaloneParams{
+				ClientID: optionalText(filter.ClientID), Subject: optionalText(filter.UserID), Now: a.now(), BatchSize: revokeBatchSize,
+			})
+			return err
+		})
+		if err != nil {
+			return out, dbError("revoke standalone access tokens", err)
+		}
+		out.StandaloneAccessTokens += n
+		if n < revokeBatchSize {
+			return out, nil
 		}
 	}
 }
@@ -136,6 +171,9 @@ type Family struct {
 	SenderThumbprint string
 	RevokedAt        *time.Time
 	RevokedReason    string
+	// Audience and Claims are the grant's (IssueRequest, or the code's CodeRequest).
+	Audience []string
+	Claims   Claims
 }
 
 // Family returns a family by id. It always reads the primary, never Config.ReadReplica: a service
@@ -180,7 +218,7 @@ func (a *Admin) ActiveFamilies(ctx context.Context, userID string) ([]Family, er
 	return out, nil
 }
 
-// DeleteFamily erases a family and all of its tokens, for example when the user's account is
+// DeleteFamily erases a family and all of its tokens, access tokens included, for example when the user's account is
 // deleted. Unlike RevokeFamily it keeps no evidence: its tokens become unknown.
 func (a *Admin) DeleteFamily(ctx context.Context, familyID string) error {
 	id, err := parseFamilyID(familyID)
@@ -195,7 +233,10 @@ func (a *Admin) DeleteFamily(ctx context.Context, familyID string) error {
 		if n, err = a.q.FamilyDelete(ctx, tx, id); err != nil || n == 0 {
 			return false, err
 		}
-		_, err = a.q.RefreshTombstoneDeleteByFamily(ctx, tx, id)
+		if _, err = a.q.RefreshTombstoneDeleteByFamily(ctx, tx, id); err != nil {
+			return false, err
+		}
+		_, err = a.q.AccessTokenDeleteByFamily(ctx, tx, id)
 		return err == nil, err
 	})
 	if err != nil {

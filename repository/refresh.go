@@ -19,6 +19,13 @@ type Grant struct {
 	UserID   string
 	// Scope is the scope of this token: the granted scope, or a narrower one a rotation asked for.
 	Scope []string
+	// Audience is the grant's audiences (RFC 8707 resources): those its access tokens may be
+	// issued for; empty for any.
+	Audience []string
+	Claims   Claims
+	// CreatedAt is when the grant started; LastUsedAt when its last rotation was, if any.
+	CreatedAt  time.Time
+	LastUsedAt *time.Time
 }
 
 // RefreshToken is a newly minted refresh token. Token is shown to the client once; the database
@@ -28,6 +35,8 @@ type RefreshToken struct {
 	ExpiresAt time.Time
 	// FamilyExpiresAt is the family's absolute end, if it has one.
 	FamilyExpiresAt *time.Time
+	// Access is the access token issued with it, when the request asked for one.
+	Access *AccessToken
 	Grant
 }
 
@@ -43,9 +52,15 @@ type IssueRequest struct {
 	// SenderThumbprint binds the family to a key: the RFC 9449 DPoP "jkt" or the RFC 8705
 	// "x5t#S256" of the client's key. Every rotation must then present the same one.
 	SenderThumbprint string
+	// Audience is the grant's audiences (RFC 8707 resources); empty for any.
+	Audience []string
+	Claims   Claims
+	// Access asks for an access token issued in the same statement.
+	Access AccessRequest
 }
 
-// Issue starts a family with its first refresh token, in one statement.
+// Issue starts a family with its first refresh token, and an access token when req.Access asks
+// for one, in one statement.
 func (s *Store) Issue(ctx context.Context, req IssueRequest) (*RefreshToken, error) {
 	if err := validateID("client_id", req.ClientID); err != nil {
 		return nil, err
@@ -61,12 +76,25 @@ func (s *Store) Issue(ctx context.Context, req IssueRequest) (*RefreshToken, err
 	if err != nil {
 		return nil, err
 	}
-	if err := validateThumbprint(req.SenderThumbprint); err != nil {
+	if err := firstError(validateThumbprint(req.SenderThumbprint), req.Claims.validate()); err != nil {
+		return nil, err
+	}
+	audience, err := validateAudience("audience", req.Audience)
+	if err != nil {
+		return nil, err
+	}
+	areq, err := s.checkAccess(req.Access)
+	if err != nil {
+		return nil, err
+	}
+	if err := accessWithin(areq, audience, req.SenderThumbprint); err != nil {
 		return nil, err
 	}
 	id := newFamilyID()
 	token, digest, pepperID := s.refresh.mintFor(id)
-	row, err := s.q.FamilyCreate(ctx, s.dbtx, db.FamilyCreateParams{
+	access := s.planAccess(areq, id)
+	c := req.Claims.params()
+	p := db.FamilyCreateParams{
 		ID:               pgtype.UUID{Bytes: id, Valid: true},
 		ClientID:         req.ClientID,
 		UserID:           req.UserID,
@@ -77,13 +105,37 @@ func (s *Store) Issue(ctx context.Context, req IssueRequest) (*RefreshToken, err
 		TTL:              ttl,
 		Digest:           digest,
 		PepperID:         pepperID,
-	})
+		Audience:         audience,
+		AuthTime:         c.authTime, ACR: c.acr, AMR: c.amr, SessionID: c.sid, UserAgent: c.userAgent, IP: c.ip, Label: c.label,
+	}
+	p.AccessKey, p.AccessJWT, p.AccessPepperID, p.AccessTTL, p.AccessAudience, p.AccessTokenType = access.params()
+	row, err := s.q.FamilyCreate(ctx, s.dbtx, p)
 	if err != nil {
 		return nil, dbError("issue", err)
 	}
-	return newRefreshToken(token, row.ExpiresAt, row.FamilyExpiresAt, Grant{
+	g := Grant{
 		FamilyID: row.ID.String(), ClientID: req.ClientID, UserID: req.UserID, Scope: scope,
-	}), nil
+		Audience: audience, Claims: claimsOf(c.authTime, c.acr, c.amr, c.sid, c.userAgent, c.ip, c.label),
+		CreatedAt: row.CreatedAt.UTC(),
+	}
+	rt := newRefreshToken(token, row.ExpiresAt, row.FamilyExpiresAt, g)
+	rt.Access = access.issued(g.FamilyID, row.CreatedAt, row.FamilyExpiresAt, scope, audience)
+	return rt, nil
+}
+
+// accessWithin checks an access request against the grant it comes with: its audience among the
+// grant's, when the grant has any, and a DPoP token only for a family bound to a key.
+func accessWithin(req AccessRequest, grantAudience []string, senderThumbprint string) error {
+	if req.Kind == AccessNone {
+		return nil
+	}
+	if req.TokenType == TokenTypeDPoP && senderThumbprint == "" {
+		return inputError("access.token_type", "DPoP for a grant bound to no key")
+	}
+	if req.Audience != nil && len(grantAudience) > 0 && !isSubset(req.Audience, grantAudience) {
+		return ErrInvalidTarget
+	}
+	return nil
 }
 
 // RotateRequest presents a refresh token for rotation (RFC 6749 §6).
@@ -100,6 +152,11 @@ type RotateRequest struct {
 	// TTL is the successor's idle lifetime; zero means Config.RefreshTokenTTL. It never reaches past
 	// the family's absolute lifetime.
 	TTL time.Duration
+	// UserAgent and IP, when set, replace the session's (Claims) as where it is used from now.
+	UserAgent string
+	IP        string
+	// Access asks for an access token issued in the same statement, with the successor's scope.
+	Access AccessRequest
 }
 
 // Rotate consumes the presented token and returns its successor in the same family. Consume and
@@ -126,15 +183,23 @@ func (s *Store) Rotate(ctx context.Context, req RotateRequest) (*RefreshToken, e
 	if len(scope) == 0 {
 		scope = nil // the granted scope
 	}
-	if err := validateThumbprint(req.SenderThumbprint); err != nil {
+	if err := firstError(validateThumbprint(req.SenderThumbprint),
+		Claims{UserAgent: req.UserAgent, IP: req.IP}.validate()); err != nil {
 		return nil, err
+	}
+	areq, err := s.checkAccess(req.Access)
+	if err != nil {
+		return nil, err
+	}
+	if areq.TokenType == TokenTypeDPoP && req.SenderThumbprint == "" {
+		return nil, inputError("access.token_type", "DPoP without a sender thumbprint")
 	}
 	pt, err := s.presentedRefresh(ctx, req.Token)
 	if err != nil {
 		return nil, err
 	}
 	token, successor, pepperID := s.refresh.mintFor(pt.family.Bytes)
-	r := rotation{successor: token, presented: req.Token}
+	r := rotation{successor: token, presented: req.Token, access: s.planAccess(areq, pt.family.Bytes)}
 	// The happy path presents the digest under the current pepper; a token made under an older
 	// pepper of the ring is found on the refused path and rotated there.
 	params := db.RefreshTokenRotateParams{
@@ -147,7 +212,11 @@ func (s *Store) Rotate(ctx context.Context, req RotateRequest) (*RefreshToken, e
 		TTL:              ttl,
 		SuccessorDigest:  successor,
 		PepperID:         pepperID,
+		UserAgent:        optionalText(req.UserAgent),
+		IP:               optionalText(req.IP),
 	}
+	params.AccessKey, params.AccessJWT, params.AccessPepperID, params.AccessTTL, params.AccessAudience,
+		params.AccessTokenType = r.access.params()
 	params.SuccessorSealed = s.sealFor(r, params.Digest, s.refresh.currentPepperID(), successor)
 	row, err := s.q.RefreshTokenRotate(ctx, s.dbtx, params)
 	// Under a stricter default isolation level than READ COMMITTED, a rotation that waited for a
@@ -159,7 +228,7 @@ func (s *Store) Rotate(ctx context.Context, req RotateRequest) (*RefreshToken, e
 	if err != nil {
 		return nil, dbError("rotate", err)
 	}
-	return rotatedToken(token, row), nil
+	return rotatedToken(token, row, r.access), nil
 }
 
 // presentedToken is a refresh token a client presented: the family it names, and its digests
@@ -196,6 +265,7 @@ func (s *Store) getToken(ctx context.Context, q db.DBTX, pt presentedToken, now 
 type rotation struct {
 	successor Secret
 	presented string
+	access    *accessPlan // the access token to issue with the successor, if any
 }
 
 // sealFor returns the successor with the given digest sealed for the holder of the presented
@@ -292,6 +362,8 @@ func (s *Store) settleRefused(ctx context.Context, tx pgx.Tx, pt presentedToken,
 		return refusedRotation{refusal: ErrTokenExpired}, nil
 	case p.Scope != nil && !isSubset(p.Scope, t.GrantedScope):
 		return refusedRotation{refusal: ErrInvalidScope}, nil
+	case p.AccessAudience != nil && len(t.Audience) > 0 && !isSubset(p.AccessAudience, t.Audience):
+		return refusedRotation{refusal: ErrInvalidTarget}, nil
 	}
 	// Nothing stands in the way: the token was made under an older pepper of the ring, or the first
 	// attempt met a rotation that rolled back. Rotate it under the digest it was found by.
@@ -302,7 +374,7 @@ func (s *Store) settleRefused(ctx context.Context, tx pgx.Tx, pt presentedToken,
 		return refusedRotation{}, dbError("rotate", err)
 	}
 	return refusedRotation{
-		successor: rotatedToken(r.successor, row),
+		successor: rotatedToken(r.successor, row, r.access),
 		commit:    true,
 	}, nil
 }
@@ -317,9 +389,12 @@ func (s *Store) graceReuse(ctx context.Context, tx pgx.Tx, p db.RefreshTokenRota
 		if _, err := s.q.RefreshTokenGraceReuse(ctx, tx, db.RefreshTokenGraceReuseParams{FamilyID: t.FamilyID, ParentDigest: t.Digest}); err != nil {
 			return nil, err
 		}
-		return newRefreshToken(same, t.LiveExpiresAt, t.FamilyExpiresAt, Grant{
-			FamilyID: t.FamilyID.String(), ClientID: t.ClientID, UserID: t.UserID, Scope: t.LiveScope,
-		}), nil
+		g := grantOf(t)
+		g.Scope = t.LiveScope
+		rt := newRefreshToken(same, t.LiveExpiresAt, t.FamilyExpiresAt, g)
+		var err error
+		rt.Access, err = s.issueWithFamily(ctx, tx, t.FamilyID, p.Now, r.access)
+		return rt, err
 	}
 	row, err := s.q.RefreshTokenGraceReplace(ctx, tx, db.RefreshTokenGraceReplaceParams{
 		FamilyID:        t.FamilyID,
@@ -334,14 +409,35 @@ func (s *Store) graceReuse(ctx context.Context, tx pgx.Tx, p db.RefreshTokenRota
 	if err != nil {
 		return nil, err
 	}
-	return rotatedToken(r.successor, db.RefreshTokenRotateRow(row)), nil
+	rt := rotatedToken(r.successor, db.RefreshTokenRotateRow(row), nil)
+	rt.Access, err = s.issueWithFamily(ctx, tx, t.FamilyID, p.Now, r.access)
+	return rt, err
+}
+
+// issueWithFamily issues the planned access token of a family whose live refresh token a grace
+// reuse hands out, in the caller's transaction, which holds the family lock.
+func (s *Store) issueWithFamily(ctx context.Context, tx pgx.Tx, family pgtype.UUID, now *time.Time, a *accessPlan) (*AccessToken, error) {
+	if a == nil {
+		return nil, nil
+	}
+	key, jwt, pepperID, ttl, audience, tokenType := a.params()
+	row, err := s.q.AccessTokenCreateForFamily(ctx, tx, db.AccessTokenCreateForFamilyParams{
+		FamilyID: family, Key: key, JWT: jwt, PepperID: pepperID, TTL: *ttl, Audience: audience,
+		TokenType: tokenType, Now: now,
+	})
+	if err != nil {
+		return nil, err
+	}
+	t := a.issued(family.String(), row.IssuedAt, nil, row.Scope, row.Audience)
+	t.ExpiresAt = row.ExpiresAt.UTC()
+	return t, nil
 }
 
 // settleConsumed handles a consumed token presented by its own client: a grace reuse when the
 // window allows it, and otherwise a replay that revokes the family (RFC 6819 §5.2.2.3).
 func (s *Store) settleConsumed(ctx context.Context, tx pgx.Tx, p db.RefreshTokenRotateParams, t db.RefreshTokenGetRow, r rotation) (refusedRotation, error) {
 	now := *p.Now
-	e := Event{FamilyID: t.FamilyID.String(), ClientID: t.ClientID, UserID: t.UserID}
+	e := Event{FamilyID: t.FamilyID.String(), ClientID: t.ClientID, UserID: t.UserID, SessionID: deref(t.SessionID)}
 	// A grace reuse needs a parent that is still within its own lifetime and the window, was made
 	// under a pepper that is not retired, and has reuses left.
 	// The presented token is the parent of the unused current token: a lost response, or another

@@ -480,3 +480,67 @@ func (d *digester) graceSalt(pepperID string) []byte {
 
 // currentPepperID is the ID of the pepper new digests are made with.
 func (d *digester) currentPepperID() string { return d.keys[0].pepperID }
+
+// An opaque access token is the id of its family (or standalone grant) followed by
+// accessEntropyBytes from crypto/rand, in unpadded base64url: 66 characters, a length no other
+// credential of the package has. Its digest, under a key of its own, covers both.
+const accessEntropyBytes = 33
+
+var accessTokenLen = base64.RawURLEncoding.EncodedLen(familyIDBytes + accessEntropyBytes)
+
+// A JWT's jti is the id of its family (or standalone grant) followed by jtiRandomBytes, in
+// unpadded base64url: 38 characters. It is unique, not secret: the random part is stored as it is.
+const jtiRandomBytes = 12
+
+var jtiLen = base64.RawURLEncoding.EncodedLen(familyIDBytes + jtiRandomBytes)
+
+// mintAccess returns a new opaque access token of the family (or grant) id names, its digest
+// under the current pepper, and that pepper's ID.
+func (d *digester) mintAccess(id [familyIDBytes]byte) (Secret, []byte, string) {
+	var raw [familyIDBytes + accessEntropyBytes]byte
+	copy(raw[:], id[:])
+	_, _ = rand.Read(raw[familyIDBytes:])
+	k := &d.keys[0]
+	return newSecret(tokenEncoding.EncodeToString(raw[:])), k.sum(raw[:]), k.pepperID
+}
+
+// decodeAccess returns the family id an opaque access token carries and its digests under each
+// pepper of the ring, or false when it cannot be an access token this package minted.
+func (d *digester) decodeAccess(token string) ([familyIDBytes]byte, [][]byte, bool) {
+	var id [familyIDBytes]byte
+	if len(token) != accessTokenLen {
+		return id, nil, false
+	}
+	var raw [familyIDBytes + accessEntropyBytes]byte
+	if n, err := tokenEncoding.Decode(raw[:], []byte(token)); err != nil || n != len(raw) {
+		return id, nil, false
+	}
+	copy(id[:], raw[:])
+	out := make([][]byte, len(d.keys))
+	for i := range d.keys {
+		out[i] = d.keys[i].sum(raw[:])
+	}
+	return id, out, true
+}
+
+// newJTI returns a new jti of the family (or grant) id names, and the random part that keys it.
+func newJTI(id [familyIDBytes]byte) (string, []byte) {
+	var raw [familyIDBytes + jtiRandomBytes]byte
+	copy(raw[:], id[:])
+	_, _ = rand.Read(raw[familyIDBytes:])
+	return tokenEncoding.EncodeToString(raw[:]), raw[familyIDBytes:]
+}
+
+// parseJTI returns the family id and the random part of a jti this package minted.
+func parseJTI(jti string) ([familyIDBytes]byte, []byte, bool) {
+	var id [familyIDBytes]byte
+	if len(jti) != jtiLen {
+		return id, nil, false
+	}
+	var raw [familyIDBytes + jtiRandomBytes]byte
+	if n, err := tokenEncoding.Decode(raw[:], []byte(jti)); err != nil || n != len(raw) {
+		return id, nil, false
+	}
+	copy(id[:], raw[:])
+	return id, raw[familyIDBytes:], true
+}

@@ -32,7 +32,18 @@ type Stats struct {
 		Pending int64 `json:"pending"`
 		Expired int64 `json:"expired"`
 	} `json:"states"`
-	Tables []TableSize `json:"tables"`
+	// AccessTokens: Active can be used now; Revoked were revoked themselves or with their family;
+	// Expired are past their lifetime, waiting for cleanup. JWTs counts those of every state that
+	// are JWTs (known by their jti).
+	AccessTokens struct {
+		Active  int64 `json:"active"`
+		Revoked int64 `json:"revoked"`
+		Expired int64 `json:"expired"`
+		JWTs    int64 `json:"jwts"`
+	} `json:"access_tokens"`
+	// Revocations counts the entries of the revocation feed.
+	Revocations int64       `json:"revocations"`
+	Tables      []TableSize `json:"tables"`
 }
 
 // TableSize is the size on disk of one table and of its indexes.
@@ -77,6 +88,12 @@ func (a *Admin) stats(ctx context.Context, q DBTX) (*Stats, error) {
 		return nil, dbError("stats", err)
 	}
 	st.States.Pending, st.States.Expired = sb.Pending, sb.Expired
+	at, err := a.q.StatsAccessTokens(ctx, q, now)
+	if err != nil {
+		return nil, dbError("stats", err)
+	}
+	st.AccessTokens.Active, st.AccessTokens.Revoked, st.AccessTokens.Expired, st.AccessTokens.JWTs = at.Active, at.Revoked, at.Expired, at.Jwts
+	st.Revocations = at.Revocations
 	sizes, err := a.q.StatsTableSizes(ctx, q)
 	if err != nil {
 		return nil, dbError("stats", err)
@@ -103,7 +120,7 @@ func (a *Admin) CleanupBacklog(ctx context.Context, opts CleanupOptions) (Cleanu
 		return CleanupResult{}, dbError("cleanup backlog", err)
 	}
 	return CleanupResult{Families: r.Families, RefreshTokens: r.RefreshTokens, AuthorizationCodes: r.AuthorizationCodes, States: r.States,
-		GraceCiphertexts: r.GraceCiphertexts}, nil
+		GraceCiphertexts: r.GraceCiphertexts, AccessTokens: r.AccessTokens, Revocations: r.Revocations}, nil
 }
 
 // PepperUse is what still depends on one pepper of the ring, by the database clock.

@@ -34,6 +34,8 @@ type Store struct {
 	refresh        *digester
 	code           *digester
 	state          *digester
+	access         *digester
+	accessTTL      time.Duration
 	codeTTL        time.Duration
 	pkceOptional   bool
 	allowPlainPKCE bool
@@ -66,6 +68,8 @@ func New(dbtx DBTX, cfg Config) (*Store, error) {
 		refresh:        newDigester(ring, "refresh-token", true),
 		code:           newDigester(ring, "authorization-code", false),
 		state:          newDigester(ring, "state", false),
+		access:         newDigester(ring, "access-token", true),
+		accessTTL:      cfg.AccessTokenTTL,
 		codeTTL:        cfg.CodeTTL,
 		pkceOptional:   cfg.PKCEOptional,
 		allowPlainPKCE: cfg.AllowPlainPKCE,

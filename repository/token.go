@@ -64,12 +64,21 @@ func (s *Store) Peek(ctx context.Context, token, clientID string) (*TokenInfo, e
 	return info, nil
 }
 
-// RevokeToken revokes the family of a refresh token presented by clientID, as RFC 7009 §2.1
-// suggests for refresh tokens. A token of another client is refused with ErrWrongClient and
-// revokes nothing; revoking an already revoked family succeeds.
+// RevokeToken answers an RFC 7009 revocation request of clientID. A refresh token revokes its
+// family, as RFC 7009 §2.1 suggests: every token of the grant, access tokens included, stops
+// working at once. An opaque access token revokes itself alone. A token of another client is
+// refused with ErrWrongClient and revokes nothing; revoking again succeeds. A JWT is revoked by its
+// jti with RevokeJTI. RFC 7009 §2.2 answers 200 for an unknown token (ErrTokenNotFound) too.
 func (s *Store) RevokeToken(ctx context.Context, token, clientID string) error {
 	if err := validateID("client_id", clientID); err != nil {
 		return err
+	}
+	if len(token) == accessTokenLen {
+		id, digests, ok := s.access.decodeAccess(token)
+		if !ok {
+			return ErrTokenNotFound
+		}
+		return s.revokeAccess(ctx, id, digests, false, clientID)
 	}
 	info, err := s.Lookup(ctx, token)
 	if err != nil {

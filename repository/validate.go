@@ -3,8 +3,10 @@ package repository
 import (
 	"bytes"
 	"encoding/json"
+	"net/netip"
 	"net/url"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 	"unicode"
@@ -194,4 +196,126 @@ func firstError(errs ...error) error {
 		}
 	}
 	return nil
+}
+
+// Bounds on a grant's claims and audiences; the schema holds the same bounds.
+const (
+	MaxAudiences     = 32
+	MaxAudienceBytes = 512
+	MaxAMRValues     = 16
+	MaxAMRBytes      = 64
+	MaxUserAgent     = 512
+)
+
+// Claims are what a grant records about the authentication behind it and the session it is: set
+// when the grant starts (IssueRequest, or CodeRequest for the family its code produces) and
+// returned by Rotate, Lookup, Introspect and ActiveFamilies. None of them may be a secret.
+type Claims struct {
+	// AuthTime is when the user authenticated (OIDC auth_time), kept to the microsecond.
+	AuthTime *time.Time
+	// ACR and AMR are the authentication context class and methods (OIDC acr, amr).
+	ACR string
+	AMR []string
+	// SessionID is the OpenID Connect session id ("sid"), for back-channel logout: RevokeFamilies
+	// returns the ones it ended.
+	SessionID string
+	// UserAgent, IP and Label describe the session for a "your devices" page. Rotate updates
+	// UserAgent and IP when RotateRequest carries them.
+	UserAgent string
+	IP        string
+	Label     string
+}
+
+// validate checks claims against their bounds: printable text, an IP address in a form
+// net/netip parses, and no more than the schema holds.
+func (c Claims) validate() error {
+	short := func(field, v string, n int) error {
+		if len(v) > n {
+			return inputError(field, "longer than "+strconv.Itoa(n)+" bytes")
+		}
+		return validateText(field, v)
+	}
+	if err := firstError(short("acr", c.ACR, 255), short("sid", c.SessionID, 255),
+		short("user_agent", c.UserAgent, MaxUserAgent), short("label", c.Label, 255),
+		validateIP(c.IP)); err != nil {
+		return err
+	}
+	if len(c.AMR) > MaxAMRValues {
+		return inputError("amr", "more than 16 values")
+	}
+	for _, m := range c.AMR {
+		if m == "" || len(m) > MaxAMRBytes || !printableASCII(m) {
+			return inputError("amr", "a value that is not 1-64 printable ASCII characters")
+		}
+	}
+	if c.AuthTime != nil && (c.AuthTime.IsZero() || c.AuthTime.Year() < 1970 || c.AuthTime.Year() > 9999) {
+		return inputError("auth_time", "outside 1970..9999")
+	}
+	return nil
+}
+
+func validateIP(v string) error {
+	if v == "" {
+		return nil
+	}
+	if len(v) > 45 {
+		return inputError("ip", "longer than 45 bytes")
+	}
+	if _, err := netip.ParseAddr(v); err != nil {
+		return inputError("ip", "not an IP address")
+	}
+	return nil
+}
+
+func printableASCII(v string) bool {
+	for i := 0; i < len(v); i++ {
+		if v[i] <= ' ' || v[i] > '~' {
+			return false
+		}
+	}
+	return true
+}
+
+// validateAudience checks audience values (RFC 7519 "aud", RFC 8707 resources): 1–512 printable
+// ASCII characters without spaces each, at most 32, repeats dropped.
+func validateAudience(field string, aud []string) ([]string, error) {
+	if len(aud) > MaxAudiences {
+		return nil, inputError(field, "more than 32 audiences")
+	}
+	out := make([]string, 0, len(aud))
+	for _, a := range aud {
+		if a == "" || len(a) > MaxAudienceBytes || !printableASCII(a) {
+			return nil, inputError(field, "a value that is not 1-512 printable ASCII characters without spaces")
+		}
+		if !slices.Contains(out, a) {
+			out = append(out, a)
+		}
+	}
+	return out, nil
+}
+
+// pgClaims are claims as statement parameters.
+type pgClaims struct {
+	authTime                       *time.Time
+	acr, sid, userAgent, ip, label *string
+	amr                            []string
+}
+
+func (c Claims) params() pgClaims {
+	p := pgClaims{
+		acr: optionalText(c.ACR), sid: optionalText(c.SessionID), userAgent: optionalText(c.UserAgent),
+		ip: optionalText(c.IP), label: optionalText(c.Label), amr: c.AMR,
+	}
+	if c.AuthTime != nil {
+		t := c.AuthTime.Truncate(time.Microsecond)
+		p.authTime = &t
+	}
+	return p
+}
+
+func claimsOf(authTime *time.Time, acr *string, amr []string, sid, userAgent, ip, label *string) Claims {
+	return Claims{
+		AuthTime: utcPtr(authTime), ACR: deref(acr), AMR: amr, SessionID: deref(sid),
+		UserAgent: deref(userAgent), IP: deref(ip), Label: deref(label),
+	}
 }

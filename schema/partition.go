@@ -13,16 +13,17 @@ import (
 // MaxPartitions bounds PartitionByFamily's partition count.
 const MaxPartitions = 1024
 
-// PartitionByFamily rebuilds oauth_family and oauth_refresh_tombstone as tables hash-partitioned
-// by family id, with the given number of partitions each, keeping their rows, in one transaction.
-// Every statement the package runs on a presented refresh token names its family, so each touches
-// one partition of each table (see docs/SCALING.md). The other tables stay as they are: codes and
-// states are looked up by their own digest, and oauth_refresh_token_legacy (tokens minted before
-// schema version 5) by a digest that carries no family.
+// PartitionByFamily rebuilds oauth_family, oauth_refresh_tombstone and oauth_access_token as
+// tables hash-partitioned by family id, with the given number of partitions each, keeping their
+// rows, in one transaction. Every statement the package runs on a presented refresh token or
+// access token names its family, so each touches one partition of each table (see
+// docs/SCALING.md). The other tables stay as they are: codes and states are looked up by their own
+// digest, oauth_refresh_token_legacy (tokens minted before schema version 5) by a digest that
+// carries no family, and the revocation feed is read in one order across all families.
 //
 // It is the layout of a deployment, not a migration: run it once after Migrate on a database at
 // the latest version; later migrations apply to the partitioned tables, but migrating down past
-// schema 5 and up again rebuilds them unpartitioned (run it again then). It rewrites both tables
+// schema 5 and up again rebuilds them unpartitioned (run it again then). It rewrites the tables
 // under an exclusive lock: on a database in use, run it when a pause is acceptable.
 func PartitionByFamily(ctx context.Context, pool *pgxpool.Pool, partitions int) error {
 	if partitions < 2 || partitions > MaxPartitions {
@@ -46,18 +47,25 @@ func PartitionByFamily(ctx context.Context, pool *pgxpool.Pool, partitions int) 
 		if err := tx.QueryRow(ctx, `SELECT pg_get_viewdef('oauth_refresh_token'::regclass)`).Scan(&view); err != nil {
 			return fmt.Errorf("schema: read the view oauth_refresh_token: %w", err)
 		}
-		if _, err := tx.Exec(ctx, partitionSQL(partitions)+"CREATE VIEW oauth_refresh_token AS "+view); err != nil {
+		// Every column of the family but the generated one, which the copy computes again.
+		var columns string
+		if err := tx.QueryRow(ctx, `SELECT string_agg(quote_ident(attname), ', ' ORDER BY attnum)
+			FROM pg_attribute WHERE attrelid = 'oauth_family'::regclass AND attnum > 0 AND NOT attisdropped
+			AND attgenerated = ''`).Scan(&columns); err != nil {
+			return fmt.Errorf("schema: read the columns of oauth_family: %w", err)
+		}
+		if _, err := tx.Exec(ctx, partitionSQL(partitions, columns)+"CREATE VIEW oauth_refresh_token AS "+view); err != nil {
 			return fmt.Errorf("schema: partition by family: %w", err)
 		}
 		return nil
 	})
 }
 
-// partitionSQL is the DDL PartitionByFamily runs: the two tables renamed aside, their partitioned
+// partitionSQL is the DDL PartitionByFamily runs: the three tables renamed aside, their partitioned
 // replacements created with the same columns, constraints and indexes, the rows copied, the
 // foreign keys that name them made again, the old tables dropped. The view that names them is
 // dropped first; the caller makes it again.
-func partitionSQL(n int) string {
+func partitionSQL(n int, familyColumns string) string {
 	var b strings.Builder
 	b.WriteString(`SET LOCAL lock_timeout = '5s';
 DROP VIEW oauth_refresh_token;
@@ -84,20 +92,29 @@ CREATE TABLE oauth_refresh_tombstone (LIKE oauth_refresh_tombstone_unpartitioned
 ALTER TABLE oauth_refresh_tombstone ADD CONSTRAINT oauth_refresh_tombstone_pkey PRIMARY KEY (family_id, digest);
 CREATE INDEX oauth_refresh_tombstone_sealed_idx ON oauth_refresh_tombstone (consumed_at)
     WHERE successor_sealed IS NOT NULL;
+
+ALTER TABLE oauth_access_token RENAME TO oauth_access_token_unpartitioned;
+ALTER INDEX oauth_access_token_pkey RENAME TO oauth_access_token_unpartitioned_pkey;
+ALTER INDEX oauth_access_token_expires_at_idx RENAME TO oauth_access_token_unpartitioned_expires_at_idx;
+ALTER INDEX oauth_access_token_standalone_idx RENAME TO oauth_access_token_unpartitioned_standalone_idx;
+CREATE TABLE oauth_access_token (LIKE oauth_access_token_unpartitioned INCLUDING DEFAULTS INCLUDING CONSTRAINTS)
+    PARTITION BY HASH (family_id);
+ALTER TABLE oauth_access_token ADD CONSTRAINT oauth_access_token_pkey PRIMARY KEY (family_id, key);
+CREATE INDEX oauth_access_token_expires_at_idx ON oauth_access_token (expires_at);
+CREATE INDEX oauth_access_token_standalone_idx ON oauth_access_token (client_id, subject) WHERE standalone;
 `)
 	for i := range n {
 		fmt.Fprintf(&b, "CREATE TABLE oauth_family_p%d PARTITION OF oauth_family FOR VALUES WITH (MODULUS %d, REMAINDER %d) WITH (fillfactor = 80);\n", i, n, i)
 		fmt.Fprintf(&b, "CREATE TABLE oauth_refresh_tombstone_p%d PARTITION OF oauth_refresh_tombstone FOR VALUES WITH (MODULUS %d, REMAINDER %d);\n", i, n, i)
+		fmt.Fprintf(&b, "CREATE TABLE oauth_access_token_p%d PARTITION OF oauth_access_token FOR VALUES WITH (MODULUS %d, REMAINDER %d);\n", i, n, i)
 	}
 	b.WriteString(`
-INSERT INTO oauth_family (id, client_id, user_id, scope, created_at, expires_at, sender_thumbprint,
-    revoked_at, revoked_reason, token_pepper_id, token_scope, parent_reuses, rotation_count,
-    last_rotated_at, idle_expires_at, token_digest, parent_digest)
-SELECT id, client_id, user_id, scope, created_at, expires_at, sender_thumbprint,
-    revoked_at, revoked_reason, token_pepper_id, token_scope, parent_reuses, rotation_count,
-    last_rotated_at, idle_expires_at, token_digest, parent_digest
+INSERT INTO oauth_family (` + familyColumns + `)
+SELECT ` + familyColumns + `
 FROM oauth_family_unpartitioned;
 INSERT INTO oauth_refresh_tombstone SELECT * FROM oauth_refresh_tombstone_unpartitioned;
+INSERT INTO oauth_access_token SELECT * FROM oauth_access_token_unpartitioned;
+DROP TABLE oauth_access_token_unpartitioned;
 DROP TABLE oauth_refresh_tombstone_unpartitioned;
 DROP TABLE oauth_family_unpartitioned;
 

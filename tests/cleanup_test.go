@@ -51,17 +51,17 @@ func TestCleanup_RemovesOnlyDeadFamiliesInBatches(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// Three batches of five families (ten tokens each), one (empty) each of codes, states and
-	// sealed successors.
-	if res.Families != 15 || res.RefreshTokens != 30 || res.Batches != 6 {
-		t.Fatalf("limited cleanup: %+v, want 15 families, 30 tokens in 3+1+1+1 batches", res)
+	// Three batches of five families (ten tokens each), one (empty) each of codes, states, sealed
+	// successors, access tokens and revocation feed entries.
+	if res.Families != 15 || res.RefreshTokens != 30 || res.Batches != 8 {
+		t.Fatalf("limited cleanup: %+v, want 15 families, 30 tokens in 3+1+1+1+1+1 batches", res)
 	}
 	res, err = b.store.Cleanup(b.ctx, repository.CleanupOptions{BatchSize: 4})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if res.Families != 10 || res.RefreshTokens != 20 || res.Batches != 8 {
-		t.Fatalf("second cleanup: %+v, want 10 families, 20 tokens in 5+1+1+1 batches (two families, four tokens each)", res)
+	if res.Families != 10 || res.RefreshTokens != 20 || res.Batches != 10 {
+		t.Fatalf("second cleanup: %+v, want 10 families, 20 tokens in 5+1+1+1+1+1 batches (two families, four tokens each)", res)
 	}
 	for _, id := range dead {
 		if _, err := b.store.Family(b.ctx, id); !errors.Is(err, repository.ErrFamilyNotFound) {
@@ -119,9 +119,9 @@ func TestCleanup_BatchesAreBoundedByTokensNotFamilies(t *testing.T) {
 		t.Fatal(err)
 	}
 	// 6+6 fit in 13 tokens; 6 alone (6+30 does not); 30 alone, the first of its batch; 6.
-	want := []int64{12, 6, 30, 6, 0, 0, 0}
+	want := []int64{12, 6, 30, 6, 0, 0, 0, 0, 0}
 	if res.Families != 5 || res.RefreshTokens != 54 || !slices.Equal(perBatch, want) {
-		t.Fatalf("cleanup: %+v, tokens per batch %v; want 5 families, 54 tokens in batches of %v (families, then codes, states and sealed successors)", res, perBatch, want)
+		t.Fatalf("cleanup: %+v, tokens per batch %v; want 5 families, 54 tokens in batches of %v (families, then codes, states, sealed successors, access tokens and feed entries)", res, perBatch, want)
 	}
 	if n := b.count(t, "SELECT count(*) FROM oauth_refresh_token"); n != 0 {
 		t.Fatalf("%d tokens left", n)

@@ -90,19 +90,19 @@ func TestCLI_MigrateUpDownVersionForce(t *testing.T) {
 	}
 	r := b.cli(t, "migrate", "version", "--json")
 	r.json(t, &v)
-	if r.code != 0 || v.Version != 5 || v.Dirty {
+	if r.code != 0 || v.Version != 6 || v.Dirty {
 		t.Fatalf("version: %+v %+v", r, v)
 	}
-	if r = b.cli(t, "migrate", "down", "4", "--yes"); r.code != 0 || !strings.Contains(r.stdout, "schema version 1") {
-		t.Fatalf("down 4: %+v", r)
+	if r = b.cli(t, "migrate", "down", "5", "--yes"); r.code != 0 || !strings.Contains(r.stdout, "schema version 1") {
+		t.Fatalf("down 5: %+v", r)
 	}
 	if n := b.count(t, "SELECT count(*) FROM information_schema.tables WHERE table_name = 'oauth_authorization_code'"); n != 0 {
-		t.Fatal("down 4 left the codes table")
+		t.Fatal("down 5 left the codes table")
 	}
-	if r = b.cli(t, "migrate", "up"); r.code != 0 || !strings.Contains(r.stdout, "schema version 5") {
+	if r = b.cli(t, "migrate", "up"); r.code != 0 || !strings.Contains(r.stdout, "schema version 6") {
 		t.Fatalf("up: %+v", r)
 	}
-	if r = b.cli(t, "migrate", "force", "5"); r.code != 0 {
+	if r = b.cli(t, "migrate", "force", "6"); r.code != 0 {
 		t.Fatalf("force: %+v", r)
 	}
 	for _, args := range [][]string{{"migrate"}, {"migrate", "sideways"}, {"migrate", "down"}, {"migrate", "down", "0"}, {"migrate", "force", "x"}} {
@@ -160,7 +160,7 @@ func TestCLI_JanitorDeletesInBatchesAndDryRunDeletesNothing(t *testing.T) {
 	var done summary
 	r = b.cli(t, "janitor", "--batch-size", "3", "--json")
 	r.json(t, &done)
-	if r.code != 0 || done.Families != 7 || done.RefreshTokens != 14 || done.Batches != 7+1+1+1 {
+	if r.code != 0 || done.Families != 7 || done.RefreshTokens != 14 || done.Batches != 7+1+1+1+1+1 {
 		t.Fatalf("janitor: %+v %+v", r, done)
 	}
 	if _, err := b.store.Peek(b.ctx, live.Token.Reveal(), "client-a"); err != nil {
@@ -274,7 +274,7 @@ func TestCLI_StatsCountsRowsByState(t *testing.T) {
 	r := b.cli(t, "stats", "--json")
 	r.json(t, &st)
 	if r.code != 0 || st.Families.Live != 1 || st.Families.Revoked != 1 || st.RefreshTokens.Live != 1 ||
-		st.RefreshTokens.Consumed != 1 || st.RefreshTokens.Revoked != 1 || st.AuthorizationCodes.Pending != 1 || len(st.Tables) != 5 {
+		st.RefreshTokens.Consumed != 1 || st.RefreshTokens.Revoked != 1 || st.AuthorizationCodes.Pending != 1 || len(st.Tables) != 7 {
 		t.Fatalf("stats: %+v %+v", r, st)
 	}
 	if r = b.cli(t, "stats"); r.code != 0 || !strings.Contains(r.stdout, "oauth_refresh_token") || !strings.Contains(r.stdout, "INDEX SIZE") {
@@ -378,15 +378,15 @@ func TestCLI_MigrateDownAsksFirstAndRefusesWhatItCannotDo(t *testing.T) {
 			t.Fatalf("%v: %+v, want a usage error", args, r)
 		}
 	}
-	if b.tableChecksum(t) != before || b.count(t, "SELECT version FROM oauthstore_schema_migrations") != 5 {
+	if b.tableChecksum(t) != before || b.count(t, "SELECT version FROM oauthstore_schema_migrations") != 6 {
 		t.Fatal("a refused migrate changed the database")
 	}
-	if r = b.cli(t, "migrate", "down", "1", "--yes"); r.code != 0 || !strings.Contains(r.stdout, "schema version 4") {
+	if r = b.cli(t, "migrate", "down", "1", "--yes"); r.code != 0 || !strings.Contains(r.stdout, "schema version 5") {
 		t.Fatalf("down 1 --yes: %+v", r)
 	}
 	// A database behind this build is refused by the other commands, with the way out.
 	if r = b.cli(t, "stats"); r.code != 1 || !strings.Contains(r.stderr, "run `oauthstore migrate up`") {
-		t.Fatalf("stats on schema version 4: %+v", r)
+		t.Fatalf("stats on schema version 5: %+v", r)
 	}
 }
 
@@ -535,5 +535,72 @@ func TestCLI_SessionsSaysWhenItShowsFewerThanThereAre(t *testing.T) {
 	}
 	if r = b.cli(t, "sessions", "--user", "user-1", "--limit", "2"); r.code != 0 || !strings.Contains(r.stdout, "the user may have more") {
 		t.Fatalf("sessions table --limit 2 of 3: %+v", r)
+	}
+}
+
+func TestCLI_IntrospectReadsTheTokenFromStdinNeverArguments(t *testing.T) {
+	t.Parallel()
+	b := setup(t, setupOptions{realClock: true})
+	tok, err := b.store.Issue(b.ctx, repository.IssueRequest{ClientID: "client-a", UserID: "user-1", Scope: []string{"mcp"},
+		Claims: repository.Claims{SessionID: "sid-9"}, Access: opaqueAccess})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.remember(tok.Token, tok.Access.Token)
+	jwt, err := b.store.IssueAccessToken(b.ctx, repository.StandaloneAccessRequest{ClientID: "svc", AccessRequest: jwtAccess})
+	if err != nil {
+		t.Fatal(err)
+	}
+	introspect := func(stdin string, args ...string) cliResult {
+		cmd := exec.Command(oauthstoreBinary(t), append([]string{"introspect"}, args...)...)
+		cmd.Env = append(os.Environ(), "DATABASE_URL="+b.db.URL, "OAUTH_AT_REST_PEPPER=default:"+base64.StdEncoding.EncodeToString(b.pepper))
+		cmd.Stdin = strings.NewReader(stdin)
+		var stdout, stderr bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &stdout, &stderr
+		err := cmd.Run()
+		var exit *exec.ExitError
+		code := 0
+		if errors.As(err, &exit) {
+			code = exit.ExitCode()
+		} else if err != nil {
+			t.Fatal(err)
+		}
+		return cliResult{stdout.String(), stderr.String(), code}
+	}
+	var got map[string]any
+	r := introspect(tok.Access.Token.Reveal() + "\n")
+	r.json(t, &got)
+	if r.code != 0 || got["active"] != true || got["sub"] != "user-1" || got["sid"] != "sid-9" || got["token_use"] != "access_token" {
+		t.Fatalf("introspect an access token: %+v", r)
+	}
+	if strings.Contains(r.stdout+r.stderr, tok.Access.Token.Reveal()) {
+		t.Fatal("introspect printed the token")
+	}
+	r = introspect(tok.Token.Reveal())
+	r.json(t, &got)
+	if r.code != 0 || got["active"] != true || got["token_use"] != "refresh_token" {
+		t.Fatalf("introspect a refresh token: %+v", r)
+	}
+	r = introspect("", "--jti", jwt.JTI)
+	r.json(t, &got)
+	if r.code != 0 || got["active"] != true || got["client_id"] != "svc" || got["jti"] != jwt.JTI {
+		t.Fatalf("introspect a jti: %+v", r)
+	}
+	if err := b.store.RevokeFamily(b.ctx, tok.FamilyID, "x"); err != nil {
+		t.Fatal(err)
+	}
+	r = introspect(tok.Access.Token.Reveal())
+	if r.code != 0 || strings.TrimSpace(r.stdout) != "{\n  \"active\": false\n}" {
+		t.Fatalf("introspect after revocation: %+v", r)
+	}
+	// A token on the command line is refused, and so is no token at all.
+	if r = introspect("", tok.Access.Token.Reveal()); r.code != 2 || strings.Contains(r.stderr, tok.Access.Token.Reveal()) {
+		t.Fatalf("a token as an argument: %+v", r)
+	}
+	if r = introspect(""); r.code != 2 {
+		t.Fatalf("no token: %+v", r)
+	}
+	if r = introspect("", "--jti", "nope"); r.code != 2 {
+		t.Fatalf("a malformed jti: %+v", r)
 	}
 }

@@ -169,15 +169,15 @@ func TestRevokeFamilies_ByUserLeavesOtherUsersAlone(t *testing.T) {
 	u1a, u1b, u1b2 := issue("app-a", "u1"), issue("app-b", "u1"), issue("app-b", "u1")
 	u2a, u2b := issue("app-a", "u2"), issue("app-b", "u2")
 
-	n, err := b.store.RevokeFamilies(b.ctx, repository.FamilyFilter{UserID: "u1", ClientID: "app-b"}, "signed out of app-b")
-	if err != nil || n != 2 {
+	r, err := b.store.RevokeFamilies(b.ctx, repository.FamilyFilter{UserID: "u1", ClientID: "app-b"}, "signed out of app-b")
+	if n := r.Families; err != nil || n != 2 {
 		t.Fatalf("user at one client: %d, %v; want 2", n, err)
 	}
 	if _, err := b.rotate(u1a.Token, "app-a"); err != nil {
 		t.Fatalf("u1's family at another client: %v", err)
 	}
-	n, err = b.store.RevokeFamilies(b.ctx, repository.FamilyFilter{UserID: "u1"}, "logout everywhere")
-	if err != nil || n != 1 {
+	r, err = b.store.RevokeFamilies(b.ctx, repository.FamilyFilter{UserID: "u1"}, "logout everywhere")
+	if n := r.Families; err != nil || n != 1 {
 		t.Fatalf("user everywhere: %d, %v; want the 1 still live", n, err)
 	}
 	for _, tok := range []*repository.RefreshToken{u1b, u1b2} {
@@ -209,8 +209,8 @@ func TestRevokeFamilies_ByClientRevokesAllInBatches(t *testing.T) {
 		t.Fatal(err)
 	}
 	keep := b.issue(t)
-	n, err := b.store.RevokeFamilies(b.ctx, repository.FamilyFilter{ClientID: "doomed"}, "client deleted")
-	if err != nil || n != 1234 {
+	r, err := b.store.RevokeFamilies(b.ctx, repository.FamilyFilter{ClientID: "doomed"}, "client deleted")
+	if n := r.Families; err != nil || n != 1234 {
 		t.Fatalf("revoked %d (%v), want 1234", n, err)
 	}
 	if left := b.count(t, "SELECT count(*) FROM oauth_family WHERE client_id = 'doomed' AND revoked_at IS NULL"); left != 0 {

@@ -206,7 +206,9 @@ func (b *bundle) tableChecksum(t *testing.T) string {
 		SELECT md5(coalesce((SELECT string_agg(x::text, ',' ORDER BY x::text) FROM oauth_family x), '') || '|' ||
 		           coalesce((SELECT string_agg(x::text, ',' ORDER BY x::text) FROM oauth_refresh_token x), '') || '|' ||
 		           coalesce((SELECT string_agg(x::text, ',' ORDER BY x::text) FROM oauth_authorization_code x), '') || '|' ||
-		           coalesce((SELECT string_agg(x::text, ',' ORDER BY x::text) FROM oauth_state x), ''))`).Scan(&sum)
+		           coalesce((SELECT string_agg(x::text, ',' ORDER BY x::text) FROM oauth_state x), '') || '|' ||
+		           coalesce((SELECT string_agg(x::text, ',' ORDER BY x::text) FROM oauth_access_token x), '') || '|' ||
+		           coalesce((SELECT string_agg(x::text, ',' ORDER BY x::text) FROM oauth_revocation x), ''))`).Scan(&sum)
 	if err != nil {
 		t.Fatal(err)
 	}

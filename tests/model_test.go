@@ -620,7 +620,8 @@ func (m *modelRun) revokeUser(rt *rapid.T) {
 			want = append(want, f)
 		}
 	}
-	n, err := m.strict.RevokeFamilies(m.b.ctx, repository.FamilyFilter{UserID: user}, reasonLogoutAll)
+	r, err := m.strict.RevokeFamilies(m.b.ctx, repository.FamilyFilter{UserID: user}, reasonLogoutAll)
+	n := r.Families
 	label := fmt.Sprintf("revoke every family of %s", user)
 	m.outcome(label, err, nil)
 	if n != int64(len(want)) {

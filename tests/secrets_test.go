@@ -14,7 +14,7 @@ import (
 	"github.com/oauthstore/oauthstore/repository"
 )
 
-func TestSecrets_NoRawTokenCodeStateOrPepperInAnyTable(t *testing.T) {
+func TestSecrets_NoRawTokenCodeStateAccessTokenOrPepperInAnyTable(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
 	tok := b.issue(t)
@@ -35,11 +35,31 @@ func TestSecrets_NoRawTokenCodeStateOrPepperInAnyTable(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Opaque access tokens: issued with a family, with a rotation, and standalone; one revoked.
+	opaque := repository.AccessRequest{Kind: repository.AccessOpaque}
+	withAccess, err := b.store.Issue(b.ctx, repository.IssueRequest{ClientID: "client-a", UserID: "user-1", Access: opaque})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rotatedWithAccess, err := b.store.Rotate(b.ctx, repository.RotateRequest{Token: withAccess.Token.Reveal(), ClientID: "client-a", Access: opaque})
+	if err != nil {
+		t.Fatal(err)
+	}
+	standalone, err := b.store.IssueAccessToken(b.ctx, repository.StandaloneAccessRequest{ClientID: "client-a", AccessRequest: opaque})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.store.RevokeToken(b.ctx, standalone.Token.Reveal(), "client-a"); err != nil {
+		t.Fatal(err)
+	}
+	if b.count(t, "SELECT count(*) FROM oauth_access_token") != 3 {
+		t.Fatal("the access tokens were not stored")
+	}
 	secrets := []string{tok.Token.Reveal(), next.Token.Reveal(), f.code.Code.Reveal(), exchanged.Token.Reveal(),
-		pending.code.Code.Reveal(), st.State.Reveal()}
+		pending.code.Code.Reveal(), st.State.Reveal(), withAccess.Token.Reveal(), withAccess.Access.Token.Reveal(),
+		rotatedWithAccess.Token.Reveal(), rotatedWithAccess.Access.Token.Reveal(), standalone.Token.Reveal()}
 	var forms []string
-	for _, secret := range [][]byte{[]byte(tok.Token.Reveal()), []byte(next.Token.Reveal()), []byte(f.code.Code.Reveal()),
-		[]byte(exchanged.Token.Reveal()), []byte(pending.code.Code.Reveal()), []byte(st.State.Reveal()), b.pepper} {
+	for _, secret := range append(bytesOf(secrets), b.pepper) {
 		forms = append(forms, hex.EncodeToString(secret), base64.StdEncoding.EncodeToString(secret),
 			base64.RawURLEncoding.EncodeToString(secret), string(secret))
 	}
@@ -128,4 +148,12 @@ func TestEvents_ReplayReachesTheHookWithoutSecrets(t *testing.T) {
 	if strings.Contains(sprintEvent(e), first.Token.Reveal()) {
 		t.Fatal("the event carries the token")
 	}
+}
+
+func bytesOf(ss []string) [][]byte {
+	out := make([][]byte, len(ss))
+	for i, s := range ss {
+		out[i] = []byte(s)
+	}
+	return out
 }

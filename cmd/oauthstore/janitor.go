@@ -59,7 +59,7 @@ func runJanitor(ctx context.Context, args []string, stdout, stderr io.Writer) er
 }
 
 func printCleanup(w io.Writer, asJSON bool, verb string, r repository.CleanupResult, took time.Duration) error {
-	rows := r.Families + r.RefreshTokens + r.AuthorizationCodes + r.States
+	rows := r.Families + r.RefreshTokens + r.AuthorizationCodes + r.States + r.AccessTokens + r.Revocations
 	rate := 0.0
 	if took > 0 {
 		rate = float64(rows) / took.Seconds()
@@ -67,11 +67,12 @@ func printCleanup(w io.Writer, asJSON bool, verb string, r repository.CleanupRes
 	if asJSON {
 		return writeJSON(w, map[string]any{
 			"families": r.Families, "refresh_tokens": r.RefreshTokens, "authorization_codes": r.AuthorizationCodes,
-			"states": r.States, "grace_ciphertexts": r.GraceCiphertexts, "batches": r.Batches, "seconds": took.Seconds(), "rows_per_second": rate, "dry_run": took == 0,
+			"states": r.States, "grace_ciphertexts": r.GraceCiphertexts, "access_tokens": r.AccessTokens,
+			"revocations": r.Revocations, "batches": r.Batches, "seconds": took.Seconds(), "rows_per_second": rate, "dry_run": took == 0,
 		})
 	}
-	_, err := fmt.Fprintf(w, "janitor: %s %d families, %d refresh tokens, %d authorization codes, %d states, %d expired grace copies in %d batches (%s, %.0f rows/s)\n",
-		verb, r.Families, r.RefreshTokens, r.AuthorizationCodes, r.States, r.GraceCiphertexts, r.Batches, took.Round(time.Millisecond), rate)
+	_, err := fmt.Fprintf(w, "janitor: %s %d families, %d refresh tokens, %d authorization codes, %d states, %d expired grace copies, %d access tokens, %d revocation feed entries in %d batches (%s, %.0f rows/s)\n",
+		verb, r.Families, r.RefreshTokens, r.AuthorizationCodes, r.States, r.GraceCiphertexts, r.AccessTokens, r.Revocations, r.Batches, took.Round(time.Millisecond), rate)
 	return err
 }
 

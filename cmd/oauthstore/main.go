@@ -33,7 +33,7 @@ const (
 	exitNotFound = 3
 )
 
-const usage = `oauthstore: OAuth 2 refresh-token families and authorization codes in PostgreSQL
+const usage = `oauthstore: OAuth 2 refresh-token families, access tokens and authorization codes in PostgreSQL
 
 Usage:
   oauthstore migrate up | down N --yes | version | force V   apply or inspect the embedded schema
@@ -42,6 +42,8 @@ Usage:
   oauthstore revoke (--family ID | --user ID [--client ID] | --client ID) --reason R [--json]
   oauthstore sessions --user ID [--limit N] [--json]   a user's active families
   oauthstore stats [--json]                            rows by state and sizes, per table
+  oauthstore introspect [--jti JTI] < token            RFC 7662 answer for a token read from stdin
+                                                       (needs the pepper ring in OAUTH_AT_REST_PEPPER)
   oauthstore pepper generate [--id ID]                 a new random pepper in the ring format
   oauthstore pepper status [--json]                    what depends on each pepper: may it be retired?
   oauthstore demo                                      walk issue → rotate → replay → revoked
@@ -81,6 +83,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = runSessions(ctx, args[1:], stdout, stderr)
 	case "stats":
 		err = runStats(ctx, args[1:], stdout, stderr)
+	case "introspect":
+		err = runIntrospect(ctx, args[1:], os.Stdin, stdout, stderr)
 	case "pepper":
 		err = runPepper(ctx, args[1:], stdout, stderr)
 	case "bench":

@@ -34,6 +34,7 @@ func runRevoke(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	defer closeDB()
 	// n counts the families this call revoked; one revoked before stays as it was.
 	var n int64
+	var bulk repository.RevokedFamilies
 	if *family != "" {
 		f, err := store.Family(ctx, *family)
 		if err != nil {
@@ -46,18 +47,27 @@ func runRevoke(ctx context.Context, args []string, stdout, stderr io.Writer) err
 			n = 1
 		}
 	} else {
-		n, err = store.RevokeFamilies(ctx, repository.FamilyFilter{UserID: *user, ClientID: *client}, *reason)
+		bulk, err = store.RevokeFamilies(ctx, repository.FamilyFilter{UserID: *user, ClientID: *client}, *reason)
 		if err != nil {
 			return err
 		}
+		n = bulk.Families
 	}
 	if *asJSON {
-		return writeJSON(stdout, map[string]any{"revoked": n})
+		sids := bulk.SessionIDs
+		if sids == nil {
+			sids = []string{}
+		}
+		return writeJSON(stdout, map[string]any{"revoked": n, "standalone_access_tokens": bulk.StandaloneAccessTokens, "session_ids": sids})
 	}
 	if *family != "" && n == 0 {
 		_, err = fmt.Fprintf(stdout, "family %s was already revoked; nothing changed\n", *family)
 		return err
 	}
-	_, err = fmt.Fprintf(stdout, "revoked %d families\n", n)
+	if _, err = fmt.Fprintf(stdout, "revoked %d families (with their access tokens)\n", n); err != nil || *family != "" {
+		return err
+	}
+	_, err = fmt.Fprintf(stdout, "revoked %d standalone access tokens; %d OpenID Connect sessions ended\n",
+		bulk.StandaloneAccessTokens, len(bulk.SessionIDs))
 	return err
 }

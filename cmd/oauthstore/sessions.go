@@ -49,11 +49,21 @@ func runSessions(ctx context.Context, args []string, stdout, stderr io.Writer) e
 			IdleExpiresAt time.Time  `json:"idle_expires_at"`
 			ExpiresAt     *time.Time `json:"expires_at"`
 			SenderBound   bool       `json:"sender_bound"`
+			SessionID     string     `json:"sid,omitempty"`
+			AuthTime      *time.Time `json:"auth_time,omitempty"`
+			ACR           string     `json:"acr,omitempty"`
+			AMR           []string   `json:"amr,omitempty"`
+			Audience      []string   `json:"audience,omitempty"`
+			UserAgent     string     `json:"user_agent,omitempty"`
+			IP            string     `json:"ip,omitempty"`
+			Label         string     `json:"label,omitempty"`
 		}
 		out := make([]session, 0, len(families))
 		for _, f := range families {
+			c := f.Claims
 			out = append(out, session{f.ID, f.ClientID, f.Scope, f.CreatedAt, f.LastRotatedAt, f.RotationCount,
-				f.IdleExpiresAt, f.ExpiresAt, f.SenderThumbprint != ""})
+				f.IdleExpiresAt, f.ExpiresAt, f.SenderThumbprint != "", c.SessionID, c.AuthTime, c.ACR, c.AMR,
+				f.Audience, c.UserAgent, c.IP, c.Label})
 		}
 		return writeJSON(stdout, map[string]any{"sessions": out, "truncated": truncated})
 	}
@@ -65,12 +75,20 @@ func runSessions(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		return err
 	}
 	w := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(w, "FAMILY\tCLIENT\tCREATED\tLAST ROTATED\tROTATIONS\tIDLE EXPIRY\tEXPIRES\tSCOPE")
+	fmt.Fprintln(w, "FAMILY\tCLIENT\tCREATED\tLAST ROTATED\tROTATIONS\tIDLE EXPIRY\tEXPIRES\tLABEL\tIP\tSCOPE")
 	for _, f := range families {
-		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\n", f.ID, f.ClientID, stamp(&f.CreatedAt), stamp(f.LastRotatedAt),
-			f.RotationCount, stamp(&f.IdleExpiresAt), stamp(f.ExpiresAt), strings.Join(f.Scope, " "))
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\n", f.ID, f.ClientID, stamp(&f.CreatedAt), stamp(f.LastRotatedAt),
+			f.RotationCount, stamp(&f.IdleExpiresAt), stamp(f.ExpiresAt), orDash(f.Claims.Label), orDash(f.Claims.IP),
+			strings.Join(f.Scope, " "))
 	}
 	return w.Flush()
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
 }
 
 func stamp(t *time.Time) string {

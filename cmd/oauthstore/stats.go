@@ -34,6 +34,9 @@ func runStats(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	c := st.AuthorizationCodes
 	fmt.Fprintf(w, "oauth_authorization_code\t%d\t%d\t-\t%d\t\n", c.Pending, c.Consumed, c.Expired)
 	fmt.Fprintf(w, "oauth_state\t%d\t-\t-\t%d\t\n", st.States.Pending, st.States.Expired)
+	a := st.AccessTokens
+	fmt.Fprintf(w, "oauth_access_token\t%d\t-\t%d\t%d\t\n", a.Active, a.Revoked, a.Expired)
+	fmt.Fprintf(w, "oauth_revocation\t%d\t-\t-\t-\t\n", st.Revocations)
 	fmt.Fprintln(w, "\t\t\t\t\t")
 	fmt.Fprintln(w, "TABLE\tTABLE SIZE\tINDEX SIZE\t\t\t")
 	for _, s := range st.Tables {

@@ -1,0 +1,97 @@
+-- Access tokens bound to a family, the claims of a grant, and the revocation feed.
+--
+-- A grant's claims live on its family row, after the columns a rotation changes, so that the WAL
+-- record of a rotation leaves them out as a suffix the old and the new row share. A rotation that
+-- issues an access token also moves access_expires_at: the expiry of the family's newest access
+-- token, which bounds how long a revocation of the family must be announced in the feed.
+SET LOCAL lock_timeout = '5s';
+
+ALTER TABLE oauth_family
+    ADD COLUMN auth_time         timestamptz,
+    ADD COLUMN acr               text,
+    ADD COLUMN amr               text[],
+    -- The audiences (RFC 8707 resources) the grant's access tokens may be issued for; empty: any.
+    ADD COLUMN audience          text[] NOT NULL DEFAULT '{}',
+    -- The OpenID Connect session id (sid), for back-channel logout.
+    ADD COLUMN session_id        text,
+    ADD COLUMN user_agent        text,
+    ADD COLUMN ip                text,
+    ADD COLUMN label             text,
+    ADD COLUMN access_expires_at timestamptz,
+    ADD CONSTRAINT oauth_family_claims_check CHECK (
+        octet_length(acr) <= 255 AND cardinality(amr) <= 16 AND cardinality(audience) <= 32
+        AND octet_length(session_id) <= 255 AND octet_length(user_agent) <= 512
+        AND octet_length(ip) <= 45 AND octet_length(label) <= 255);
+
+-- The claims of the authorization request, carried by its code into the family of the grant.
+ALTER TABLE oauth_authorization_code
+    ADD COLUMN auth_time  timestamptz,
+    ADD COLUMN acr        text,
+    ADD COLUMN amr        text[],
+    ADD COLUMN session_id text,
+    ADD COLUMN user_agent text,
+    ADD COLUMN ip         text,
+    ADD COLUMN label      text,
+    ADD CONSTRAINT oauth_authorization_code_claims_check CHECK (
+        octet_length(acr) <= 255 AND cardinality(amr) <= 16
+        AND octet_length(session_id) <= 255 AND octet_length(user_agent) <= 512
+        AND octet_length(ip) <= 45 AND octet_length(label) <= 255);
+
+-- An access token: opaque (minted by the package, known by its keyed digest) or a JWT (minted and
+-- signed by the service, known by the jti the package gave it). Either begins with the id of the
+-- family it was issued with, so that every statement on one names the family. A standalone token
+-- (client_credentials, or a grant without a refresh token) has a grant id of its own that names
+-- no family.
+--
+-- A token of a family is active while its family is: revoking the family writes nothing here.
+-- It names its family without a foreign key, as a tombstone does; a token whose family row is gone
+-- is inactive.
+CREATE TABLE oauth_access_token (
+    family_id         uuid        NOT NULL,
+    -- Opaque: the keyed digest of the token (32 bytes). JWT: the random part of its jti (12 bytes),
+    -- which is no secret.
+    key               bytea       NOT NULL,
+    jwt               boolean     NOT NULL,
+    standalone        boolean     NOT NULL,
+    pepper_id         text        CHECK (pepper_id ~ '^[A-Za-z0-9._-]{1,32}$'),
+    client_id         text        NOT NULL CHECK (client_id <> '' AND octet_length(client_id) <= 255),
+    subject           text        NOT NULL CHECK (subject <> '' AND octet_length(subject) <= 255),
+    scope             text[]      NOT NULL CHECK (cardinality(scope) <= 256),
+    audience          text[]      NOT NULL CHECK (cardinality(audience) <= 32),
+    token_type        text        NOT NULL CHECK (token_type IN ('Bearer', 'DPoP')),
+    sender_thumbprint text        CHECK (sender_thumbprint ~ '^[A-Za-z0-9_-]{1,128}$'),
+    issued_at         timestamptz NOT NULL,
+    expires_at        timestamptz NOT NULL,
+    revoked_at        timestamptz,
+    PRIMARY KEY (family_id, key),
+    CHECK (expires_at > issued_at),
+    CHECK (CASE WHEN jwt THEN octet_length(key) = 12 AND pepper_id IS NULL
+        ELSE octet_length(key) = 32 AND pepper_id IS NOT NULL END)
+);
+
+-- Cleanup deletes expired tokens by it.
+CREATE INDEX oauth_access_token_expires_at_idx ON oauth_access_token (expires_at);
+
+-- Bulk revocation finds the standalone tokens of a client or a user by it; a family's tokens
+-- follow their family.
+CREATE INDEX oauth_access_token_standalone_idx ON oauth_access_token (client_id, subject)
+    WHERE standalone;
+
+-- The revocation feed: each revoked family that had access tokens which had not expired yet, and
+-- each revoked JWT, once, in the order a reader can rely on. A reader asks for the entries of
+-- transactions that have all ended (xid below the oldest transaction still running), ordered by
+-- (xid, seq); since no later entry can come from a transaction below that bound, a cursor made of
+-- the last (xid, seq) read misses none and repeats none. An entry is kept until the tokens it
+-- covers have expired (expires_at).
+CREATE TABLE oauth_revocation (
+    xid        bigint      NOT NULL DEFAULT (pg_current_xact_id()::text::bigint),
+    seq        bigint      GENERATED ALWAYS AS IDENTITY,
+    family_id  uuid        NOT NULL,
+    -- A revoked JWT's jti; NULL: every token of the family (or standalone grant).
+    jti        text        CHECK (octet_length(jti) <= 64),
+    revoked_at timestamptz NOT NULL,
+    expires_at timestamptz NOT NULL,
+    PRIMARY KEY (xid, seq)
+);
+
+CREATE INDEX oauth_revocation_expires_at_idx ON oauth_revocation (expires_at);
