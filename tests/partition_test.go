@@ -62,6 +62,7 @@ var familyScoped = []string{
 	"RefreshTokenGraceReplace", "FamilyRevoke", "FamilyGet", "FamilyDelete", "RefreshTombstoneDeleteByFamily",
 	"AuthorizationCodeExchange",
 	"AuthorizationCodeGet",
+	"AccessTokenGet", "AccessTokenCreateForFamily", "AccessTokenRevoke", "AccessTokenDeleteByFamily",
 }
 
 func TestPartitioning_EveryFamilyStatementTouchesOnePartition(t *testing.T) {
@@ -94,14 +95,21 @@ func TestPartitioning_EveryFamilyStatementTouchesOnePartition(t *testing.T) {
 		t.Fatal(err)
 	}
 	b.remember(first.Token)
-	second, err := store.Rotate(b.ctx, repository.RotateRequest{Token: first.Token.Reveal(), ClientID: "client-a"})
+	second, err := store.Rotate(b.ctx, repository.RotateRequest{Token: first.Token.Reveal(), ClientID: "client-a", Access: opaqueAccess})
 	if err != nil {
 		t.Fatal(err)
 	}
-	b.remember(second.Token)
-	if again, err := store.Rotate(b.ctx, repository.RotateRequest{Token: first.Token.Reveal(), ClientID: "client-a"}); err != nil ||
-		again.Token.Reveal() != second.Token.Reveal() {
+	b.remember(second.Token, second.Access.Token)
+	again, err := store.Rotate(b.ctx, repository.RotateRequest{Token: first.Token.Reveal(), ClientID: "client-a", Access: opaqueAccess})
+	if err != nil || again.Token.Reveal() != second.Token.Reveal() || again.Access == nil {
 		t.Fatalf("grace reuse: %v", err)
+	}
+	b.remember(again.Access.Token)
+	if info, err := store.Introspect(b.ctx, again.Access.Token.Reveal()); err != nil || !info.Active {
+		t.Fatalf("introspect: %+v, %v", info, err)
+	}
+	if err := store.RevokeToken(b.ctx, second.Access.Token.Reveal(), "client-a"); err != nil {
+		t.Fatal(err)
 	}
 	if _, err := b.pool.Exec(b.ctx, "UPDATE oauth_refresh_tombstone SET successor_sealed = NULL WHERE family_id = $1", first.FamilyID); err != nil {
 		t.Fatal(err)
@@ -122,7 +130,7 @@ func TestPartitioning_EveryFamilyStatementTouchesOnePartition(t *testing.T) {
 		RedirectURI: redirectURI, CodeVerifier: code.verifier}); err != nil {
 		t.Fatal(err)
 	}
-	doomed, err := store.Issue(b.ctx, repository.IssueRequest{ClientID: "client-a", UserID: "user-2"})
+	doomed, err := store.Issue(b.ctx, repository.IssueRequest{ClientID: "client-a", UserID: "user-2", Access: jwtAccess})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -161,8 +169,11 @@ func TestPartitioning_EveryFamilyStatementTouchesOnePartition(t *testing.T) {
 			// The check is not vacuous: the statement did read the family's partition (the exchange
 			// only inserts the family it creates).
 			table := "oauth_family"
-			if name == "RefreshTombstoneDeleteByFamily" {
+			switch name {
+			case "RefreshTombstoneDeleteByFamily":
 				table = "oauth_refresh_tombstone"
+			case "AccessTokenGet", "AccessTokenRevoke", "AccessTokenDeleteByFamily":
+				table = "oauth_access_token"
 			}
 			if name != "AuthorizationCodeExchange" && len(touched[table]) == 0 {
 				t.Errorf("%s (%s): read no partition of %s, want its family's", name, mode, table)
@@ -173,7 +184,7 @@ func TestPartitioning_EveryFamilyStatementTouchesOnePartition(t *testing.T) {
 }
 
 func isModifying(sql string) bool {
-	for _, table := range []string{"oauth_family", "oauth_refresh_tombstone"} {
+	for _, table := range []string{"oauth_family", "oauth_refresh_tombstone", "oauth_access_token"} {
 		if strings.Contains(sql, "UPDATE "+table) || strings.Contains(sql, "DELETE FROM "+table) {
 			return true
 		}
@@ -241,7 +252,7 @@ func partitionsTouched(ctx context.Context, url string, st recordedStatement, mo
 	return touched, nil
 }
 
-var partitionName = regexp.MustCompile(`^(oauth_family|oauth_refresh_tombstone)_p\d+$`)
+var partitionName = regexp.MustCompile(`^(oauth_family|oauth_refresh_tombstone|oauth_access_token)_p\d+$`)
 
 // collectPartitions walks a JSON plan and adds to touched each partition a node that ran reads
 // (an UPDATE or DELETE writes only rows its scans found; an INSERT routes each row to its
