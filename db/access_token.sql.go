@@ -179,14 +179,14 @@ SELECT a.family_id, a.standalone, a.pepper_id, a.client_id, a.subject, a.scope, 
 FROM oauth_access_token a
 LEFT JOIN oauth_family f ON f.id = $2::uuid AND NOT a.standalone
 WHERE a.family_id = $2::uuid
-  AND a.key = ANY($3::bytea[])
+  AND a.key = $3::bytea
   AND a.jwt = $4::boolean
 `
 
 type AccessTokenGetParams struct {
 	Now      *time.Time
 	FamilyID pgtype.UUID
-	Keys     [][]byte
+	Key      []byte
 	JWT      bool
 }
 
@@ -210,8 +210,10 @@ type AccessTokenGetRow struct {
 }
 
 // AccessTokenGet reads an access token for introspection, in one round trip: the token's row by its
-// primary key, and the state of its family by the family's. An opaque token is presented under any
-// pepper of the ring, hence a key per pepper; a JWT by the random part of its jti. active is the
+// primary key, and the state of its family by the family's. An opaque token is looked up by its
+// digest under one pepper of the ring (the current one first; a single value, so that PostgreSQL
+// keeps one generic plan that probes the primary key with both columns); a JWT by the random part
+// of its jti. active is the
 // verdict but for the pepper (a token made under a retired pepper is inactive; the caller knows
 // the ring): not revoked itself, not expired, and a token of a family only while the family row
 // is there and not revoked. Revoking a family writes nothing here: its tokens turn inactive at
@@ -220,7 +222,7 @@ func (q *Queries) AccessTokenGet(ctx context.Context, db DBTX, arg AccessTokenGe
 	row := db.QueryRow(ctx, accessTokenGet,
 		arg.Now,
 		arg.FamilyID,
-		arg.Keys,
+		arg.Key,
 		arg.JWT,
 	)
 	var i AccessTokenGetRow

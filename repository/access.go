@@ -342,11 +342,12 @@ func (s *Store) IntrospectJTI(ctx context.Context, jti string) (*Introspection, 
 	return s.introspectAccess(ctx, id, [][]byte{key}, jti)
 }
 
+// introspectAccess reads an access token by its keys (one per pepper of the ring, the current one
+// first; a JWT has one) until one is found: a token made under an older pepper costs a round trip
+// more per pepper before its own.
 func (s *Store) introspectAccess(ctx context.Context, id [familyIDBytes]byte, keys [][]byte, jti string) (*Introspection, error) {
-	row, err := s.q.AccessTokenGet(ctx, s.dbtx, db.AccessTokenGetParams{
-		FamilyID: pgtype.UUID{Bytes: id, Valid: true}, Keys: keys, JWT: jti != "", Now: s.now(),
-	})
-	if err := interpretError("introspect", err, ErrTokenNotFound); errors.Is(err, ErrTokenNotFound) {
+	row, err := s.getAccess(ctx, s.dbtx, id, keys, jti != "")
+	if errors.Is(err, ErrTokenNotFound) {
 		return &inactive, nil
 	} else if err != nil {
 		return nil, err
@@ -363,6 +364,20 @@ func (s *Store) introspectAccess(ctx context.Context, id [familyIDBytes]byte, ke
 	}, nil
 }
 
+// getAccess reads an access token by the first of its keys that finds it; ErrTokenNotFound when
+// none does.
+func (s *Store) getAccess(ctx context.Context, q DBTX, id [familyIDBytes]byte, keys [][]byte, jwt bool) (db.AccessTokenGetRow, error) {
+	for _, key := range keys {
+		row, err := s.q.AccessTokenGet(ctx, q, db.AccessTokenGetParams{
+			FamilyID: pgtype.UUID{Bytes: id, Valid: true}, Key: key, JWT: jwt, Now: s.now(),
+		})
+		if err := interpretError("introspect", err, ErrTokenNotFound); !errors.Is(err, ErrTokenNotFound) {
+			return row, err
+		}
+	}
+	return db.AccessTokenGetRow{}, ErrTokenNotFound
+}
+
 // revokeAccess revokes one access token of clientID: an opaque one by its digests, a JWT by its
 // jti's key. A token of another client is ErrWrongClient and revokes nothing.
 func (s *Store) revokeAccess(ctx context.Context, id [familyIDBytes]byte, keys [][]byte, jwt bool, clientID string) error {
@@ -377,10 +392,10 @@ func (s *Store) revokeAccess(ctx context.Context, id [familyIDBytes]byte, keys [
 		return err
 	}
 	// Nothing of this client: say whether the token is another client's.
-	if _, err := s.q.AccessTokenGet(ctx, s.dbtx, db.AccessTokenGetParams{FamilyID: family, Keys: keys, JWT: jwt, Now: s.now()}); err == nil {
-		return ErrWrongClient
+	if _, err := s.getAccess(ctx, s.dbtx, id, keys, jwt); err != nil {
+		return err
 	}
-	return ErrTokenNotFound
+	return ErrWrongClient
 }
 
 // RevokeJTI revokes one JWT access token of clientID by its jti (RFC 7009 for a JWT whose
