@@ -351,6 +351,8 @@ WITH rotated AS (
       -- An access token's audience is one the grant allows (RFC 8707 §2.2).
       AND ($14::text[] IS NULL OR cardinality(f.audience) = 0
           OR $14::text[] <@ f.audience)
+      -- A DPoP-bound access token only for a family bound to a key.
+      AND ($15::text <> 'DPoP' OR f.sender_thumbprint IS NOT NULL)
     RETURNING f.id, f.client_id, f.user_id, f.expires_at AS family_expires_at, f.token_scope,
         f.idle_expires_at, f.sender_thumbprint, f.audience, f.auth_time, f.acr, f.amr, f.session_id,
         f.user_agent, f.ip, f.label, f.created_at, f.last_rotated_at,
@@ -367,15 +369,15 @@ tombstone AS (
     SELECT r.id, r.consumed_digest, r.consumed_pepper_id, r.consumed_parent_digest, r.consumed_scope,
         r.consumed_created_at, r.consumed_expires_at,
         coalesce($4::timestamptz, statement_timestamp()),
-        $15::bytea
+        $16::bytea
     FROM rotated r
 ),
 access AS (
     INSERT INTO oauth_access_token (family_id, key, jwt, standalone, pepper_id, client_id, subject,
         scope, audience, token_type, sender_thumbprint, issued_at, expires_at)
-    SELECT r.id, $8::bytea, $16::boolean, false, $17::text,
+    SELECT r.id, $8::bytea, $17::boolean, false, $18::text,
         r.client_id, r.user_id, r.token_scope, coalesce($14::text[], r.audience),
-        $18::text, r.sender_thumbprint, r.last_rotated_at,
+        $15::text, r.sender_thumbprint, r.last_rotated_at,
         least(r.last_rotated_at + $9::interval, r.family_expires_at)
     FROM rotated r
     WHERE $8::bytea IS NOT NULL
@@ -401,10 +403,10 @@ type RefreshTokenRotateParams struct {
 	ClientID         string
 	SenderThumbprint *string
 	AccessAudience   []string
+	AccessTokenType  string
 	SuccessorSealed  []byte
 	AccessJWT        bool
 	AccessPepperID   *string
-	AccessTokenType  string
 }
 
 type RefreshTokenRotateRow struct {
@@ -462,10 +464,10 @@ func (q *Queries) RefreshTokenRotate(ctx context.Context, db DBTX, arg RefreshTo
 		arg.ClientID,
 		arg.SenderThumbprint,
 		arg.AccessAudience,
+		arg.AccessTokenType,
 		arg.SuccessorSealed,
 		arg.AccessJWT,
 		arg.AccessPepperID,
-		arg.AccessTokenType,
 	)
 	var i RefreshTokenRotateRow
 	err := row.Scan(

@@ -91,6 +91,8 @@ WITH rotated AS (
       -- An access token's audience is one the grant allows (RFC 8707 §2.2).
       AND (sqlc.narg('access_audience')::text[] IS NULL OR cardinality(f.audience) = 0
           OR sqlc.narg('access_audience')::text[] <@ f.audience)
+      -- A DPoP-bound access token only for a family bound to a key.
+      AND (@access_token_type::text <> 'DPoP' OR f.sender_thumbprint IS NOT NULL)
     RETURNING f.id, f.client_id, f.user_id, f.expires_at AS family_expires_at, f.token_scope,
         f.idle_expires_at, f.sender_thumbprint, f.audience, f.auth_time, f.acr, f.amr, f.session_id,
         f.user_agent, f.ip, f.label, f.created_at, f.last_rotated_at,

@@ -325,6 +325,21 @@ func (s *Store) rotateRefused(ctx context.Context, pt presentedToken, p db.Refre
 	return out.successor, nil
 }
 
+// refuseAccess refuses an access token the grant does not allow: an audience outside the grant's
+// (RFC 8707), or a DPoP-bound token of a family bound to no key. Checked after replay detection:
+// a replay revokes its family whatever it asks for.
+func refuseAccess(t db.RefreshTokenGetRow, p db.RefreshTokenRotateParams) error {
+	switch {
+	case p.AccessKey == nil:
+		return nil
+	case p.AccessAudience != nil && len(t.Audience) > 0 && !isSubset(p.AccessAudience, t.Audience):
+		return ErrInvalidTarget
+	case p.AccessTokenType == TokenTypeDPoP && t.SenderThumbprint == nil:
+		return inputError("access.token_type", "DPoP for a family bound to no key")
+	}
+	return nil
+}
+
 // refuseForeign refuses a token presented by a client it was not issued to, or without the key
 // its family is bound to (I5). Neither fact ever changes, so no lock is needed to decide.
 func refuseForeign(t db.RefreshTokenGetRow, p db.RefreshTokenRotateParams) error {
@@ -362,8 +377,8 @@ func (s *Store) settleRefused(ctx context.Context, tx pgx.Tx, pt presentedToken,
 		return refusedRotation{refusal: ErrTokenExpired}, nil
 	case p.Scope != nil && !isSubset(p.Scope, t.GrantedScope):
 		return refusedRotation{refusal: ErrInvalidScope}, nil
-	case p.AccessAudience != nil && len(t.Audience) > 0 && !isSubset(p.AccessAudience, t.Audience):
-		return refusedRotation{refusal: ErrInvalidTarget}, nil
+	case refuseAccess(t, p) != nil:
+		return refusedRotation{refusal: refuseAccess(t, p)}, nil
 	}
 	// Nothing stands in the way: the token was made under an older pepper of the ring, or the first
 	// attempt met a rotation that rolled back. Rotate it under the digest it was found by.
@@ -448,6 +463,9 @@ func (s *Store) settleConsumed(ctx context.Context, tx pgx.Tx, p db.RefreshToken
 		now.Before(t.LiveExpiresAt) && !s.refresh.retired(t.PepperID) {
 		if p.Scope != nil && !isSubset(p.Scope, t.GrantedScope) {
 			return refusedRotation{refusal: ErrInvalidScope}, nil
+		}
+		if refusal := refuseAccess(t, p); refusal != nil {
+			return refusedRotation{refusal: refusal}, nil
 		}
 		e.Kind = EventGraceReuse
 		successor, err := s.graceReuse(ctx, tx, p, t, r)

@@ -887,3 +887,61 @@ func (b *bundle) feed(t *testing.T, n int) []repository.Revocation {
 		}
 	}
 }
+
+// A resend within the grace window gets the same refresh token and a new access token; a replay
+// asking for an access token the grant does not allow is still a replay that revokes the family.
+func TestAccess_GraceResendGetsANewAccessTokenAndAReplayRevokesWhateverItAsksFor(t *testing.T) {
+	t.Parallel()
+	b := setup(t, withGrace(time.Minute, 3))
+	tok, err := b.store.Issue(b.ctx, repository.IssueRequest{ClientID: "client-a", UserID: "user-1", Audience: []string{"https://mcp.example"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.remember(tok.Token)
+	next, err := b.store.Rotate(b.ctx, repository.RotateRequest{Token: tok.Token.Reveal(), ClientID: "client-a", Access: opaqueAccess})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.remember(next.Token, next.Access.Token)
+	resent, err := b.store.Rotate(b.ctx, repository.RotateRequest{Token: tok.Token.Reveal(), ClientID: "client-a", Access: jwtAccess})
+	if err != nil || resent.Token.Reveal() != next.Token.Reveal() || resent.Access == nil || resent.Access.JTI == "" {
+		t.Fatalf("grace resend: %+v, %v", resent, err)
+	}
+	for _, probe := range []func() (*repository.Introspection, error){
+		func() (*repository.Introspection, error) { return b.store.Introspect(b.ctx, next.Access.Token.Reveal()) },
+		func() (*repository.Introspection, error) { return b.store.IntrospectJTI(b.ctx, resent.Access.JTI) },
+	} {
+		if info, err := probe(); err != nil || !info.Active || !slices.Equal(info.Audience, []string{"https://mcp.example"}) {
+			t.Fatalf("after the resend: %+v, %v", info, err)
+		}
+	}
+	// Within the window, a resend asking for a foreign audience or an unbound DPoP token is
+	// refused and changes nothing.
+	sum := b.tableChecksum(t)
+	if _, err := b.store.Rotate(b.ctx, repository.RotateRequest{Token: tok.Token.Reveal(), ClientID: "client-a",
+		Access: repository.AccessRequest{Kind: repository.AccessOpaque, Audience: []string{"https://evil.example"}}}); !errors.Is(err, repository.ErrInvalidTarget) {
+		t.Fatalf("resend for a foreign audience: %v", err)
+	}
+	if _, err := b.store.Rotate(b.ctx, repository.RotateRequest{Token: next.Token.Reveal(), ClientID: "client-a", SenderThumbprint: "abc",
+		Access: repository.AccessRequest{Kind: repository.AccessOpaque, TokenType: repository.TokenTypeDPoP}}); !errors.Is(err, repository.ErrInvalidInput) {
+		t.Fatalf("a DPoP token for a family bound to no key: %v", err)
+	}
+	if b.tableChecksum(t) != sum {
+		t.Fatal("a refused resend changed something")
+	}
+	// Rotated on, the first token is a replay, whatever access token it asks for.
+	if _, err := b.rotate(next.Token, "client-a"); err != nil {
+		t.Fatal(err)
+	}
+	_, err = b.store.Rotate(b.ctx, repository.RotateRequest{Token: tok.Token.Reveal(), ClientID: "client-a",
+		Access: repository.AccessRequest{Kind: repository.AccessOpaque, Audience: []string{"https://evil.example"}}})
+	if !errors.Is(err, repository.ErrReplayDetected) {
+		t.Fatalf("replay asking for a foreign audience: %v, want a replay", err)
+	}
+	if f := b.family(t, tok.FamilyID); f.RevokedAt == nil {
+		t.Fatal("the replay did not revoke the family")
+	}
+	if info, _ := b.store.IntrospectJTI(b.ctx, resent.Access.JTI); info.Active {
+		t.Fatal("an access token of the revoked family is active")
+	}
+}
