@@ -147,7 +147,6 @@ type env struct {
 	issuer  string
 	http    *http.Client
 	browser *http.Client // a user agent: keeps cookies, follows the provider's redirects, stops at the client's
-	logins  int
 }
 
 func newEnv(t *testing.T, cfg repository.Config) *env {
@@ -213,7 +212,6 @@ func (e *env) login(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "login failed", http.StatusBadRequest)
 		return
 	}
-	e.logins++
 	http.Redirect(w, r, e.issuer+"/authorize/callback?id="+url.QueryEscape(next), http.StatusFound)
 }
 
