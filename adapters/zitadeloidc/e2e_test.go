@@ -349,3 +349,40 @@ func TestOAuth2_PublicClientCodeFlowS256AndTokenSourceRefreshingWithJWTAccessTok
 	}
 	e.notStored(refreshTokens...)
 }
+
+func TestRP_CodeFlowWithoutOfflineAccessGivesNoRefreshTokenAndItsCodeReplayStillRevokes(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, repository.Config{})
+	relying, err := rp.NewRelyingPartyOIDC(e.ctx, e.issuer, webClient, webSecret, redirectURI, []string{oidc.ScopeOpenID}, rp.WithHTTPClient(e.http))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resource := e.resourceServer()
+	verifier, challenge := pkce()
+	code, _ := e.authorize(rp.AuthURL("state-1", relying, rp.WithCodeChallenge(challenge)))
+	tokens, err := rp.CodeExchange[*oidc.IDTokenClaims](e.ctx, code, relying, rp.WithCodeVerifier(verifier))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tokens.RefreshToken != "" || tokens.AccessToken == "" {
+		t.Fatalf("without offline_access: refresh token %t, access token %t; want only an access token", tokens.RefreshToken != "", tokens.AccessToken != "")
+	}
+	info, err := e.store.LookupCode(e.ctx, code)
+	if err != nil || info.ConsumedAt == nil || info.FamilyID == "" {
+		t.Fatalf("the code after the exchange: %+v, %v (want consumed into a grant)", info, err)
+	}
+	fam, err := e.store.Family(e.ctx, info.FamilyID)
+	if err != nil || fam.ExpiresAt == nil || fam.ExpiresAt.After(time.Now().Add(repository.DefaultAccessTokenTTL+time.Minute)) {
+		t.Fatalf("the grant of a code flow without offline_access: %+v, %v (want it to end with its access token)", fam, err)
+	}
+	if !e.active(resource, tokens.AccessToken) {
+		t.Fatal("the access token is not active")
+	}
+	exchange := url.Values{"grant_type": {"authorization_code"}, "code": {code}, "redirect_uri": {redirectURI}, "code_verifier": {verifier}}
+	if status, c := e.tokenError(exchange); status != 400 || c != "invalid_grant" {
+		t.Fatalf("code replay: %d %q, want 400 invalid_grant", status, c)
+	}
+	if e.active(resource, tokens.AccessToken) {
+		t.Fatal("the access token of a replayed code is still active")
+	}
+}
