@@ -8,7 +8,7 @@ GO_TEST_FLAGS ?= -race -count=1 -timeout 15m
 FUZZTIME ?= 10s
 SOAK ?= 10m
 
-.PHONY: help generate verify lint test test-unit test-integration test-ha test-partitioned test-matrix test-testcontainers fuzz soak bench-janitor demo
+.PHONY: help generate verify lint test test-unit test-integration test-adapters test-ha test-partitioned test-matrix test-testcontainers fuzz soak bench-janitor demo
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -20,12 +20,15 @@ verify: lint ## fail when db/ differs from what sqlc generates, or go.mod files 
 	$(SQLC) diff
 	go mod tidy -diff
 	cd tests && go mod tidy -diff
+	cd adapters/zitadeloidc && go mod tidy -diff
+	@if go list -deps ./repository | grep -q zitadel; then echo "the library depends on zitadel"; exit 1; fi
 
-lint: ## gofmt, goimports (standard library, others, this module) and go vet over both modules
+lint: ## gofmt, goimports (standard library, others, this module) and go vet over every module
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
 	@out=$$($(GOIMPORTS) -l $$(git ls-files '*.go' | grep -v '^db/')); if [ -n "$$out" ]; then echo "goimports would change:"; echo "$$out"; exit 1; fi
 	go vet ./...
 	cd tests && go vet ./...
+	cd adapters/zitadeloidc && go vet ./...
 
 test: test-unit test-integration ## all tests: unit, then integration against real PostgreSQL
 
@@ -34,6 +37,9 @@ test-unit: ## tests of the library module (pure Go, and pgtemp against the serve
 
 test-integration: ## the integration suite in tests/ against real PostgreSQL
 	cd tests && go test $(GO_TEST_FLAGS) ./...
+
+test-adapters: ## the adapters' end-to-end tests: a zitadel/oidc provider on adapters/zitadeloidc, against real PostgreSQL
+	cd adapters/zitadeloidc && go test $(GO_TEST_FLAGS) ./...
 
 test-ha: ## failover and standbys: pgtemp's standby tests, a primary crashing under load onto a synchronous and an asynchronous standby, and reads served by a standby within a staleness bound
 	go test $(GO_TEST_FLAGS) -run 'Standby' ./internal/pgtemp/

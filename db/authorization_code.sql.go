@@ -293,8 +293,8 @@ func (q *Queries) AuthorizationCodeExchange(ctx context.Context, db DBTX, arg Au
 
 const authorizationCodeGet = `-- name: AuthorizationCodeGet :one
 SELECT c.digest, c.pepper_id, c.client_id, c.user_id, c.redirect_uri, c.scope, c.code_challenge,
-    c.code_challenge_method, c.nonce, c.resources, c.dpop_jkt, c.session, c.expires_at,
-    c.consumed_at, c.family_id,
+    c.code_challenge_method, c.nonce, c.resources, c.dpop_jkt, c.session, c.created_at, c.expires_at,
+    c.consumed_at, c.family_id, c.auth_time, c.acr, c.amr, c.session_id, c.user_agent, c.ip, c.label,
     -- A lookup by the code's family id, whatever the statistics say: one partition of a table
     -- partitioned by family.
     (SELECT f.revoked_at FROM oauth_family f WHERE f.id = c.family_id) AS family_revoked_at,
@@ -321,14 +321,23 @@ type AuthorizationCodeGetRow struct {
 	Resources           []string
 	DPoPJKT             *string
 	Session             string
+	CreatedAt           time.Time
 	ExpiresAt           time.Time
 	ConsumedAt          *time.Time
 	FamilyID            pgtype.UUID
+	AuthTime            *time.Time
+	ACR                 *string
+	AMR                 []string
+	SessionID           *string
+	UserAgent           *string
+	IP                  *string
+	Label               *string
 	FamilyRevokedAt     *time.Time
 	Expired             bool
 }
 
-// AuthorizationCodeGet reads a code, whatever its state, with the state of the family it produced.
+// AuthorizationCodeGet reads a code, whatever its state, with the claims of its grant and the
+// state of the family it produced.
 func (q *Queries) AuthorizationCodeGet(ctx context.Context, db DBTX, arg AuthorizationCodeGetParams) (AuthorizationCodeGetRow, error) {
 	row := db.QueryRow(ctx, authorizationCodeGet, arg.Now, arg.Digests)
 	var i AuthorizationCodeGetRow
@@ -345,9 +354,17 @@ func (q *Queries) AuthorizationCodeGet(ctx context.Context, db DBTX, arg Authori
 		&i.Resources,
 		&i.DPoPJKT,
 		&i.Session,
+		&i.CreatedAt,
 		&i.ExpiresAt,
 		&i.ConsumedAt,
 		&i.FamilyID,
+		&i.AuthTime,
+		&i.ACR,
+		&i.AMR,
+		&i.SessionID,
+		&i.UserAgent,
+		&i.IP,
+		&i.Label,
 		&i.FamilyRevokedAt,
 		&i.Expired,
 	)

@@ -115,3 +115,41 @@ func (q *Queries) StateDeleteExpired(ctx context.Context, db DBTX, arg StateDele
 	}
 	return result.RowsAffected(), nil
 }
+
+const stateGet = `-- name: StateGet :one
+SELECT client_id, redirect_uri, return_to, data, created_at, expires_at
+FROM oauth_state
+WHERE digest = ANY($1::bytea[])
+  AND expires_at > coalesce($2::timestamptz, statement_timestamp())
+`
+
+type StateGetParams struct {
+	Digests [][]byte
+	Now     *time.Time
+}
+
+type StateGetRow struct {
+	ClientID    string
+	RedirectURI string
+	ReturnTo    *string
+	Data        string
+	CreatedAt   time.Time
+	ExpiresAt   time.Time
+}
+
+// StateGet reads a state binding without consuming it, for an authorization request that is read
+// more than once before it is answered (its sign-in page, then its callback). An expired binding
+// is not returned.
+func (q *Queries) StateGet(ctx context.Context, db DBTX, arg StateGetParams) (StateGetRow, error) {
+	row := db.QueryRow(ctx, stateGet, arg.Digests, arg.Now)
+	var i StateGetRow
+	err := row.Scan(
+		&i.ClientID,
+		&i.RedirectURI,
+		&i.ReturnTo,
+		&i.Data,
+		&i.CreatedAt,
+		&i.ExpiresAt,
+	)
+	return i, err
+}

@@ -119,11 +119,12 @@ SELECT f.id AS family_id, f.expires_at AS family_expires_at, f.idle_expires_at A
     f.user_agent, f.ip, f.label
 FROM family f;
 
--- AuthorizationCodeGet reads a code, whatever its state, with the state of the family it produced.
+-- AuthorizationCodeGet reads a code, whatever its state, with the claims of its grant and the
+-- state of the family it produced.
 -- name: AuthorizationCodeGet :one
 SELECT c.digest, c.pepper_id, c.client_id, c.user_id, c.redirect_uri, c.scope, c.code_challenge,
-    c.code_challenge_method, c.nonce, c.resources, c.dpop_jkt, c.session, c.expires_at,
-    c.consumed_at, c.family_id,
+    c.code_challenge_method, c.nonce, c.resources, c.dpop_jkt, c.session, c.created_at, c.expires_at,
+    c.consumed_at, c.family_id, c.auth_time, c.acr, c.amr, c.session_id, c.user_agent, c.ip, c.label,
     -- A lookup by the code's family id, whatever the statistics say: one partition of a table
     -- partitioned by family.
     (SELECT f.revoked_at FROM oauth_family f WHERE f.id = c.family_id) AS family_revoked_at,

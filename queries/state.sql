@@ -31,3 +31,12 @@ WHERE digest IN (
     LIMIT @batch_size::integer
     FOR UPDATE SKIP LOCKED
 );
+
+-- StateGet reads a state binding without consuming it, for an authorization request that is read
+-- more than once before it is answered (its sign-in page, then its callback). An expired binding
+-- is not returned.
+-- name: StateGet :one
+SELECT client_id, redirect_uri, return_to, data, created_at, expires_at
+FROM oauth_state
+WHERE digest = ANY(@digests::bytea[])
+  AND expires_at > coalesce(sqlc.narg('now')::timestamptz, statement_timestamp());

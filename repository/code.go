@@ -9,7 +9,9 @@ import (
 	"errors"
 	"time"
 
+	"github.com/jackc/pgerrcode"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgtype"
 
 	"github.com/oauthstore/oauthstore/db"
@@ -174,7 +176,7 @@ func (s *Store) Exchange(ctx context.Context, req ExchangeRequest) (*CodeExchang
 	if err != nil {
 		return nil, err
 	}
-	digests, ok := s.code.digestPresented(req.Code)
+	digests, ok := s.codeDigests(req.Code)
 	if !ok {
 		return nil, ErrCodeNotFound
 	}
@@ -345,4 +347,136 @@ func (s *Store) validateChallenge(challenge, method string) error {
 		return nil
 	}
 	return inputError("code_challenge_method", "must be S256 or plain")
+}
+
+// Bounds of a code whose value the caller's framework chose (SaveCode): at least 32 characters,
+// so that a value of 32 random bytes in any common encoding fits and a short counter does not,
+// and at most 2048, what a redirect URI's query carries comfortably.
+const (
+	MinChosenCodeLen = 32
+	MaxChosenCodeLen = 2048
+)
+
+// chosenCodeLabel separates the digest of a chosen code's text from that of a minted code's 32
+// bytes.
+const chosenCodeLabel = "chosen:"
+
+// SaveCode stores an authorization code whose value the caller chose, for frameworks that mint
+// codes themselves (zitadel/oidc's op, fosite): the code is kept as its keyed digest, like one
+// CreateCode mints, and Exchange, LookupCode, replay detection and cleanup treat it the same way.
+// The value must come from a CSPRNG with at least 128 bits of entropy; the package cannot check
+// that, only that it is 32 to 2048 visible ASCII characters (an *InputError otherwise). A value
+// stored already is an *InputError too, and changes nothing.
+//
+// PKCE: with CodeChallenge set, the challenge is checked as CreateCode checks it and Exchange
+// verifies it. Without one the code is stored without a challenge whatever Config.PKCEOptional
+// says, and Exchange takes no verifier: that is for a framework that verifies PKCE itself against
+// the challenge it keeps (in Session, say) before it calls Exchange.
+func (s *Store) SaveCode(ctx context.Context, code string, req CodeRequest) (time.Time, error) {
+	if err := validateChosenCode(code); err != nil {
+		return time.Time{}, err
+	}
+	checker := *s
+	if req.CodeChallenge == "" && req.CodeChallengeMethod == "" {
+		checker.pkceOptional = true
+	}
+	p, err := checker.codeParams(req)
+	if err != nil {
+		return time.Time{}, err
+	}
+	digests, _ := s.codeDigests(code)
+	p.Digest, p.PepperID, p.Now = digests[0], s.code.currentPepperID(), s.now()
+	expires, err := s.q.AuthorizationCodeCreate(ctx, s.dbtx, p)
+	if pgErr := (*pgconn.PgError)(nil); errors.As(err, &pgErr) && pgErr.Code == pgerrcode.UniqueViolation {
+		return time.Time{}, inputError("code", "already stored")
+	}
+	if err != nil {
+		return time.Time{}, dbError("save code", err)
+	}
+	return expires.UTC(), nil
+}
+
+// validateChosenCode: 32 to 2048 characters from '!' to '~'.
+func validateChosenCode(code string) error {
+	if len(code) < MinChosenCodeLen || len(code) > MaxChosenCodeLen {
+		return inputError("code", "not 32-2048 characters")
+	}
+	for i := 0; i < len(code); i++ {
+		if code[i] < '!' || code[i] > '~' {
+			return inputError("code", "not visible ASCII")
+		}
+	}
+	return nil
+}
+
+// codeDigests returns a presented code's digests, one per pepper of the ring, the current one
+// first: a code this package minted is digested as its 32 bytes, any other (SaveCode) as its text
+// under a label of its own. False for what can be neither.
+func (s *Store) codeDigests(code string) ([][]byte, bool) {
+	if digests, ok := s.code.digestPresented(code); ok {
+		return digests, true
+	}
+	if validateChosenCode(code) != nil {
+		return nil, false
+	}
+	out := make([][]byte, len(s.code.keys))
+	for i := range s.code.keys {
+		out[i] = s.code.keys[i].sum([]byte(chosenCodeLabel + code))
+	}
+	return out, true
+}
+
+// CodeInfo is what is stored about an authorization code, whatever its state.
+type CodeInfo struct {
+	ClientID    string
+	UserID      string
+	RedirectURI string
+	Scope       []string
+	Nonce       string
+	Resources   []string
+	DPoPJKT     string
+	// Session is the JSON the code was created with, byte for byte.
+	Session json.RawMessage
+	Claims  Claims
+	// PKCE reports whether the code carries a challenge, which Exchange verifies.
+	PKCE      bool
+	CreatedAt time.Time
+	ExpiresAt time.Time
+	// ConsumedAt is when the code was exchanged, and FamilyID the family that produced; an
+	// exchanged code presented again is a replay (Exchange revokes that family).
+	ConsumedAt      *time.Time
+	FamilyID        string
+	FamilyRevokedAt *time.Time
+	// PepperID names the pepper of the ring the code's digest was made with.
+	PepperID string
+	// Expired reports whether ExpiresAt has passed by the database clock (or Config.Clock).
+	Expired bool
+}
+
+// LookupCode returns what is stored about a code, whatever its state, without changing anything:
+// for a framework that reads the authorization request behind a code before it authenticates
+// the client and verifies PKCE, and then calls Exchange, which decides. An unknown or malformed
+// code is ErrCodeNotFound. A consumed code is returned (with ConsumedAt), so that its second
+// presentation reaches Exchange, which revokes the family it produced.
+func (s *Store) LookupCode(ctx context.Context, code string) (*CodeInfo, error) {
+	digests, ok := s.codeDigests(code)
+	if !ok {
+		return nil, ErrCodeNotFound
+	}
+	c, err := s.q.AuthorizationCodeGet(ctx, s.dbtx, db.AuthorizationCodeGetParams{Digests: digests, Now: s.now()})
+	if err := interpretError("lookup code", err, ErrCodeNotFound); err != nil {
+		return nil, err
+	}
+	info := &CodeInfo{
+		ClientID: c.ClientID, UserID: c.UserID, RedirectURI: c.RedirectURI, Scope: c.Scope,
+		Nonce: deref(c.Nonce), Resources: c.Resources, DPoPJKT: deref(c.DPoPJKT), Session: json.RawMessage(c.Session),
+		Claims: claimsOf(c.AuthTime, c.ACR, c.AMR, c.SessionID, c.UserAgent, c.IP, c.Label),
+		PKCE:   c.CodeChallenge != nil, CreatedAt: c.CreatedAt.UTC(), ExpiresAt: c.ExpiresAt.UTC(),
+		ConsumedAt: utcPtr(c.ConsumedAt), FamilyRevokedAt: utcPtr(c.FamilyRevokedAt), PepperID: c.PepperID,
+		Expired: c.Expired,
+	}
+	if c.FamilyID.Valid {
+		info.FamilyID = c.FamilyID.String()
+	}
+	return info, nil
 }

@@ -104,3 +104,20 @@ func (s *Store) ConsumeState(ctx context.Context, state string) (*StateBinding, 
 	}
 	return stateBinding(row), nil
 }
+
+// PeekState returns what a state value is bound to without consuming it, for an authorization
+// request that is read more than once before it is answered: an authorization server that keeps
+// its pending requests as state bindings reads one from its sign-in page and again from its
+// callback, and consumes it with ConsumeState when it answers. An unknown, expired or consumed
+// state is ErrStateNotFound.
+func (s *Store) PeekState(ctx context.Context, state string) (*StateBinding, error) {
+	digests, ok := s.state.digestPresented(state)
+	if !ok {
+		return nil, ErrStateNotFound
+	}
+	row, err := s.q.StateGet(ctx, s.dbtx, db.StateGetParams{Digests: s.state.accepted(digests), Now: s.now()})
+	if err := interpretError("peek state", err, ErrStateNotFound); err != nil {
+		return nil, err
+	}
+	return stateBinding(db.StateConsumeRow(row)), nil
+}

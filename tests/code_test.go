@@ -1,6 +1,8 @@
 package tests
 
 import (
+	"crypto/rand"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"slices"
@@ -322,5 +324,215 @@ func TestState_IsConsumedExactlyOnce(t *testing.T) {
 	b.clock.Advance(time.Second)
 	if res, err := b.store.Cleanup(b.ctx, repository.CleanupOptions{}); err != nil || res.States != 1 {
 		t.Fatalf("cleanup of the expired state: %+v, %v", res, err)
+	}
+}
+
+// chosenCode is a code value of the shape a framework mints itself: zitadel/oidc's op sends a JWE
+// compact serialization (five base64url parts joined by dots), much longer than a minted code.
+func chosenCode(t *testing.T) string {
+	t.Helper()
+	part := func(n int) string {
+		b := make([]byte, n)
+		_, _ = rand.Read(b)
+		return base64.RawURLEncoding.EncodeToString(b)
+	}
+	return part(60) + "." + part(40) + "." + part(12) + "." + part(48) + "." + part(16)
+}
+
+func TestSaveCode_AChosenCodeIsKeptAsItsDigestExchangedOnceAndItsReplayRevokes(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	code := chosenCode(t)
+	b.rememberRaw(code)
+	authTime := b.clock.Now().Add(-time.Minute)
+	expires, err := b.store.SaveCode(b.ctx, code, repository.CodeRequest{
+		ClientID: "client-a", UserID: "user-1", RedirectURI: redirectURI, Scope: []string{"openid", "offline_access"},
+		Nonce: "n-1", Session: json.RawMessage(`{"code_challenge":"kept-by-the-framework"}`),
+		Claims: repository.Claims{AuthTime: &authTime, AMR: []string{"pwd"}, SessionID: "sid-1"},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := b.clock.Now().Add(repository.DefaultCodeTTL); !expires.Equal(want) {
+		t.Fatalf("expires %v, want %v", expires, want)
+	}
+	if n := b.count(t, "SELECT count(*) FROM oauth_authorization_code WHERE code_challenge IS NULL AND octet_length(digest) = 32"); n != 1 {
+		t.Fatalf("%d codes stored as a digest without a challenge, want 1", n)
+	}
+	info, err := b.store.LookupCode(b.ctx, code)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.ClientID != "client-a" || info.UserID != "user-1" || info.RedirectURI != redirectURI || info.Nonce != "n-1" ||
+		info.PKCE || info.ConsumedAt != nil || info.FamilyID != "" || info.Expired ||
+		!strings.Contains(string(info.Session), "kept-by-the-framework") || info.Claims.SessionID != "sid-1" ||
+		info.Claims.AuthTime == nil || !info.Claims.AuthTime.Equal(authTime) || !slices.Equal(info.Claims.AMR, []string{"pwd"}) {
+		t.Fatalf("lookup before the exchange: %+v", info)
+	}
+	// A verifier for a code stored without a challenge is a downgrade, refused without burning it.
+	req := repository.ExchangeRequest{Code: code, ClientID: "client-a", RedirectURI: redirectURI}
+	downgrade := req
+	downgrade.CodeVerifier = strings.Repeat("v", 43)
+	if _, err := b.store.Exchange(b.ctx, downgrade); !errors.Is(err, repository.ErrPKCEMismatch) {
+		t.Fatalf("verifier for a code without a challenge: %v, want ErrPKCEMismatch", err)
+	}
+	got, err := b.store.Exchange(b.ctx, req)
+	if err != nil {
+		t.Fatalf("exchange of the saved code: %v", err)
+	}
+	b.remember(got.Token)
+	if got.Claims.SessionID != "sid-1" || got.UserID != "user-1" {
+		t.Fatalf("the family does not take the code's grant: %+v", got.Grant)
+	}
+	info, err = b.store.LookupCode(b.ctx, code)
+	if err != nil || info.ConsumedAt == nil || info.FamilyID != got.FamilyID {
+		t.Fatalf("lookup after the exchange: %+v, %v", info, err)
+	}
+	if _, err := b.store.Exchange(b.ctx, req); !errors.Is(err, repository.ErrCodeReplayDetected) {
+		t.Fatalf("second exchange: %v, want ErrCodeReplayDetected", err)
+	}
+	if fam := b.family(t, got.FamilyID); fam.RevokedAt == nil || fam.RevokedReason != repository.ReasonCodeReplayDetected {
+		t.Fatalf("family after the replay: %+v", fam)
+	}
+	if info, err := b.store.LookupCode(b.ctx, code); err != nil || info.FamilyRevokedAt == nil {
+		t.Fatalf("lookup after the replay: %+v, %v", info, err)
+	}
+}
+
+func TestSaveCode_WithAChallengeExchangeVerifiesIt(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	code := chosenCode(t)
+	b.rememberRaw(code)
+	verifier, challenge := pkce(t)
+	if _, err := b.store.SaveCode(b.ctx, code, repository.CodeRequest{
+		ClientID: "client-a", UserID: "user-1", RedirectURI: redirectURI, CodeChallenge: challenge, CodeChallengeMethod: "S256",
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if info, err := b.store.LookupCode(b.ctx, code); err != nil || !info.PKCE {
+		t.Fatalf("lookup: %+v, %v", info, err)
+	}
+	req := repository.ExchangeRequest{Code: code, ClientID: "client-a", RedirectURI: redirectURI}
+	if _, err := b.store.Exchange(b.ctx, req); !errors.Is(err, repository.ErrPKCEMismatch) {
+		t.Fatalf("exchange without the verifier: %v, want ErrPKCEMismatch", err)
+	}
+	req.CodeVerifier = verifier
+	got, err := b.store.Exchange(b.ctx, req)
+	if err != nil {
+		t.Fatalf("exchange with the verifier: %v", err)
+	}
+	b.remember(got.Token)
+}
+
+func TestSaveCode_RefusesMalformedValuesAndDuplicatesAndChangesNothing(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	code := chosenCode(t)
+	b.rememberRaw(code)
+	valid := repository.CodeRequest{ClientID: "client-a", UserID: "user-1", RedirectURI: redirectURI}
+	if _, err := b.store.SaveCode(b.ctx, code, valid); err != nil {
+		t.Fatal(err)
+	}
+	before := b.tableChecksum(t)
+	cases := map[string]struct {
+		code string
+		req  repository.CodeRequest
+	}{
+		"short":           {strings.Repeat("a", repository.MinChosenCodeLen-1), valid},
+		"long":            {strings.Repeat("a", repository.MaxChosenCodeLen+1), valid},
+		"space":           {strings.Repeat("a", 20) + " " + strings.Repeat("a", 20), valid},
+		"NUL":             {strings.Repeat("a", 20) + "\x00" + strings.Repeat("a", 20), valid},
+		"non-ASCII":       {strings.Repeat("a", 40) + "é", valid},
+		"duplicate":       {code, valid},
+		"bad challenge":   {chosenCode(t), repository.CodeRequest{ClientID: "client-a", UserID: "user-1", RedirectURI: redirectURI, CodeChallenge: "short", CodeChallengeMethod: "S256"}},
+		"method alone":    {chosenCode(t), repository.CodeRequest{ClientID: "client-a", UserID: "user-1", RedirectURI: redirectURI, CodeChallengeMethod: "S256"}},
+		"no client":       {chosenCode(t), repository.CodeRequest{UserID: "user-1", RedirectURI: redirectURI}},
+		"relative target": {chosenCode(t), repository.CodeRequest{ClientID: "client-a", UserID: "user-1", RedirectURI: "/callback"}},
+	}
+	for name, c := range cases {
+		_, err := b.store.SaveCode(b.ctx, c.code, c.req)
+		var ie *repository.InputError
+		if !errors.As(err, &ie) || repository.ErrorCode(err) != "invalid_request" {
+			t.Errorf("%s: %v, want an *InputError", name, err)
+		}
+	}
+	if after := b.tableChecksum(t); after != before {
+		t.Fatal("a refused SaveCode changed the tables")
+	}
+	for _, bad := range []string{"", "short", strings.Repeat("a", 40) + " "} {
+		if _, err := b.store.LookupCode(b.ctx, bad); !errors.Is(err, repository.ErrCodeNotFound) {
+			t.Errorf("lookup of a malformed code: %v, want ErrCodeNotFound", err)
+		}
+	}
+	if _, err := b.store.LookupCode(b.ctx, chosenCode(t)); !errors.Is(err, repository.ErrCodeNotFound) {
+		t.Errorf("lookup of an unknown code: %v, want ErrCodeNotFound", err)
+	}
+}
+
+func TestSaveCode_ACodeSavedUnderAnOlderPepperIsStillExchanged(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	code := chosenCode(t)
+	b.rememberRaw(code)
+	if _, err := b.store.SaveCode(b.ctx, code, repository.CodeRequest{ClientID: "client-a", UserID: "user-1", RedirectURI: redirectURI}); err != nil {
+		t.Fatal(err)
+	}
+	newer := make([]byte, 32)
+	_, _ = rand.Read(newer)
+	rotated, err := repository.New(b.pool, repository.Config{
+		Peppers: []repository.Pepper{{ID: "newer", Secret: repository.NewKey(newer)}, {ID: "default", Secret: repository.NewKey(b.pepper)}},
+		Clock:   b.clock.Now,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := rotated.LookupCode(b.ctx, code)
+	if err != nil || info.PepperID != "default" {
+		t.Fatalf("lookup under the newer ring: %+v, %v", info, err)
+	}
+	got, err := rotated.Exchange(b.ctx, repository.ExchangeRequest{Code: code, ClientID: "client-a", RedirectURI: redirectURI})
+	if err != nil {
+		t.Fatalf("exchange under the newer ring: %v", err)
+	}
+	b.remember(got.Token)
+}
+
+func TestPeekState_ReadsWithoutConsumingUntilConsumedOrExpired(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	st, err := b.store.CreateState(b.ctx, repository.StateRequest{
+		ClientID: "client-a", RedirectURI: redirectURI, Data: json.RawMessage(`{"login":"pending"}`), TTL: time.Minute,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.remember(st.State)
+	for i := range 3 {
+		got, err := b.store.PeekState(b.ctx, st.State.Reveal())
+		if err != nil || got.ClientID != "client-a" || got.RedirectURI != redirectURI || string(got.Data) != `{"login":"pending"}` ||
+			!got.ExpiresAt.Equal(st.ExpiresAt) {
+			t.Fatalf("peek %d: %+v, %v", i, got, err)
+		}
+	}
+	if _, err := b.store.ConsumeState(b.ctx, st.State.Reveal()); err != nil {
+		t.Fatalf("consume after peeks: %v", err)
+	}
+	if _, err := b.store.PeekState(b.ctx, st.State.Reveal()); !errors.Is(err, repository.ErrStateNotFound) {
+		t.Fatalf("peek after the consume: %v, want ErrStateNotFound", err)
+	}
+	old, err := b.store.CreateState(b.ctx, repository.StateRequest{ClientID: "client-a", RedirectURI: redirectURI, TTL: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.remember(old.State)
+	b.clock.Advance(time.Minute)
+	if _, err := b.store.PeekState(b.ctx, old.State.Reveal()); !errors.Is(err, repository.ErrStateNotFound) {
+		t.Fatalf("peek of an expired state: %v, want ErrStateNotFound", err)
+	}
+	for _, bad := range []string{"", "not-a-state", strings.Repeat("A", 43)} {
+		if _, err := b.store.PeekState(b.ctx, bad); !errors.Is(err, repository.ErrStateNotFound) {
+			t.Fatalf("peek of %q: %v, want ErrStateNotFound", bad, err)
+		}
 	}
 }
