@@ -908,7 +908,9 @@ func TestAccess_GraceResendGetsANewAccessTokenAndAReplayRevokesWhateverItAsksFor
 		t.Fatalf("grace resend: %+v, %v", resent, err)
 	}
 	for _, probe := range []func() (*repository.Introspection, error){
-		func() (*repository.Introspection, error) { return b.store.Introspect(b.ctx, next.Access.Token.Reveal()) },
+		func() (*repository.Introspection, error) {
+			return b.store.Introspect(b.ctx, next.Access.Token.Reveal())
+		},
 		func() (*repository.Introspection, error) { return b.store.IntrospectJTI(b.ctx, resent.Access.JTI) },
 	} {
 		if info, err := probe(); err != nil || !info.Active || !slices.Equal(info.Audience, []string{"https://mcp.example"}) {
