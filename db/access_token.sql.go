@@ -451,3 +451,16 @@ func (q *Queries) RevocationFeed(ctx context.Context, db DBTX, arg RevocationFee
 	}
 	return items, nil
 }
+
+const revocationFeedNextXID = `-- name: RevocationFeedNextXID :one
+SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint AS next_xid
+`
+
+// RevocationFeedNextXID is the xid the server assigns next: a feed cursor at or beyond it was made
+// on another cluster (the database was restored, or replicated logically, there).
+func (q *Queries) RevocationFeedNextXID(ctx context.Context, db DBTX) (int64, error) {
+	row := db.QueryRow(ctx, revocationFeedNextXID)
+	var next_xid int64
+	err := row.Scan(&next_xid)
+	return next_xid, err
+}

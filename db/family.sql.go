@@ -123,21 +123,39 @@ func (q *Queries) FamilyCreate(ctx context.Context, db DBTX, arg FamilyCreatePar
 	return i, err
 }
 
-const familyDelete = `-- name: FamilyDelete :execrows
-DELETE FROM oauth_family
-WHERE id = $1::uuid
+const familyDelete = `-- name: FamilyDelete :one
+WITH deleted AS (
+    DELETE FROM oauth_family
+    WHERE id = $1::uuid
+    RETURNING id, revoked_at, access_expires_at
+),
+feed AS (
+    INSERT INTO oauth_revocation (family_id, revoked_at, expires_at)
+    SELECT d.id, coalesce($2::timestamptz, statement_timestamp()), d.access_expires_at
+    FROM deleted d
+    WHERE d.revoked_at IS NULL
+      AND d.access_expires_at > coalesce($2::timestamptz, statement_timestamp())
+)
+SELECT count(*) AS deleted
+FROM deleted
 `
 
+type FamilyDeleteParams struct {
+	ID  pgtype.UUID
+	Now *time.Time
+}
+
 // FamilyDelete erases a family, its live token and the code that produced it (ON DELETE CASCADE),
-// for example when its user's account is deleted; the caller deletes its tombstones next
-// (RefreshTombstoneDeleteByFamily). Unlike a revocation it leaves no evidence: a later replay of
+// for example when its user's account is deleted; the caller deletes its tombstones and access
+// tokens next (RefreshTombstoneDeleteByFamily, AccessTokenDeleteByFamily). Unlike a revocation it leaves no evidence: a later replay of
 // its tokens is not found.
-func (q *Queries) FamilyDelete(ctx context.Context, db DBTX, id pgtype.UUID) (int64, error) {
-	result, err := db.Exec(ctx, familyDelete, id)
-	if err != nil {
-		return 0, err
-	}
-	return result.RowsAffected(), nil
+// Announced in the revocation feed, as a revocation is, while an access token of the family may
+// still be used (a revoked family was announced when it was revoked).
+func (q *Queries) FamilyDelete(ctx context.Context, db DBTX, arg FamilyDeleteParams) (int64, error) {
+	row := db.QueryRow(ctx, familyDelete, arg.ID, arg.Now)
+	var deleted int64
+	err := row.Scan(&deleted)
+	return deleted, err
 }
 
 const familyDeleteExpired = `-- name: FamilyDeleteExpired :one
@@ -149,6 +167,10 @@ WITH candidates AS MATERIALIZED (
     FROM oauth_family f
     WHERE f.sweep_day <= ((coalesce($1::timestamptz, statement_timestamp()) - $2::interval) AT TIME ZONE 'UTC')::date
       AND f.idle_expires_at < coalesce($1::timestamptz, statement_timestamp()) - $2::interval
+      -- An access token of the family may outlive its refresh tokens: the family, which its
+      -- access tokens are active through, stays until they have expired too.
+      AND (f.access_expires_at IS NULL
+          OR f.access_expires_at < coalesce($1::timestamptz, statement_timestamp()) - $2::interval)
     ORDER BY f.sweep_day
     LIMIT $3::integer
     FOR UPDATE SKIP LOCKED

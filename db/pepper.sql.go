@@ -19,13 +19,13 @@ uses AS (
         count(*) FILTER (WHERE f.idle_expires_at > k.now) AS live_tokens,
         0::bigint AS tombstones,
         0::bigint AS pending_codes, 0::bigint AS used_codes, 0::bigint AS pending_states,
-        max(f.idle_expires_at) AS depends_until
+        max(f.idle_expires_at) AS depends_until, 0::bigint AS access_tokens
     FROM oauth_family f
     CROSS JOIN clock k
     WHERE f.revoked_at IS NULL AND f.idle_expires_at > k.now
     GROUP BY f.token_pepper_id
     UNION ALL
-    SELECT t.pepper_id, 0, count(*), 0, 0, 0, max(f.idle_expires_at)
+    SELECT t.pepper_id, 0, count(*), 0, 0, 0, max(f.idle_expires_at), 0
     FROM oauth_refresh_tombstone t
     JOIN oauth_family f ON f.id = t.family_id
     CROSS JOIN clock k
@@ -35,7 +35,7 @@ uses AS (
     SELECT c.pepper_id, 0, 0,
         count(*) FILTER (WHERE c.family_id IS NULL),
         count(*) FILTER (WHERE c.family_id IS NOT NULL),
-        0, max(coalesce(f.idle_expires_at, c.expires_at))
+        0, max(coalesce(f.idle_expires_at, c.expires_at)), 0
     FROM oauth_authorization_code c
     LEFT JOIN oauth_family f ON f.id = c.family_id
     CROSS JOIN clock k
@@ -43,14 +43,22 @@ uses AS (
        OR (f.revoked_at IS NULL AND f.idle_expires_at > k.now)
     GROUP BY c.pepper_id
     UNION ALL
-    SELECT s.pepper_id, 0, 0, 0, 0, count(*), max(s.expires_at)
+    SELECT s.pepper_id, 0, 0, 0, 0, count(*), max(s.expires_at), 0
     FROM oauth_state s
     CROSS JOIN clock k
     WHERE s.expires_at > k.now
     GROUP BY s.pepper_id
+    UNION ALL
+    -- Opaque access tokens that can still be used: a retired pepper ends them.
+    SELECT a.pepper_id, 0, 0, 0, 0, 0, max(a.expires_at), count(*)
+    FROM oauth_access_token a
+    CROSS JOIN clock k
+    WHERE NOT a.jwt AND a.revoked_at IS NULL AND a.expires_at > k.now
+    GROUP BY a.pepper_id
 )
 SELECT u.pepper_id::text AS pepper_id,
     sum(u.live_tokens)::bigint AS live_tokens,
+    sum(u.access_tokens)::bigint AS access_tokens,
     sum(u.tombstones)::bigint AS tombstones,
     sum(u.pending_codes)::bigint AS pending_codes,
     sum(u.used_codes)::bigint AS used_codes,
@@ -64,6 +72,7 @@ ORDER BY u.pepper_id
 type PepperUsageRow struct {
 	PepperID      string
 	LiveTokens    int64
+	AccessTokens  int64
 	Tombstones    int64
 	PendingCodes  int64
 	UsedCodes     int64
@@ -88,6 +97,7 @@ func (q *Queries) PepperUsage(ctx context.Context, db DBTX, now *time.Time) ([]P
 		if err := rows.Scan(
 			&i.PepperID,
 			&i.LiveTokens,
+			&i.AccessTokens,
 			&i.Tombstones,
 			&i.PendingCodes,
 			&i.UsedCodes,

@@ -74,9 +74,13 @@ func (q *Queries) StatsAuthorizationCodes(ctx context.Context, db DBTX, now *tim
 const statsCleanupBacklog = `-- name: StatsCleanupBacklog :one
 SELECT
     (SELECT count(*) FROM oauth_family f
-        WHERE f.idle_expires_at < coalesce($1::timestamptz, statement_timestamp()) - $2::interval) AS families,
+        WHERE f.idle_expires_at < coalesce($1::timestamptz, statement_timestamp()) - $2::interval
+          AND (f.access_expires_at IS NULL
+              OR f.access_expires_at < coalesce($1::timestamptz, statement_timestamp()) - $2::interval)) AS families,
     (SELECT coalesce(sum(f.rotation_count + 1), 0) FROM oauth_family f
-        WHERE f.idle_expires_at < coalesce($1::timestamptz, statement_timestamp()) - $2::interval)::bigint AS refresh_tokens,
+        WHERE f.idle_expires_at < coalesce($1::timestamptz, statement_timestamp()) - $2::interval
+          AND (f.access_expires_at IS NULL
+              OR f.access_expires_at < coalesce($1::timestamptz, statement_timestamp()) - $2::interval))::bigint AS refresh_tokens,
     (SELECT count(*) FROM oauth_authorization_code c
         WHERE c.family_id IS NULL
           AND c.expires_at < coalesce($1::timestamptz, statement_timestamp()) - $2::interval) AS authorization_codes,

@@ -162,6 +162,11 @@ WHERE (r.xid, r.seq) > (@after_xid::bigint, @after_seq::bigint)
 ORDER BY r.xid, r.seq
 LIMIT @max_rows::integer;
 
+-- RevocationFeedNextXID is the xid the server assigns next: a feed cursor at or beyond it was made
+-- on another cluster (the database was restored, or replicated logically, there).
+-- name: RevocationFeedNextXID :one
+SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint AS next_xid;
+
 -- RevocationDeleteExpired deletes one batch of feed entries whose tokens have all expired.
 -- name: RevocationDeleteExpired :execrows
 DELETE FROM oauth_revocation

@@ -36,12 +36,26 @@ SELECT f.id, f.created_at, f.expires_at AS family_expires_at, f.idle_expires_at 
 FROM family f;
 
 -- FamilyDelete erases a family, its live token and the code that produced it (ON DELETE CASCADE),
--- for example when its user's account is deleted; the caller deletes its tombstones next
--- (RefreshTombstoneDeleteByFamily). Unlike a revocation it leaves no evidence: a later replay of
+-- for example when its user's account is deleted; the caller deletes its tombstones and access
+-- tokens next (RefreshTombstoneDeleteByFamily, AccessTokenDeleteByFamily). Unlike a revocation it leaves no evidence: a later replay of
 -- its tokens is not found.
--- name: FamilyDelete :execrows
-DELETE FROM oauth_family
-WHERE id = @id::uuid;
+-- name: FamilyDelete :one
+WITH deleted AS (
+    DELETE FROM oauth_family
+    WHERE id = @id::uuid
+    RETURNING id, revoked_at, access_expires_at
+),
+-- Announced in the revocation feed, as a revocation is, while an access token of the family may
+-- still be used (a revoked family was announced when it was revoked).
+feed AS (
+    INSERT INTO oauth_revocation (family_id, revoked_at, expires_at)
+    SELECT d.id, coalesce(sqlc.narg('now')::timestamptz, statement_timestamp()), d.access_expires_at
+    FROM deleted d
+    WHERE d.revoked_at IS NULL
+      AND d.access_expires_at > coalesce(sqlc.narg('now')::timestamptz, statement_timestamp())
+)
+SELECT count(*) AS deleted
+FROM deleted;
 
 -- FamilyDeleteExpired deletes one batch of families whose newest token expired before the cutoff,
 -- with all of their tombstones (one index probe per family, whatever the statistics say about how
@@ -68,6 +82,10 @@ WITH candidates AS MATERIALIZED (
     FROM oauth_family f
     WHERE f.sweep_day <= ((coalesce(sqlc.narg('now')::timestamptz, statement_timestamp()) - @retain::interval) AT TIME ZONE 'UTC')::date
       AND f.idle_expires_at < coalesce(sqlc.narg('now')::timestamptz, statement_timestamp()) - @retain::interval
+      -- An access token of the family may outlive its refresh tokens: the family, which its
+      -- access tokens are active through, stays until they have expired too.
+      AND (f.access_expires_at IS NULL
+          OR f.access_expires_at < coalesce(sqlc.narg('now')::timestamptz, statement_timestamp()) - @retain::interval)
     ORDER BY f.sweep_day
     LIMIT @max_families::integer
     FOR UPDATE SKIP LOCKED

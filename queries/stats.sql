@@ -67,9 +67,13 @@ ORDER BY c.relname;
 -- name: StatsCleanupBacklog :one
 SELECT
     (SELECT count(*) FROM oauth_family f
-        WHERE f.idle_expires_at < coalesce(sqlc.narg('now')::timestamptz, statement_timestamp()) - @retain::interval) AS families,
+        WHERE f.idle_expires_at < coalesce(sqlc.narg('now')::timestamptz, statement_timestamp()) - @retain::interval
+          AND (f.access_expires_at IS NULL
+              OR f.access_expires_at < coalesce(sqlc.narg('now')::timestamptz, statement_timestamp()) - @retain::interval)) AS families,
     (SELECT coalesce(sum(f.rotation_count + 1), 0) FROM oauth_family f
-        WHERE f.idle_expires_at < coalesce(sqlc.narg('now')::timestamptz, statement_timestamp()) - @retain::interval)::bigint AS refresh_tokens,
+        WHERE f.idle_expires_at < coalesce(sqlc.narg('now')::timestamptz, statement_timestamp()) - @retain::interval
+          AND (f.access_expires_at IS NULL
+              OR f.access_expires_at < coalesce(sqlc.narg('now')::timestamptz, statement_timestamp()) - @retain::interval))::bigint AS refresh_tokens,
     (SELECT count(*) FROM oauth_authorization_code c
         WHERE c.family_id IS NULL
           AND c.expires_at < coalesce(sqlc.narg('now')::timestamptz, statement_timestamp()) - @retain::interval) AS authorization_codes,

@@ -242,7 +242,8 @@ type Introspection struct {
 	JTI string
 	// FamilyID is the family (grant) the token belongs to.
 	FamilyID string
-	// SenderThumbprint is the key the token is bound to (cnf.jkt for DPoP), if any.
+	// SenderThumbprint is the key the token's family is bound to, if any: cnf.jkt of a DPoP
+	// token, cnf.x5t#S256 of a certificate-bound one.
 	SenderThumbprint string
 	// The grant's claims that a resource server may need: auth_time, acr, amr, sid.
 	AuthTime  *time.Time
@@ -253,7 +254,9 @@ type Introspection struct {
 
 // Response returns the introspection as the members of an RFC 7662 response: "active", and for
 // an active token "scope", "client_id", "sub", "exp", "iat", "aud", "jti", "token_type", "cnf",
-// "auth_time", "acr", "amr" and "sid" where they have a value. Encode it as JSON.
+// "auth_time", "acr", "amr" and "sid" where they have a value. An access token bound to a key has
+// "cnf": {"jkt": …} when it is a DPoP token and {"x5t#S256": …} when it is a Bearer token (bound
+// by a client certificate, RFC 8705). Encode it as JSON.
 func (i *Introspection) Response() map[string]any {
 	if !i.Active {
 		return map[string]any{"active": false}
@@ -281,8 +284,14 @@ func (i *Introspection) Response() map[string]any {
 	set("token_type", i.TokenType)
 	set("acr", i.ACR)
 	set("sid", i.SessionID)
-	if i.SenderThumbprint != "" {
+	// The key an access token is bound to: a DPoP token's (RFC 9449 §6.2, jkt), or for a Bearer
+	// token of a family bound to a key, the client certificate's (RFC 8705 §3.2, x5t#S256).
+	switch {
+	case i.SenderThumbprint == "" || i.TokenUse != TokenUseAccess:
+	case i.TokenType == TokenTypeDPoP:
 		r["cnf"] = map[string]string{"jkt": i.SenderThumbprint}
+	default:
+		r["cnf"] = map[string]string{"x5t#S256": i.SenderThumbprint}
 	}
 	if i.AuthTime != nil {
 		r["auth_time"] = i.AuthTime.Unix()
@@ -443,6 +452,13 @@ type RevocationPage struct {
 	More bool
 }
 
+// ErrFeedCursorAhead is returned by RevokedSince for a cursor made on another PostgreSQL cluster:
+// the database was restored from a dump or replicated logically since, and the feed counts the
+// transactions of the cluster it is on. Read the feed again from its start (""). After such a
+// move, also renumber the entries the move copied (UPDATE oauth_revocation SET xid = 0), which
+// otherwise wait until the new cluster's transactions catch up with their old numbers.
+var ErrFeedCursorAhead = errors.New("oauthstore: the revocation feed cursor is of another cluster: read the feed again from the start")
+
 // MaxRevocationPage bounds the entries RevokedSince returns at once.
 const MaxRevocationPage = 10000
 
@@ -471,6 +487,17 @@ func (a *Admin) RevokedSince(ctx context.Context, cursor string, limit int) (*Re
 	})
 	if err != nil {
 		return nil, dbError("revocation feed", err)
+	}
+	if len(rows) == 0 && xid > 0 {
+		// Nothing after the cursor: say so only if the cursor is of this cluster, whose xids it
+		// counts; one of another cluster would wait for ever.
+		next, err := a.q.RevocationFeedNextXID(ctx, a.dbtx)
+		if err != nil {
+			return nil, dbError("revocation feed", err)
+		}
+		if xid >= next {
+			return nil, ErrFeedCursorAhead
+		}
 	}
 	page := &RevocationPage{Revocations: make([]Revocation, len(rows)), Cursor: cursor, More: len(rows) == limit}
 	for i, r := range rows {

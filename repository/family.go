@@ -230,7 +230,7 @@ func (a *Admin) DeleteFamily(ctx context.Context, familyID string) error {
 	var n int64
 	err = a.inTx(ctx, "delete family", func(tx pgx.Tx) (bool, error) {
 		var err error
-		if n, err = a.q.FamilyDelete(ctx, tx, id); err != nil || n == 0 {
+		if n, err = a.q.FamilyDelete(ctx, tx, db.FamilyDeleteParams{ID: id, Now: a.now()}); err != nil || n == 0 {
 			return false, err
 		}
 		if _, err = a.q.RefreshTombstoneDeleteByFamily(ctx, tx, id); err != nil {

@@ -129,6 +129,9 @@ type PepperUse struct {
 	// LiveTokens are unused, unexpired refresh tokens of live families: their sessions end if the
 	// pepper is retired or leaves the ring.
 	LiveTokens int64 `json:"live_tokens"`
+	// AccessTokens are opaque access tokens that can still be used: they become inactive if the
+	// pepper is retired or leaves the ring.
+	AccessTokens int64 `json:"access_tokens"`
 	// Tombstones are consumed refresh tokens of live families (not revoked, newest token not
 	// expired): a replay of one revokes its family only while the pepper is in the ring, if
 	// only as retired.
@@ -148,7 +151,7 @@ type PepperUse struct {
 // Retirable reports whether the pepper can be retired (kept in the ring as recognise-only)
 // without ending a session or refusing a pending code or state.
 func (u PepperUse) Retirable() bool {
-	return u.LiveTokens == 0 && u.PendingCodes == 0 && u.PendingStates == 0
+	return u.LiveTokens == 0 && u.AccessTokens == 0 && u.PendingCodes == 0 && u.PendingStates == 0
 }
 
 // Removable reports whether the pepper can leave the ring without losing anything: no session, no
@@ -170,7 +173,7 @@ func (a *Admin) PepperUsage(ctx context.Context) ([]PepperUse, error) {
 	out := make([]PepperUse, len(rows))
 	for i, r := range rows {
 		out[i] = PepperUse{
-			PepperID: r.PepperID, LiveTokens: r.LiveTokens, Tombstones: r.Tombstones, PendingCodes: r.PendingCodes,
+			PepperID: r.PepperID, LiveTokens: r.LiveTokens, AccessTokens: r.AccessTokens, Tombstones: r.Tombstones, PendingCodes: r.PendingCodes,
 			UsedCodes: r.UsedCodes, PendingStates: r.PendingStates, DependsUntil: utcPtr(&r.DependsUntil),
 		}
 	}

@@ -261,8 +261,13 @@ func validateIP(v string) error {
 	if len(v) > 45 {
 		return inputError("ip", "longer than 45 bytes")
 	}
-	if _, err := netip.ParseAddr(v); err != nil {
+	addr, err := netip.ParseAddr(v)
+	switch {
+	case err != nil:
 		return inputError("ip", "not an IP address")
+	case addr.Zone() != "" || !printableASCII(v):
+		// A zone may hold any bytes; an address of a session needs none.
+		return inputError("ip", "an IP address with a zone")
 	}
 	return nil
 }

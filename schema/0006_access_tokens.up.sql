@@ -1,9 +1,11 @@
 -- Access tokens bound to a family, the claims of a grant, and the revocation feed.
 --
 -- A grant's claims live on its family row, after the columns a rotation changes, so that the WAL
--- record of a rotation leaves them out as a suffix the old and the new row share. A rotation that
--- issues an access token also moves access_expires_at: the expiry of the family's newest access
--- token, which bounds how long a revocation of the family must be announced in the feed.
+-- record of a rotation without an access token leaves them out as a suffix the old and the new
+-- row share. A rotation that issues an access token also moves access_expires_at, the last column:
+-- the expiry of the family's newest access token, which bounds how long a revocation of the family
+-- must be announced in the feed, and how long cleanup keeps the family. Its WAL record then
+-- carries the claims that are set, too.
 SET LOCAL lock_timeout = '5s';
 
 ALTER TABLE oauth_family
@@ -72,10 +74,40 @@ CREATE TABLE oauth_access_token (
 -- Cleanup deletes expired tokens by it.
 CREATE INDEX oauth_access_token_expires_at_idx ON oauth_access_token (expires_at);
 
--- Bulk revocation finds the standalone tokens of a client or a user by it; a family's tokens
--- follow their family.
+-- Bulk revocation finds the standalone tokens of a client (or a user at one client), or of a user,
+-- by these; a family's tokens follow their family.
 CREATE INDEX oauth_access_token_standalone_idx ON oauth_access_token (client_id, subject)
     WHERE standalone;
+CREATE INDEX oauth_access_token_standalone_subject_idx ON oauth_access_token (subject)
+    WHERE standalone;
+
+-- On a database whose families are partitioned by family id (schema.PartitionByFamily), access
+-- tokens are partitioned the same way, with as many partitions.
+DO $$
+DECLARE
+    n integer;
+BEGIN
+    SELECT count(*) INTO n FROM pg_inherits WHERE inhparent = 'oauth_family'::regclass;
+    IF n = 0 THEN
+        RETURN;
+    END IF;
+    ALTER TABLE oauth_access_token RENAME TO oauth_access_token_template;
+    ALTER INDEX oauth_access_token_pkey RENAME TO oauth_access_token_template_pkey;
+    ALTER INDEX oauth_access_token_expires_at_idx RENAME TO oauth_access_token_template_expires_at_idx;
+    ALTER INDEX oauth_access_token_standalone_idx RENAME TO oauth_access_token_template_standalone_idx;
+    ALTER INDEX oauth_access_token_standalone_subject_idx RENAME TO oauth_access_token_template_standalone_subject_idx;
+    CREATE TABLE oauth_access_token (LIKE oauth_access_token_template INCLUDING DEFAULTS INCLUDING CONSTRAINTS)
+        PARTITION BY HASH (family_id);
+    DROP TABLE oauth_access_token_template;
+    ALTER TABLE oauth_access_token ADD CONSTRAINT oauth_access_token_pkey PRIMARY KEY (family_id, key);
+    CREATE INDEX oauth_access_token_expires_at_idx ON oauth_access_token (expires_at);
+    CREATE INDEX oauth_access_token_standalone_idx ON oauth_access_token (client_id, subject) WHERE standalone;
+    CREATE INDEX oauth_access_token_standalone_subject_idx ON oauth_access_token (subject) WHERE standalone;
+    FOR i IN 0 .. n - 1 LOOP
+        EXECUTE format('CREATE TABLE oauth_access_token_p%s PARTITION OF oauth_access_token '
+            'FOR VALUES WITH (MODULUS %s, REMAINDER %s)', i, n, i);
+    END LOOP;
+END $$;
 
 -- The revocation feed: each revoked family that had access tokens which had not expired yet, and
 -- each revoked JWT, once, in the order a reader can rely on. A reader asks for the entries of

@@ -54,7 +54,13 @@ func PartitionByFamily(ctx context.Context, pool *pgxpool.Pool, partitions int) 
 			AND attgenerated = ''`).Scan(&columns); err != nil {
 			return fmt.Errorf("schema: read the columns of oauth_family: %w", err)
 		}
-		if _, err := tx.Exec(ctx, partitionSQL(partitions, columns)+"CREATE VIEW oauth_refresh_token AS "+view); err != nil {
+		// A database at schema 5 has no access tokens; migration 6 partitions them as the families
+		// are when it adds them.
+		var accessTokens bool
+		if err := tx.QueryRow(ctx, `SELECT to_regclass('oauth_access_token') IS NOT NULL`).Scan(&accessTokens); err != nil {
+			return fmt.Errorf("schema: %w", err)
+		}
+		if _, err := tx.Exec(ctx, partitionSQL(partitions, columns, accessTokens)+"CREATE VIEW oauth_refresh_token AS "+view); err != nil {
 			return fmt.Errorf("schema: partition by family: %w", err)
 		}
 		return nil
@@ -65,7 +71,7 @@ func PartitionByFamily(ctx context.Context, pool *pgxpool.Pool, partitions int) 
 // replacements created with the same columns, constraints and indexes, the rows copied, the
 // foreign keys that name them made again, the old tables dropped. The view that names them is
 // dropped first; the caller makes it again.
-func partitionSQL(n int, familyColumns string) string {
+func partitionSQL(n int, familyColumns string, accessTokens bool) string {
 	var b strings.Builder
 	b.WriteString(`SET LOCAL lock_timeout = '5s';
 DROP VIEW oauth_refresh_token;
@@ -93,31 +99,43 @@ ALTER TABLE oauth_refresh_tombstone ADD CONSTRAINT oauth_refresh_tombstone_pkey 
 CREATE INDEX oauth_refresh_tombstone_sealed_idx ON oauth_refresh_tombstone (consumed_at)
     WHERE successor_sealed IS NOT NULL;
 
+`)
+	if accessTokens {
+		b.WriteString(`
 ALTER TABLE oauth_access_token RENAME TO oauth_access_token_unpartitioned;
 ALTER INDEX oauth_access_token_pkey RENAME TO oauth_access_token_unpartitioned_pkey;
 ALTER INDEX oauth_access_token_expires_at_idx RENAME TO oauth_access_token_unpartitioned_expires_at_idx;
 ALTER INDEX oauth_access_token_standalone_idx RENAME TO oauth_access_token_unpartitioned_standalone_idx;
+ALTER INDEX oauth_access_token_standalone_subject_idx RENAME TO oauth_access_token_unpartitioned_standalone_subject_idx;
 CREATE TABLE oauth_access_token (LIKE oauth_access_token_unpartitioned INCLUDING DEFAULTS INCLUDING CONSTRAINTS)
     PARTITION BY HASH (family_id);
 ALTER TABLE oauth_access_token ADD CONSTRAINT oauth_access_token_pkey PRIMARY KEY (family_id, key);
 CREATE INDEX oauth_access_token_expires_at_idx ON oauth_access_token (expires_at);
 CREATE INDEX oauth_access_token_standalone_idx ON oauth_access_token (client_id, subject) WHERE standalone;
+CREATE INDEX oauth_access_token_standalone_subject_idx ON oauth_access_token (subject) WHERE standalone;
 `)
+	}
 	for i := range n {
 		fmt.Fprintf(&b, "CREATE TABLE oauth_family_p%d PARTITION OF oauth_family FOR VALUES WITH (MODULUS %d, REMAINDER %d) WITH (fillfactor = 80);\n", i, n, i)
 		fmt.Fprintf(&b, "CREATE TABLE oauth_refresh_tombstone_p%d PARTITION OF oauth_refresh_tombstone FOR VALUES WITH (MODULUS %d, REMAINDER %d);\n", i, n, i)
-		fmt.Fprintf(&b, "CREATE TABLE oauth_access_token_p%d PARTITION OF oauth_access_token FOR VALUES WITH (MODULUS %d, REMAINDER %d);\n", i, n, i)
+		if accessTokens {
+			fmt.Fprintf(&b, "CREATE TABLE oauth_access_token_p%d PARTITION OF oauth_access_token FOR VALUES WITH (MODULUS %d, REMAINDER %d);\n", i, n, i)
+		}
 	}
 	b.WriteString(`
 INSERT INTO oauth_family (` + familyColumns + `)
 SELECT ` + familyColumns + `
 FROM oauth_family_unpartitioned;
 INSERT INTO oauth_refresh_tombstone SELECT * FROM oauth_refresh_tombstone_unpartitioned;
-INSERT INTO oauth_access_token SELECT * FROM oauth_access_token_unpartitioned;
-DROP TABLE oauth_access_token_unpartitioned;
 DROP TABLE oauth_refresh_tombstone_unpartitioned;
 DROP TABLE oauth_family_unpartitioned;
-
+`)
+	if accessTokens {
+		b.WriteString(`INSERT INTO oauth_access_token SELECT * FROM oauth_access_token_unpartitioned;
+DROP TABLE oauth_access_token_unpartitioned;
+`)
+	}
+	b.WriteString(`
 ALTER TABLE oauth_refresh_token_legacy ADD CONSTRAINT oauth_refresh_token_legacy_family_id_fkey
     FOREIGN KEY (family_id) REFERENCES oauth_family (id) ON DELETE CASCADE;
 ALTER TABLE oauth_authorization_code ADD CONSTRAINT oauth_authorization_code_family_id_fkey

@@ -204,6 +204,18 @@ func TestIntrospect_AnswersRFC7662InOneStatementWithoutConsuming(t *testing.T) {
 	if got := info.Response(); fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Fatalf("introspection:\n got %v\nwant %v", got, want)
 	}
+	// A Bearer token of a family bound to a key is bound by a client certificate (RFC 8705).
+	mtls, err := b.store.Rotate(b.ctx, repository.RotateRequest{Token: tok.Token.Reveal(), ClientID: "client-a",
+		SenderThumbprint: "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I", Access: opaqueAccess})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.remember(mtls.Token, mtls.Access.Token)
+	if info, err := b.store.Introspect(b.ctx, mtls.Access.Token.Reveal()); err != nil ||
+		fmt.Sprint(info.Response()["cnf"]) != "map[x5t#S256:0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I]" {
+		t.Fatalf("a certificate-bound token's cnf: %v, %v", info.Response()["cnf"], err)
+	}
+	tok = mtls
 	// A refresh token introspects as active without being consumed.
 	rinfo, err := b.store.Introspect(b.ctx, tok.Token.Reveal())
 	if err != nil || !rinfo.Active || rinfo.TokenUse != "refresh_token" || rinfo.FamilyID != tok.FamilyID || rinfo.SessionID != "sid-1" {
@@ -301,6 +313,7 @@ func TestAccess_EveryFamilyRevocationEndsAllItsAccessTokensAtOnce(t *testing.T) 
 		"DeleteFamily": func(g grantWithAccess) error { return b.store.DeleteFamily(b.ctx, g.family) },
 	}
 	i := 0
+	var revoked []string
 	for name, revoke := range paths {
 		i++
 		g := b.grantWithAccess(t, fmt.Sprintf("user-%d", i))
@@ -322,6 +335,15 @@ func TestAccess_EveryFamilyRevocationEndsAllItsAccessTokensAtOnce(t *testing.T) 
 			if after := b.accessRowVersions(t, g.family); after != before {
 				t.Fatalf("%s wrote the access token rows", name)
 			}
+		}
+		revoked = append(revoked, g.family)
+	}
+	// Every path announced its family in the feed, DeleteFamily too: resource servers that
+	// validate JWTs themselves learn of it.
+	feed := b.feed(t, len(revoked))
+	for _, family := range revoked {
+		if !slices.ContainsFunc(feed, func(r repository.Revocation) bool { return r.FamilyID == family && r.JTI == "" }) {
+			t.Fatalf("family %s is not in the feed: %+v", family, feed)
 		}
 	}
 	// The replay's event names the session.
@@ -738,17 +760,22 @@ func TestClaims_RoundTripByteForByte(t *testing.T) {
 func TestAccess_HostileInputsAreTypedErrorsThatChangeNothing(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
-	tok, err := b.store.Issue(b.ctx, repository.IssueRequest{ClientID: "client-a", UserID: "user-1", Audience: []string{"https://mcp.example"}})
+	spent, err := b.store.Issue(b.ctx, repository.IssueRequest{ClientID: "client-a", UserID: "user-1", Audience: []string{"https://mcp.example"}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	b.remember(tok.Token)
+	b.remember(spent.Token)
+	tok, err := b.rotate(spent.Token, "client-a")
+	if err != nil {
+		t.Fatal(err)
+	}
 	sum := b.tableChecksum(t)
 	long := strings.Repeat("x", 256)
 	badClaims := []repository.Claims{
 		{ACR: long}, {SessionID: long}, {Label: long}, {UserAgent: strings.Repeat("u", 513)}, {Label: "tab\there"},
 		{AMR: make([]string, 17)}, {AMR: []string{""}}, {AMR: []string{"p w d"}}, {AMR: []string{strings.Repeat("m", 65)}},
-		{IP: "999.1.1.1"}, {IP: "localhost"}, {ACR: "\xff\xfe"}, {AuthTime: &time.Time{}},
+		{IP: "999.1.1.1"}, {IP: "localhost"}, {IP: "fe80::1%\x00"}, {IP: "fe80::1%\xff"}, {IP: "fe80::1%eth0"},
+		{ACR: "\xff\xfe"}, {AuthTime: &time.Time{}},
 	}
 	badAudiences := [][]string{{""}, {"has space"}, {"naïve"}, {strings.Repeat("a", 513)}, make([]string, 33)}
 	for i := range badAudiences[4] {
@@ -776,6 +803,20 @@ func TestAccess_HostileInputsAreTypedErrorsThatChangeNothing(t *testing.T) {
 	for _, a := range badAudiences {
 		calls = append(calls, func() error {
 			_, err := b.store.Issue(b.ctx, repository.IssueRequest{ClientID: "client-a", UserID: "u", Audience: a})
+			return err
+		})
+	}
+	// Where a rotation says it comes from (client-controlled, as X-Forwarded-For is), on the live
+	// token and on a consumed one alike.
+	for _, ip := range []string{"fe80::1%\x00", "fe80::1%\t", "not-an-ip"} {
+		for _, presented := range []repository.Secret{tok.Token, spent.Token} {
+			calls = append(calls, func() error {
+				_, err := b.store.Rotate(b.ctx, repository.RotateRequest{Token: presented.Reveal(), ClientID: "client-a", IP: ip})
+				return err
+			})
+		}
+		calls = append(calls, func() error {
+			_, err := b.store.Rotate(b.ctx, repository.RotateRequest{Token: tok.Token.Reveal(), ClientID: "client-a", UserAgent: "ua\x00"})
 			return err
 		})
 	}
@@ -810,6 +851,9 @@ func TestAccess_HostileInputsAreTypedErrorsThatChangeNothing(t *testing.T) {
 		_, err := b.store.RevokedSince(b.ctx, "", 10001)
 		return err
 	})
+	if _, err := b.store.RevokedSince(b.ctx, "999999999999.1", 0); !errors.Is(err, repository.ErrFeedCursorAhead) {
+		t.Fatalf("a cursor of another cluster: %v", err)
+	}
 	for i, call := range calls {
 		if err := call(); !errors.Is(err, repository.ErrInvalidInput) {
 			t.Fatalf("hostile call %d: %v, want an InputError", i, err)
@@ -924,9 +968,11 @@ func TestAccess_GraceResendGetsANewAccessTokenAndAReplayRevokesWhateverItAsksFor
 		Access: repository.AccessRequest{Kind: repository.AccessOpaque, Audience: []string{"https://evil.example"}}}); !errors.Is(err, repository.ErrInvalidTarget) {
 		t.Fatalf("resend for a foreign audience: %v", err)
 	}
-	if _, err := b.store.Rotate(b.ctx, repository.RotateRequest{Token: next.Token.Reveal(), ClientID: "client-a", SenderThumbprint: "abc",
-		Access: repository.AccessRequest{Kind: repository.AccessOpaque, TokenType: repository.TokenTypeDPoP}}); !errors.Is(err, repository.ErrInvalidInput) {
-		t.Fatalf("a DPoP token for a family bound to no key: %v", err)
+	for _, presented := range []repository.Secret{tok.Token, next.Token} { // the grace path, the live token's
+		if _, err := b.store.Rotate(b.ctx, repository.RotateRequest{Token: presented.Reveal(), ClientID: "client-a", SenderThumbprint: "abc",
+			Access: repository.AccessRequest{Kind: repository.AccessOpaque, TokenType: repository.TokenTypeDPoP}}); !errors.Is(err, repository.ErrInvalidInput) {
+			t.Fatalf("a DPoP token for a family bound to no key: %v", err)
+		}
 	}
 	if b.tableChecksum(t) != sum {
 		t.Fatal("a refused resend changed something")
@@ -945,5 +991,34 @@ func TestAccess_GraceResendGetsANewAccessTokenAndAReplayRevokesWhateverItAsksFor
 	}
 	if info, _ := b.store.IntrospectJTI(b.ctx, resent.Access.JTI); info.Active {
 		t.Fatal("an access token of the revoked family is active")
+	}
+}
+
+// A family whose refresh tokens expired stays while one of its access tokens can still be used:
+// its access tokens are active through it.
+func TestCleanup_KeepsAFamilyUntilItsAccessTokensHaveExpired(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	tok, err := b.store.Issue(b.ctx, repository.IssueRequest{ClientID: "client-a", UserID: "user-1", TTL: 5 * time.Minute,
+		Access: repository.AccessRequest{Kind: repository.AccessOpaque, TTL: time.Hour}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.remember(tok.Token, tok.Access.Token)
+	b.clock.Advance(6 * time.Minute)
+	if res, err := b.store.Cleanup(b.ctx, repository.CleanupOptions{}); err != nil || res.Families != 0 {
+		t.Fatalf("cleanup while the access token lives: %+v, %v", res, err)
+	}
+	if info, err := b.store.Introspect(b.ctx, tok.Access.Token.Reveal()); err != nil || !info.Active {
+		t.Fatalf("the access token after cleanup: %+v, %v", info, err)
+	}
+	// The pepper it was made under cannot be retired yet.
+	uses, err := b.store.PepperUsage(b.ctx)
+	if err != nil || len(uses) != 1 || uses[0].AccessTokens != 1 || uses[0].Retirable() {
+		t.Fatalf("pepper usage: %+v, %v", uses, err)
+	}
+	b.clock.Advance(time.Hour)
+	if res, err := b.store.Cleanup(b.ctx, repository.CleanupOptions{}); err != nil || res.Families != 1 || res.AccessTokens != 1 {
+		t.Fatalf("cleanup once the access token expired: %+v, %v", res, err)
 	}
 }

@@ -278,3 +278,41 @@ func collectPartitions(raw json.RawMessage, touched map[string][]string) {
 		collectPartitions(c, touched)
 	}
 }
+
+// A database partitioned at schema 5 gets its access tokens partitioned the same way by
+// migration 6, which adds them.
+func TestPartitioning_MigrationSixPartitionsAccessTokensWhereFamiliesAre(t *testing.T) {
+	t.Parallel()
+	if n, err := dbtest.Partitions(); err != nil || n > 0 {
+		t.Skip("the suite's databases are partitioned already; this test partitions its own at schema 5")
+	}
+	b := setup(t)
+	m, err := schema.NewMigrator(b.pool)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	if err := m.Steps(-1); err != nil {
+		t.Fatal(err)
+	}
+	if err := schema.PartitionByFamily(b.ctx, b.pool, 4); err != nil {
+		t.Fatalf("partition at schema 5: %v", err)
+	}
+	if err := m.Up(); err != nil {
+		t.Fatalf("migrate up: %v", err)
+	}
+	if n := b.count(t, "SELECT count(*) FROM pg_inherits WHERE inhparent = 'oauth_access_token'::regclass"); n != 4 {
+		t.Fatalf("oauth_access_token has %d partitions, want 4", n)
+	}
+	tok, err := b.store.Issue(b.ctx, repository.IssueRequest{ClientID: "client-a", UserID: "user-1", Access: opaqueAccess})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.remember(tok.Token, tok.Access.Token)
+	if info, err := b.store.Introspect(b.ctx, tok.Access.Token.Reveal()); err != nil || !info.Active {
+		t.Fatalf("introspect on the partitioned tables: %+v, %v", info, err)
+	}
+	if err := m.Steps(-1); err != nil {
+		t.Fatalf("migrate down: %v", err)
+	}
+}
