@@ -16,7 +16,13 @@ const accessTokenCreateForFamily = `-- name: AccessTokenCreateForFamily :one
 WITH family AS (
     UPDATE oauth_family f
     SET access_expires_at = greatest(f.access_expires_at,
-        least(coalesce($6::timestamptz, statement_timestamp()) + $7::interval, f.expires_at))
+            least(coalesce($6::timestamptz, statement_timestamp()) + $7::interval, f.expires_at)),
+        current_access_key = $1::bytea,
+        current_access_type = $5::text,
+        current_access_audience = $4::text[],
+        current_access_issued_at = coalesce($6::timestamptz, statement_timestamp()),
+        current_access_expires_at = least(coalesce($6::timestamptz, statement_timestamp()) + $7::interval,
+            f.expires_at)
     WHERE f.id = $8::uuid
       AND f.revoked_at IS NULL
       AND ($4::text[] IS NULL OR cardinality(f.audience) = 0
@@ -52,8 +58,8 @@ type AccessTokenCreateForFamilyRow struct {
 }
 
 // AccessTokenCreateForFamily issues an access token of a live family, with the scope of its live
-// refresh token and never past the family's absolute lifetime: for a grace reuse, which hands the
-// live refresh token out again with a new access token. Returns no row when the family is revoked
+// refresh token and never past the family's absolute lifetime, and makes it the family's current
+// one: for a grace reuse, which hands the live refresh token out again with a new access token. Returns no row when the family is revoked
 // or gone, or the audience is not one the grant allows.
 func (q *Queries) AccessTokenCreateForFamily(ctx context.Context, db DBTX, arg AccessTokenCreateForFamilyParams) (AccessTokenCreateForFamilyRow, error) {
 	row := db.QueryRow(ctx, accessTokenCreateForFamily,
@@ -170,66 +176,177 @@ func (q *Queries) AccessTokenDeleteExpired(ctx context.Context, db DBTX, arg Acc
 }
 
 const accessTokenGet = `-- name: AccessTokenGet :one
-SELECT a.family_id, a.standalone, a.pepper_id, a.client_id, a.subject, a.scope, a.audience,
-    a.token_type, a.sender_thumbprint, a.issued_at, a.expires_at,
-    f.auth_time, f.acr, f.amr, f.session_id,
+SELECT a.client_id, a.subject, array_to_string(a.scope, ' ') AS scope,
+    array_to_string(a.audience, ' ') AS audience, a.token_type, a.sender_thumbprint, a.issued_at,
+    a.expires_at, f.auth_time, f.acr, coalesce(array_to_string(f.amr, ' '), '')::text AS amr,
+    f.session_id,
     (a.revoked_at IS NULL
         AND a.expires_at > coalesce($1::timestamptz, statement_timestamp())
-        AND (a.standalone OR (f.id IS NOT NULL AND f.revoked_at IS NULL)))::boolean AS active
+        AND f.revoked_at IS NULL)::boolean AS active
 FROM oauth_access_token a
-LEFT JOIN oauth_family f ON f.id = $2::uuid AND NOT a.standalone
+JOIN oauth_family f ON f.id = $2::uuid
 WHERE a.family_id = $2::uuid
   AND a.key = $3::bytea
-  AND a.jwt = $4::boolean
+  AND NOT a.standalone
 `
 
 type AccessTokenGetParams struct {
 	Now      *time.Time
 	FamilyID pgtype.UUID
 	Key      []byte
-	JWT      bool
 }
 
 type AccessTokenGetRow struct {
-	FamilyID         pgtype.UUID
-	Standalone       bool
-	PepperID         *string
 	ClientID         string
 	Subject          string
-	Scope            []string
-	Audience         []string
+	Scope            string
+	Audience         string
 	TokenType        string
 	SenderThumbprint *string
 	IssuedAt         time.Time
 	ExpiresAt        time.Time
 	AuthTime         *time.Time
 	ACR              *string
-	AMR              []string
+	AMR              string
 	SessionID        *string
 	Active           bool
 }
 
-// AccessTokenGet reads an access token for introspection, in one round trip: the token's row by its
-// primary key, and the state of its family by the family's. An opaque token is looked up by its
-// digest under one pepper of the ring (the current one first; a single value, so that PostgreSQL
-// keeps one generic plan that probes the primary key with both columns); a JWT by the random part
-// of its jti. active is the
-// verdict but for the pepper (a token made under a retired pepper is inactive; the caller knows
-// the ring): not revoked itself, not expired, and a token of a family only while the family row
-// is there and not revoked. Revoking a family writes nothing here: its tokens turn inactive at
-// once through the join.
 func (q *Queries) AccessTokenGet(ctx context.Context, db DBTX, arg AccessTokenGetParams) (AccessTokenGetRow, error) {
-	row := db.QueryRow(ctx, accessTokenGet,
-		arg.Now,
-		arg.FamilyID,
-		arg.Key,
-		arg.JWT,
-	)
+	row := db.QueryRow(ctx, accessTokenGet, arg.Now, arg.FamilyID, arg.Key)
 	var i AccessTokenGetRow
 	err := row.Scan(
-		&i.FamilyID,
-		&i.Standalone,
-		&i.PepperID,
+		&i.ClientID,
+		&i.Subject,
+		&i.Scope,
+		&i.Audience,
+		&i.TokenType,
+		&i.SenderThumbprint,
+		&i.IssuedAt,
+		&i.ExpiresAt,
+		&i.AuthTime,
+		&i.ACR,
+		&i.AMR,
+		&i.SessionID,
+		&i.Active,
+	)
+	return i, err
+}
+
+const accessTokenGetCurrent = `-- name: AccessTokenGetCurrent :one
+
+SELECT f.client_id, f.user_id AS subject, array_to_string(f.token_scope, ' ') AS scope,
+    array_to_string(coalesce(f.current_access_audience, f.audience), ' ') AS audience,
+    f.current_access_type::text AS token_type, f.sender_thumbprint,
+    f.current_access_issued_at::timestamptz AS issued_at,
+    f.current_access_expires_at::timestamptz AS expires_at, f.auth_time, f.acr,
+    coalesce(array_to_string(f.amr, ' '), '')::text AS amr, f.session_id,
+    (f.revoked_at IS NULL
+        AND f.current_access_expires_at > coalesce($1::timestamptz, statement_timestamp()))::boolean AS active
+FROM oauth_family f
+WHERE f.id = $2::uuid
+  AND f.current_access_key = $3::bytea
+`
+
+type AccessTokenGetCurrentParams struct {
+	Now      *time.Time
+	FamilyID pgtype.UUID
+	Key      []byte
+}
+
+type AccessTokenGetCurrentRow struct {
+	ClientID         string
+	Subject          string
+	Scope            string
+	Audience         string
+	TokenType        string
+	SenderThumbprint *string
+	IssuedAt         time.Time
+	ExpiresAt        time.Time
+	AuthTime         *time.Time
+	ACR              *string
+	AMR              string
+	SessionID        *string
+	Active           bool
+}
+
+// Introspection reads an access token in one of three ways, each one statement that probes one
+// primary key, but the last, which probes two:
+//
+//   - AccessTokenGetCurrent: the access token issued with a family's live refresh token, which
+//     the family row names (current_access_*): the family row answers alone. This is the token a
+//     client uses until it refreshes.
+//   - AccessTokenGetStandalone: a standalone token (its grant id says so), which has no family.
+//   - AccessTokenGet: any other token of a family, from its own row and the family's.
+//
+// An opaque token is looked up by its digest under one pepper of the ring (the current one first;
+// a single value, so that PostgreSQL keeps one generic plan that probes the primary key), a JWT by
+// the random part of its jti (12 bytes, never the length of a digest). active is the verdict: not
+// revoked itself, not expired, and a token of a family only while the family row is there and not
+// revoked. Revoking a family writes no access token: its tokens turn inactive at once.
+//
+// The lists (scope, audience, amr) come as one space-separated string each, which is cheaper to
+// decode than an array: none of their values may hold a space.
+func (q *Queries) AccessTokenGetCurrent(ctx context.Context, db DBTX, arg AccessTokenGetCurrentParams) (AccessTokenGetCurrentRow, error) {
+	row := db.QueryRow(ctx, accessTokenGetCurrent, arg.Now, arg.FamilyID, arg.Key)
+	var i AccessTokenGetCurrentRow
+	err := row.Scan(
+		&i.ClientID,
+		&i.Subject,
+		&i.Scope,
+		&i.Audience,
+		&i.TokenType,
+		&i.SenderThumbprint,
+		&i.IssuedAt,
+		&i.ExpiresAt,
+		&i.AuthTime,
+		&i.ACR,
+		&i.AMR,
+		&i.SessionID,
+		&i.Active,
+	)
+	return i, err
+}
+
+const accessTokenGetStandalone = `-- name: AccessTokenGetStandalone :one
+SELECT a.client_id, a.subject, array_to_string(a.scope, ' ') AS scope,
+    array_to_string(a.audience, ' ') AS audience, a.token_type, a.sender_thumbprint, a.issued_at,
+    a.expires_at, NULL::timestamptz AS auth_time, NULL::text AS acr, ''::text AS amr,
+    NULL::text AS session_id,
+    (a.revoked_at IS NULL
+        AND a.expires_at > coalesce($1::timestamptz, statement_timestamp()))::boolean AS active
+FROM oauth_access_token a
+WHERE a.family_id = $2::uuid
+  AND a.key = $3::bytea
+  AND a.standalone
+`
+
+type AccessTokenGetStandaloneParams struct {
+	Now      *time.Time
+	FamilyID pgtype.UUID
+	Key      []byte
+}
+
+type AccessTokenGetStandaloneRow struct {
+	ClientID         string
+	Subject          string
+	Scope            string
+	Audience         string
+	TokenType        string
+	SenderThumbprint *string
+	IssuedAt         time.Time
+	ExpiresAt        time.Time
+	AuthTime         *time.Time
+	ACR              *string
+	AMR              string
+	SessionID        *string
+	Active           bool
+}
+
+func (q *Queries) AccessTokenGetStandalone(ctx context.Context, db DBTX, arg AccessTokenGetStandaloneParams) (AccessTokenGetStandaloneRow, error) {
+	row := db.QueryRow(ctx, accessTokenGetStandalone, arg.Now, arg.FamilyID, arg.Key)
+	var i AccessTokenGetStandaloneRow
+	err := row.Scan(
 		&i.ClientID,
 		&i.Subject,
 		&i.Scope,
@@ -280,6 +397,13 @@ feed AS (
     FROM revoked r
     WHERE r.jwt
       AND r.expires_at > coalesce($5::timestamptz, statement_timestamp())
+),
+uncurrent AS (
+    UPDATE oauth_family f
+    SET current_access_key = NULL
+    FROM token t
+    WHERE f.id = $1::uuid
+      AND f.current_access_key = t.key
 )
 SELECT t.family_id, EXISTS (SELECT 1 FROM revoked) AS revoked_now
 FROM token t
@@ -301,6 +425,7 @@ type AccessTokenRevokeRow struct {
 // AccessTokenRevoke revokes one access token of a client, durably (as FamilyRevoke), and announces
 // a JWT in the revocation feed until it expires. Returns no row when there is no such token of the
 // client; revoked_now is false when it was revoked before.
+// The family row no longer names it: introspection finds its revoked row.
 func (q *Queries) AccessTokenRevoke(ctx context.Context, db DBTX, arg AccessTokenRevokeParams) (AccessTokenRevokeRow, error) {
 	row := db.QueryRow(ctx, accessTokenRevoke,
 		arg.FamilyID,

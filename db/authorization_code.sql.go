@@ -182,11 +182,17 @@ clock AS (
 family AS (
     INSERT INTO oauth_family (id, client_id, user_id, scope, created_at, expires_at, sender_thumbprint,
         idle_expires_at, token_digest, token_pepper_id, token_scope, auth_time, acr, amr, audience,
-        session_id, user_agent, ip, label, access_expires_at)
+        session_id, user_agent, ip, label, access_expires_at, current_access_key, current_access_type,
+        current_access_audience, current_access_issued_at, current_access_expires_at)
     SELECT c.family_id, c.client_id, c.user_id, c.scope, k.now, k.now + $8::interval,
         $10::text, k.idle_expires_at,
         $11::bytea, $12::text, c.scope, c.auth_time, c.acr, c.amr,
         c.resources, c.session_id, c.user_agent, c.ip, c.label,
+        CASE WHEN $13::bytea IS NOT NULL THEN k.access_expires_at END,
+        $13::bytea,
+        CASE WHEN $13::bytea IS NOT NULL THEN $14::text END,
+        $6::text[],
+        CASE WHEN $13::bytea IS NOT NULL THEN k.now END,
         CASE WHEN $13::bytea IS NOT NULL THEN k.access_expires_at END
     FROM code c
     CROSS JOIN clock k
@@ -197,9 +203,9 @@ family AS (
 access AS (
     INSERT INTO oauth_access_token (family_id, key, jwt, standalone, pepper_id, client_id, subject,
         scope, audience, token_type, sender_thumbprint, issued_at, expires_at)
-    SELECT f.id, $13::bytea, $14::boolean, false, $15::text,
+    SELECT f.id, $13::bytea, $15::boolean, false, $16::text,
         f.client_id, f.user_id, f.token_scope, coalesce($6::text[], f.audience),
-        $16::text, f.sender_thumbprint, f.created_at, f.access_expires_at
+        $14::text, f.sender_thumbprint, f.created_at, f.access_expires_at
     FROM family f
     WHERE $13::bytea IS NOT NULL
 )
@@ -223,9 +229,9 @@ type AuthorizationCodeExchangeParams struct {
 	RefreshDigest    []byte
 	RefreshPepperID  string
 	AccessKey        []byte
+	AccessTokenType  string
 	AccessJWT        bool
 	AccessPepperID   *string
-	AccessTokenType  string
 }
 
 type AuthorizationCodeExchangeRow struct {
@@ -268,9 +274,9 @@ func (q *Queries) AuthorizationCodeExchange(ctx context.Context, db DBTX, arg Au
 		arg.RefreshDigest,
 		arg.RefreshPepperID,
 		arg.AccessKey,
+		arg.AccessTokenType,
 		arg.AccessJWT,
 		arg.AccessPepperID,
-		arg.AccessTokenType,
 	)
 	var i AuthorizationCodeExchangeRow
 	err := row.Scan(

@@ -21,12 +21,18 @@ WITH clock AS (
 family AS (
     INSERT INTO oauth_family (id, client_id, user_id, scope, created_at, expires_at, sender_thumbprint,
         idle_expires_at, token_digest, token_pepper_id, token_scope, auth_time, acr, amr, audience,
-        session_id, user_agent, ip, label, access_expires_at)
+        session_id, user_agent, ip, label, access_expires_at, current_access_key, current_access_type,
+        current_access_audience, current_access_issued_at, current_access_expires_at)
     SELECT $5::uuid, $6::text, $7::text, $8::text[], c.now, c.now + $2::interval,
         $9::text, c.idle_expires_at,
         $10::bytea, $11::text, $8::text[], $12::timestamptz,
         $13::text, $14::text[], $15::text[], $16::text,
         $17::text, $18::text, $19::text,
+        CASE WHEN $20::bytea IS NOT NULL THEN c.access_expires_at END,
+        $20::bytea,
+        CASE WHEN $20::bytea IS NOT NULL THEN $21::text END,
+        $22::text[],
+        CASE WHEN $20::bytea IS NOT NULL THEN c.now END,
         CASE WHEN $20::bytea IS NOT NULL THEN c.access_expires_at END
     FROM clock c
     RETURNING id, client_id, user_id, token_scope, audience, sender_thumbprint, created_at,
@@ -35,9 +41,9 @@ family AS (
 access AS (
     INSERT INTO oauth_access_token (family_id, key, jwt, standalone, pepper_id, client_id, subject,
         scope, audience, token_type, sender_thumbprint, issued_at, expires_at)
-    SELECT f.id, $20::bytea, $21::boolean, false, $22::text,
-        f.client_id, f.user_id, f.token_scope, coalesce($23::text[], f.audience),
-        $24::text, f.sender_thumbprint, f.created_at, f.access_expires_at
+    SELECT f.id, $20::bytea, $23::boolean, false, $24::text,
+        f.client_id, f.user_id, f.token_scope, coalesce($22::text[], f.audience),
+        $21::text, f.sender_thumbprint, f.created_at, f.access_expires_at
     FROM family f
     WHERE $20::bytea IS NOT NULL
 )
@@ -67,10 +73,10 @@ type FamilyCreateParams struct {
 	IP               *string
 	Label            *string
 	AccessKey        []byte
+	AccessTokenType  string
+	AccessAudience   []string
 	AccessJWT        bool
 	AccessPepperID   *string
-	AccessAudience   []string
-	AccessTokenType  string
 }
 
 type FamilyCreateRow struct {
@@ -107,10 +113,10 @@ func (q *Queries) FamilyCreate(ctx context.Context, db DBTX, arg FamilyCreatePar
 		arg.IP,
 		arg.Label,
 		arg.AccessKey,
+		arg.AccessTokenType,
+		arg.AccessAudience,
 		arg.AccessJWT,
 		arg.AccessPepperID,
-		arg.AccessAudience,
-		arg.AccessTokenType,
 	)
 	var i FamilyCreateRow
 	err := row.Scan(
@@ -245,7 +251,7 @@ func (q *Queries) FamilyDeleteExpired(ctx context.Context, db DBTX, arg FamilyDe
 }
 
 const familyGet = `-- name: FamilyGet :one
-SELECT f.id, f.client_id, f.user_id, f.scope, f.created_at, f.expires_at, f.sender_thumbprint, f.revoked_at, f.revoked_reason, f.token_pepper_id, f.token_scope, f.sweep_day, f.parent_reuses, f.rotation_count, f.last_rotated_at, f.idle_expires_at, f.token_digest, f.parent_digest, f.auth_time, f.acr, f.amr, f.audience, f.session_id, f.user_agent, f.ip, f.label, f.access_expires_at
+SELECT f.id, f.client_id, f.user_id, f.scope, f.created_at, f.expires_at, f.sender_thumbprint, f.revoked_at, f.revoked_reason, f.token_pepper_id, f.token_scope, f.sweep_day, f.parent_reuses, f.rotation_count, f.last_rotated_at, f.idle_expires_at, f.token_digest, f.parent_digest, f.access_expires_at, f.current_access_key, f.current_access_type, f.current_access_audience, f.current_access_issued_at, f.current_access_expires_at, f.user_agent, f.ip, f.auth_time, f.acr, f.amr, f.audience, f.session_id, f.label
 FROM oauth_family f
 WHERE f.id = $1::uuid
 `
@@ -276,21 +282,26 @@ func (q *Queries) FamilyGet(ctx context.Context, db DBTX, id pgtype.UUID) (Famil
 		&i.OauthFamily.IdleExpiresAt,
 		&i.OauthFamily.TokenDigest,
 		&i.OauthFamily.ParentDigest,
+		&i.OauthFamily.AccessExpiresAt,
+		&i.OauthFamily.CurrentAccessKey,
+		&i.OauthFamily.CurrentAccessType,
+		&i.OauthFamily.CurrentAccessAudience,
+		&i.OauthFamily.CurrentAccessIssuedAt,
+		&i.OauthFamily.CurrentAccessExpiresAt,
+		&i.OauthFamily.UserAgent,
+		&i.OauthFamily.IP,
 		&i.OauthFamily.AuthTime,
 		&i.OauthFamily.ACR,
 		&i.OauthFamily.AMR,
 		&i.OauthFamily.Audience,
 		&i.OauthFamily.SessionID,
-		&i.OauthFamily.UserAgent,
-		&i.OauthFamily.IP,
 		&i.OauthFamily.Label,
-		&i.OauthFamily.AccessExpiresAt,
 	)
 	return i, err
 }
 
 const familyListActiveByUser = `-- name: FamilyListActiveByUser :many
-SELECT f.id, f.client_id, f.user_id, f.scope, f.created_at, f.expires_at, f.sender_thumbprint, f.revoked_at, f.revoked_reason, f.token_pepper_id, f.token_scope, f.sweep_day, f.parent_reuses, f.rotation_count, f.last_rotated_at, f.idle_expires_at, f.token_digest, f.parent_digest, f.auth_time, f.acr, f.amr, f.audience, f.session_id, f.user_agent, f.ip, f.label, f.access_expires_at
+SELECT f.id, f.client_id, f.user_id, f.scope, f.created_at, f.expires_at, f.sender_thumbprint, f.revoked_at, f.revoked_reason, f.token_pepper_id, f.token_scope, f.sweep_day, f.parent_reuses, f.rotation_count, f.last_rotated_at, f.idle_expires_at, f.token_digest, f.parent_digest, f.access_expires_at, f.current_access_key, f.current_access_type, f.current_access_audience, f.current_access_issued_at, f.current_access_expires_at, f.user_agent, f.ip, f.auth_time, f.acr, f.amr, f.audience, f.session_id, f.label
 FROM oauth_family f
 WHERE f.user_id = $1::text
   AND f.revoked_at IS NULL
@@ -339,15 +350,20 @@ func (q *Queries) FamilyListActiveByUser(ctx context.Context, db DBTX, arg Famil
 			&i.OauthFamily.IdleExpiresAt,
 			&i.OauthFamily.TokenDigest,
 			&i.OauthFamily.ParentDigest,
+			&i.OauthFamily.AccessExpiresAt,
+			&i.OauthFamily.CurrentAccessKey,
+			&i.OauthFamily.CurrentAccessType,
+			&i.OauthFamily.CurrentAccessAudience,
+			&i.OauthFamily.CurrentAccessIssuedAt,
+			&i.OauthFamily.CurrentAccessExpiresAt,
+			&i.OauthFamily.UserAgent,
+			&i.OauthFamily.IP,
 			&i.OauthFamily.AuthTime,
 			&i.OauthFamily.ACR,
 			&i.OauthFamily.AMR,
 			&i.OauthFamily.Audience,
 			&i.OauthFamily.SessionID,
-			&i.OauthFamily.UserAgent,
-			&i.OauthFamily.IP,
 			&i.OauthFamily.Label,
-			&i.OauthFamily.AccessExpiresAt,
 		); err != nil {
 			return nil, err
 		}

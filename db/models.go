@@ -54,33 +54,38 @@ type OauthAuthorizationCode struct {
 }
 
 type OauthFamily struct {
-	ID               pgtype.UUID
-	ClientID         string
-	UserID           string
-	Scope            []string
-	CreatedAt        time.Time
-	ExpiresAt        *time.Time
-	SenderThumbprint *string
-	RevokedAt        *time.Time
-	RevokedReason    *string
-	TokenPepperID    string
-	TokenScope       []string
-	SweepDay         pgtype.Date
-	ParentReuses     int32
-	RotationCount    int32
-	LastRotatedAt    *time.Time
-	IdleExpiresAt    time.Time
-	TokenDigest      []byte
-	ParentDigest     []byte
-	AuthTime         *time.Time
-	ACR              *string
-	AMR              []string
-	Audience         []string
-	SessionID        *string
-	UserAgent        *string
-	IP               *string
-	Label            *string
-	AccessExpiresAt  *time.Time
+	ID                     pgtype.UUID
+	ClientID               string
+	UserID                 string
+	Scope                  []string
+	CreatedAt              time.Time
+	ExpiresAt              *time.Time
+	SenderThumbprint       *string
+	RevokedAt              *time.Time
+	RevokedReason          *string
+	TokenPepperID          string
+	TokenScope             []string
+	SweepDay               pgtype.Date
+	ParentReuses           int32
+	RotationCount          int32
+	LastRotatedAt          *time.Time
+	IdleExpiresAt          time.Time
+	TokenDigest            []byte
+	ParentDigest           []byte
+	AccessExpiresAt        *time.Time
+	CurrentAccessKey       []byte
+	CurrentAccessType      *string
+	CurrentAccessAudience  []string
+	CurrentAccessIssuedAt  *time.Time
+	CurrentAccessExpiresAt *time.Time
+	UserAgent              *string
+	IP                     *string
+	AuthTime               *time.Time
+	ACR                    *string
+	AMR                    []string
+	Audience               []string
+	SessionID              *string
+	Label                  *string
 }
 
 type OauthRefreshToken struct {

@@ -175,7 +175,8 @@ rotated AS (
         last_rotated_at = coalesce($6::timestamptz, statement_timestamp()),
         rotation_count = f.rotation_count + 1,
         idle_expires_at = least(coalesce($6::timestamptz, statement_timestamp()) + $7::interval,
-            f.expires_at)
+            f.expires_at),
+        current_access_key = NULL
     FROM live l
     -- The family id again as a value, so that a partitioned table prunes to one partition.
     WHERE f.id = $1::uuid
@@ -331,28 +332,38 @@ WITH rotated AS (
         ip = coalesce($7::text, f.ip),
         access_expires_at = CASE WHEN $8::bytea IS NULL THEN f.access_expires_at
             ELSE greatest(f.access_expires_at, least(coalesce($4::timestamptz, statement_timestamp())
-                + $9::interval, f.expires_at)) END
+                + $9::interval, f.expires_at)) END,
+        -- The access token issued with the successor, or none: the one issued with the consumed
+        -- token (of its scope) is found in oauth_access_token from now on.
+        current_access_key = $8::bytea,
+        current_access_type = CASE WHEN $8::bytea IS NOT NULL THEN $10::text END,
+        current_access_audience = $11::text[],
+        current_access_issued_at = CASE WHEN $8::bytea IS NOT NULL
+            THEN coalesce($4::timestamptz, statement_timestamp()) END,
+        current_access_expires_at = CASE WHEN $8::bytea IS NOT NULL
+            THEN least(coalesce($4::timestamptz, statement_timestamp()) + $9::interval,
+                f.expires_at) END
     -- The consumed token's columns for its tombstone, as the row held them before this update.
     -- The update locks the row; one that waited for a concurrent change of it checks the
     -- conditions again on the row as that change left it. Every change that leaves the presented
     -- token live (a grace reuse counts parent_reuses) leaves these columns as they were.
     FROM oauth_family consumed
-    WHERE f.id = $10::uuid
-      AND consumed.id = $10::uuid
-      AND f.token_digest = $11::bytea
+    WHERE f.id = $12::uuid
+      AND consumed.id = $12::uuid
+      AND f.token_digest = $13::bytea
       AND f.revoked_at IS NULL
       AND f.idle_expires_at > coalesce($4::timestamptz, statement_timestamp())
       -- IS TRUE keeps the client out of index selection: the family comes from its primary key,
       -- whatever the statistics say about the client.
-      AND (f.client_id = $12::text) IS TRUE
+      AND (f.client_id = $14::text) IS TRUE
       AND (f.sender_thumbprint IS NULL
-          OR f.sender_thumbprint = $13::text)
+          OR f.sender_thumbprint = $15::text)
       AND ($3::text[] IS NULL OR $3::text[] <@ f.scope)
       -- An access token's audience is one the grant allows (RFC 8707 §2.2).
-      AND ($14::text[] IS NULL OR cardinality(f.audience) = 0
-          OR $14::text[] <@ f.audience)
+      AND ($11::text[] IS NULL OR cardinality(f.audience) = 0
+          OR $11::text[] <@ f.audience)
       -- A DPoP-bound access token only for a family bound to a key.
-      AND ($15::text <> 'DPoP' OR f.sender_thumbprint IS NOT NULL)
+      AND ($10::text <> 'DPoP' OR f.sender_thumbprint IS NOT NULL)
     RETURNING f.id, f.client_id, f.user_id, f.expires_at AS family_expires_at, f.token_scope,
         f.idle_expires_at, f.sender_thumbprint, f.audience, f.auth_time, f.acr, f.amr, f.session_id,
         f.user_agent, f.ip, f.label, f.created_at, f.last_rotated_at,
@@ -376,8 +387,8 @@ access AS (
     INSERT INTO oauth_access_token (family_id, key, jwt, standalone, pepper_id, client_id, subject,
         scope, audience, token_type, sender_thumbprint, issued_at, expires_at)
     SELECT r.id, $8::bytea, $17::boolean, false, $18::text,
-        r.client_id, r.user_id, r.token_scope, coalesce($14::text[], r.audience),
-        $15::text, r.sender_thumbprint, r.last_rotated_at,
+        r.client_id, r.user_id, r.token_scope, coalesce($11::text[], r.audience),
+        $10::text, r.sender_thumbprint, r.last_rotated_at,
         least(r.last_rotated_at + $9::interval, r.family_expires_at)
     FROM rotated r
     WHERE $8::bytea IS NOT NULL
@@ -398,12 +409,12 @@ type RefreshTokenRotateParams struct {
 	IP               *string
 	AccessKey        []byte
 	AccessTTL        *time.Duration
+	AccessTokenType  string
+	AccessAudience   []string
 	FamilyID         pgtype.UUID
 	Digest           []byte
 	ClientID         string
 	SenderThumbprint *string
-	AccessAudience   []string
-	AccessTokenType  string
 	SuccessorSealed  []byte
 	AccessJWT        bool
 	AccessPepperID   *string
@@ -459,12 +470,12 @@ func (q *Queries) RefreshTokenRotate(ctx context.Context, db DBTX, arg RefreshTo
 		arg.IP,
 		arg.AccessKey,
 		arg.AccessTTL,
+		arg.AccessTokenType,
+		arg.AccessAudience,
 		arg.FamilyID,
 		arg.Digest,
 		arg.ClientID,
 		arg.SenderThumbprint,
-		arg.AccessAudience,
-		arg.AccessTokenType,
 		arg.SuccessorSealed,
 		arg.AccessJWT,
 		arg.AccessPepperID,

@@ -1,34 +1,75 @@
--- AccessTokenGet reads an access token for introspection, in one round trip: the token's row by its
--- primary key, and the state of its family by the family's. An opaque token is looked up by its
--- digest under one pepper of the ring (the current one first; a single value, so that PostgreSQL
--- keeps one generic plan that probes the primary key with both columns); a JWT by the random part
--- of its jti. active is the
--- verdict but for the pepper (a token made under a retired pepper is inactive; the caller knows
--- the ring): not revoked itself, not expired, and a token of a family only while the family row
--- is there and not revoked. Revoking a family writes nothing here: its tokens turn inactive at
--- once through the join.
--- name: AccessTokenGet :one
-SELECT a.family_id, a.standalone, a.pepper_id, a.client_id, a.subject, a.scope, a.audience,
-    a.token_type, a.sender_thumbprint, a.issued_at, a.expires_at,
-    f.auth_time, f.acr, f.amr, f.session_id,
+-- Introspection reads an access token in one of three ways, each one statement that probes one
+-- primary key, but the last, which probes two:
+--
+--   - AccessTokenGetCurrent: the access token issued with a family's live refresh token, which
+--     the family row names (current_access_*): the family row answers alone. This is the token a
+--     client uses until it refreshes.
+--   - AccessTokenGetStandalone: a standalone token (its grant id says so), which has no family.
+--   - AccessTokenGet: any other token of a family, from its own row and the family's.
+--
+-- An opaque token is looked up by its digest under one pepper of the ring (the current one first;
+-- a single value, so that PostgreSQL keeps one generic plan that probes the primary key), a JWT by
+-- the random part of its jti (12 bytes, never the length of a digest). active is the verdict: not
+-- revoked itself, not expired, and a token of a family only while the family row is there and not
+-- revoked. Revoking a family writes no access token: its tokens turn inactive at once.
+--
+-- The lists (scope, audience, amr) come as one space-separated string each, which is cheaper to
+-- decode than an array: none of their values may hold a space.
+
+-- name: AccessTokenGetCurrent :one
+SELECT f.client_id, f.user_id AS subject, array_to_string(f.token_scope, ' ') AS scope,
+    array_to_string(coalesce(f.current_access_audience, f.audience), ' ') AS audience,
+    f.current_access_type::text AS token_type, f.sender_thumbprint,
+    f.current_access_issued_at::timestamptz AS issued_at,
+    f.current_access_expires_at::timestamptz AS expires_at, f.auth_time, f.acr,
+    coalesce(array_to_string(f.amr, ' '), '')::text AS amr, f.session_id,
+    (f.revoked_at IS NULL
+        AND f.current_access_expires_at > coalesce(sqlc.narg('now')::timestamptz, statement_timestamp()))::boolean AS active
+FROM oauth_family f
+WHERE f.id = @family_id::uuid
+  AND f.current_access_key = @key::bytea;
+
+-- name: AccessTokenGetStandalone :one
+SELECT a.client_id, a.subject, array_to_string(a.scope, ' ') AS scope,
+    array_to_string(a.audience, ' ') AS audience, a.token_type, a.sender_thumbprint, a.issued_at,
+    a.expires_at, NULL::timestamptz AS auth_time, NULL::text AS acr, ''::text AS amr,
+    NULL::text AS session_id,
     (a.revoked_at IS NULL
-        AND a.expires_at > coalesce(sqlc.narg('now')::timestamptz, statement_timestamp())
-        AND (a.standalone OR (f.id IS NOT NULL AND f.revoked_at IS NULL)))::boolean AS active
+        AND a.expires_at > coalesce(sqlc.narg('now')::timestamptz, statement_timestamp()))::boolean AS active
 FROM oauth_access_token a
-LEFT JOIN oauth_family f ON f.id = @family_id::uuid AND NOT a.standalone
 WHERE a.family_id = @family_id::uuid
   AND a.key = @key::bytea
-  AND a.jwt = @jwt::boolean;
+  AND a.standalone;
+
+-- name: AccessTokenGet :one
+SELECT a.client_id, a.subject, array_to_string(a.scope, ' ') AS scope,
+    array_to_string(a.audience, ' ') AS audience, a.token_type, a.sender_thumbprint, a.issued_at,
+    a.expires_at, f.auth_time, f.acr, coalesce(array_to_string(f.amr, ' '), '')::text AS amr,
+    f.session_id,
+    (a.revoked_at IS NULL
+        AND a.expires_at > coalesce(sqlc.narg('now')::timestamptz, statement_timestamp())
+        AND f.revoked_at IS NULL)::boolean AS active
+FROM oauth_access_token a
+JOIN oauth_family f ON f.id = @family_id::uuid
+WHERE a.family_id = @family_id::uuid
+  AND a.key = @key::bytea
+  AND NOT a.standalone;
 
 -- AccessTokenCreateForFamily issues an access token of a live family, with the scope of its live
--- refresh token and never past the family's absolute lifetime: for a grace reuse, which hands the
--- live refresh token out again with a new access token. Returns no row when the family is revoked
+-- refresh token and never past the family's absolute lifetime, and makes it the family's current
+-- one: for a grace reuse, which hands the live refresh token out again with a new access token. Returns no row when the family is revoked
 -- or gone, or the audience is not one the grant allows.
 -- name: AccessTokenCreateForFamily :one
 WITH family AS (
     UPDATE oauth_family f
     SET access_expires_at = greatest(f.access_expires_at,
-        least(coalesce(sqlc.narg('now')::timestamptz, statement_timestamp()) + @ttl::interval, f.expires_at))
+            least(coalesce(sqlc.narg('now')::timestamptz, statement_timestamp()) + @ttl::interval, f.expires_at)),
+        current_access_key = @key::bytea,
+        current_access_type = @token_type::text,
+        current_access_audience = sqlc.narg('audience')::text[],
+        current_access_issued_at = coalesce(sqlc.narg('now')::timestamptz, statement_timestamp()),
+        current_access_expires_at = least(coalesce(sqlc.narg('now')::timestamptz, statement_timestamp()) + @ttl::interval,
+            f.expires_at)
     WHERE f.id = @family_id::uuid
       AND f.revoked_at IS NULL
       AND (sqlc.narg('audience')::text[] IS NULL OR cardinality(f.audience) = 0
@@ -91,6 +132,14 @@ feed AS (
     FROM revoked r
     WHERE r.jwt
       AND r.expires_at > coalesce(sqlc.narg('now')::timestamptz, statement_timestamp())
+),
+-- The family row no longer names it: introspection finds its revoked row.
+uncurrent AS (
+    UPDATE oauth_family f
+    SET current_access_key = NULL
+    FROM token t
+    WHERE f.id = @family_id::uuid
+      AND f.current_access_key = t.key
 )
 SELECT t.family_id, EXISTS (SELECT 1 FROM revoked) AS revoked_now
 FROM token t;

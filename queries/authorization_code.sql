@@ -93,11 +93,17 @@ clock AS (
 family AS (
     INSERT INTO oauth_family (id, client_id, user_id, scope, created_at, expires_at, sender_thumbprint,
         idle_expires_at, token_digest, token_pepper_id, token_scope, auth_time, acr, amr, audience,
-        session_id, user_agent, ip, label, access_expires_at)
+        session_id, user_agent, ip, label, access_expires_at, current_access_key, current_access_type,
+        current_access_audience, current_access_issued_at, current_access_expires_at)
     SELECT c.family_id, c.client_id, c.user_id, c.scope, k.now, k.now + sqlc.narg('lifetime')::interval,
         sqlc.narg('sender_thumbprint')::text, k.idle_expires_at,
         @refresh_digest::bytea, @refresh_pepper_id::text, c.scope, c.auth_time, c.acr, c.amr,
         c.resources, c.session_id, c.user_agent, c.ip, c.label,
+        CASE WHEN sqlc.narg('access_key')::bytea IS NOT NULL THEN k.access_expires_at END,
+        sqlc.narg('access_key')::bytea,
+        CASE WHEN sqlc.narg('access_key')::bytea IS NOT NULL THEN @access_token_type::text END,
+        sqlc.narg('access_audience')::text[],
+        CASE WHEN sqlc.narg('access_key')::bytea IS NOT NULL THEN k.now END,
         CASE WHEN sqlc.narg('access_key')::bytea IS NOT NULL THEN k.access_expires_at END
     FROM code c
     CROSS JOIN clock k

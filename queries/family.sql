@@ -11,12 +11,18 @@ WITH clock AS (
 family AS (
     INSERT INTO oauth_family (id, client_id, user_id, scope, created_at, expires_at, sender_thumbprint,
         idle_expires_at, token_digest, token_pepper_id, token_scope, auth_time, acr, amr, audience,
-        session_id, user_agent, ip, label, access_expires_at)
+        session_id, user_agent, ip, label, access_expires_at, current_access_key, current_access_type,
+        current_access_audience, current_access_issued_at, current_access_expires_at)
     SELECT @id::uuid, @client_id::text, @user_id::text, @scope::text[], c.now, c.now + sqlc.narg('lifetime')::interval,
         sqlc.narg('sender_thumbprint')::text, c.idle_expires_at,
         @digest::bytea, @pepper_id::text, @scope::text[], sqlc.narg('auth_time')::timestamptz,
         sqlc.narg('acr')::text, sqlc.narg('amr')::text[], @audience::text[], sqlc.narg('session_id')::text,
         sqlc.narg('user_agent')::text, sqlc.narg('ip')::text, sqlc.narg('label')::text,
+        CASE WHEN sqlc.narg('access_key')::bytea IS NOT NULL THEN c.access_expires_at END,
+        sqlc.narg('access_key')::bytea,
+        CASE WHEN sqlc.narg('access_key')::bytea IS NOT NULL THEN @access_token_type::text END,
+        sqlc.narg('access_audience')::text[],
+        CASE WHEN sqlc.narg('access_key')::bytea IS NOT NULL THEN c.now END,
         CASE WHEN sqlc.narg('access_key')::bytea IS NOT NULL THEN c.access_expires_at END
     FROM clock c
     RETURNING id, client_id, user_id, token_scope, audience, sender_thumbprint, created_at,

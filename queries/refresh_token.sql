@@ -71,7 +71,17 @@ WITH rotated AS (
         ip = coalesce(sqlc.narg('ip')::text, f.ip),
         access_expires_at = CASE WHEN sqlc.narg('access_key')::bytea IS NULL THEN f.access_expires_at
             ELSE greatest(f.access_expires_at, least(coalesce(sqlc.narg('now')::timestamptz, statement_timestamp())
-                + sqlc.narg('access_ttl')::interval, f.expires_at)) END
+                + sqlc.narg('access_ttl')::interval, f.expires_at)) END,
+        -- The access token issued with the successor, or none: the one issued with the consumed
+        -- token (of its scope) is found in oauth_access_token from now on.
+        current_access_key = sqlc.narg('access_key')::bytea,
+        current_access_type = CASE WHEN sqlc.narg('access_key')::bytea IS NOT NULL THEN @access_token_type::text END,
+        current_access_audience = sqlc.narg('access_audience')::text[],
+        current_access_issued_at = CASE WHEN sqlc.narg('access_key')::bytea IS NOT NULL
+            THEN coalesce(sqlc.narg('now')::timestamptz, statement_timestamp()) END,
+        current_access_expires_at = CASE WHEN sqlc.narg('access_key')::bytea IS NOT NULL
+            THEN least(coalesce(sqlc.narg('now')::timestamptz, statement_timestamp()) + sqlc.narg('access_ttl')::interval,
+                f.expires_at) END
     -- The consumed token's columns for its tombstone, as the row held them before this update.
     -- The update locks the row; one that waited for a concurrent change of it checks the
     -- conditions again on the row as that change left it. Every change that leaves the presented
@@ -153,7 +163,8 @@ rotated AS (
         last_rotated_at = coalesce(sqlc.narg('now')::timestamptz, statement_timestamp()),
         rotation_count = f.rotation_count + 1,
         idle_expires_at = least(coalesce(sqlc.narg('now')::timestamptz, statement_timestamp()) + @ttl::interval,
-            f.expires_at)
+            f.expires_at),
+        current_access_key = NULL
     FROM live l
     -- The family id again as a value, so that a partitioned table prunes to one partition.
     WHERE f.id = @family_id::uuid

@@ -198,7 +198,7 @@ func (s *Store) IssueAccessToken(ctx context.Context, req StandaloneAccessReques
 	if areq.TokenType == TokenTypeDPoP && req.SenderThumbprint == "" {
 		return nil, inputError("access.token_type", "DPoP without a sender thumbprint")
 	}
-	id := newFamilyID()
+	id := newStandaloneID()
 	p := s.planAccess(areq, id)
 	audience := p.audience
 	if audience == nil {
@@ -355,36 +355,74 @@ func (s *Store) IntrospectJTI(ctx context.Context, jti string) (*Introspection, 
 // first; a JWT has one) until one is found: a token made under an older pepper costs a round trip
 // more per pepper before its own.
 func (s *Store) introspectAccess(ctx context.Context, id [familyIDBytes]byte, keys [][]byte, jti string) (*Introspection, error) {
-	row, err := s.getAccess(ctx, s.dbtx, id, keys, jti != "")
-	if errors.Is(err, ErrTokenNotFound) {
-		return &inactive, nil
-	} else if err != nil {
+	row, found, err := s.getAccess(ctx, s.dbtx, id, keys)
+	if err != nil {
 		return nil, err
 	}
-	if !row.Active || (row.PepperID != nil && s.access.retired(*row.PepperID)) {
+	// An opaque token found under a retired pepper is recognised, never accepted.
+	if found < 0 || !row.Active || (jti == "" && s.access.keys[found].retired) {
 		return &inactive, nil
 	}
 	return &Introspection{
-		Active: true, TokenUse: TokenUseAccess, TokenType: row.TokenType, Scope: row.Scope,
-		ClientID: row.ClientID, Subject: row.Subject, Audience: row.Audience, IssuedAt: row.IssuedAt.UTC(),
-		ExpiresAt: row.ExpiresAt.UTC(), JTI: jti, FamilyID: row.FamilyID.String(),
+		Active: true, TokenUse: TokenUseAccess, TokenType: row.TokenType, Scope: fields(row.Scope),
+		ClientID: row.ClientID, Subject: row.Subject, Audience: fields(row.Audience), IssuedAt: row.IssuedAt.UTC(),
+		ExpiresAt: row.ExpiresAt.UTC(), JTI: jti, FamilyID: pgtype.UUID{Bytes: id, Valid: true}.String(),
 		SenderThumbprint: deref(row.SenderThumbprint), AuthTime: utcPtr(row.AuthTime), ACR: deref(row.ACR),
-		AMR: row.AMR, SessionID: deref(row.SessionID),
+		AMR: fieldsOrNil(row.AMR), SessionID: deref(row.SessionID),
 	}, nil
 }
 
-// getAccess reads an access token by the first of its keys that finds it; ErrTokenNotFound when
-// none does.
-func (s *Store) getAccess(ctx context.Context, q DBTX, id [familyIDBytes]byte, keys [][]byte, jwt bool) (db.AccessTokenGetRow, error) {
-	for _, key := range keys {
-		row, err := s.q.AccessTokenGet(ctx, q, db.AccessTokenGetParams{
-			FamilyID: pgtype.UUID{Bytes: id, Valid: true}, Key: key, JWT: jwt, Now: s.now(),
-		})
-		if err := interpretError("introspect", err, ErrTokenNotFound); !errors.Is(err, ErrTokenNotFound) {
-			return row, err
+// fields splits a space-separated list the database joined (scope tokens and audiences hold no
+// space); empty for none.
+func fields(s string) []string {
+	if s == "" {
+		return []string{}
+	}
+	return strings.Split(s, " ")
+}
+
+func fieldsOrNil(s string) []string {
+	if s == "" {
+		return nil
+	}
+	return strings.Split(s, " ")
+}
+
+// getAccess reads an access token by the first of its keys that finds it, and returns the index
+// of that key (for an opaque token, of the pepper its digest was made with), or -1 when none does.
+// A standalone token is read from its own row; a token of a family first from the family row,
+// which names the one issued with its live refresh token (one probe, the common case), then from
+// its own row with the family's.
+func (s *Store) getAccess(ctx context.Context, q DBTX, id [familyIDBytes]byte, keys [][]byte) (db.AccessTokenGetRow, int, error) {
+	family := pgtype.UUID{Bytes: id, Valid: true}
+	reads := []func(key []byte) (db.AccessTokenGetRow, error){
+		func(key []byte) (db.AccessTokenGetRow, error) {
+			row, err := s.q.AccessTokenGetCurrent(ctx, q, db.AccessTokenGetCurrentParams{FamilyID: family, Key: key, Now: s.now()})
+			return db.AccessTokenGetRow(row), err
+		},
+		func(key []byte) (db.AccessTokenGetRow, error) {
+			return s.q.AccessTokenGet(ctx, q, db.AccessTokenGetParams{FamilyID: family, Key: key, Now: s.now()})
+		},
+	}
+	if isStandalone(id) {
+		reads = reads[:1]
+		reads[0] = func(key []byte) (db.AccessTokenGetRow, error) {
+			row, err := s.q.AccessTokenGetStandalone(ctx, q, db.AccessTokenGetStandaloneParams{FamilyID: family, Key: key, Now: s.now()})
+			return db.AccessTokenGetRow(row), err
 		}
 	}
-	return db.AccessTokenGetRow{}, ErrTokenNotFound
+	for _, read := range reads {
+		for i, key := range keys {
+			row, err := read(key)
+			switch err := interpretError("introspect", err, ErrTokenNotFound); {
+			case err == nil:
+				return row, i, nil
+			case !errors.Is(err, ErrTokenNotFound):
+				return row, -1, err
+			}
+		}
+	}
+	return db.AccessTokenGetRow{}, -1, nil
 }
 
 // revokeAccess revokes one access token of clientID: an opaque one by its digests, a JWT by its
@@ -401,8 +439,8 @@ func (s *Store) revokeAccess(ctx context.Context, id [familyIDBytes]byte, keys [
 		return err
 	}
 	// Nothing of this client: say whether the token is another client's.
-	if _, err := s.getAccess(ctx, s.dbtx, id, keys, jwt); err != nil {
-		return err
+	if _, found, err := s.getAccess(ctx, s.dbtx, id, keys); err != nil || found < 0 {
+		return firstError(err, ErrTokenNotFound)
 	}
 	return ErrWrongClient
 }

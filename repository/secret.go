@@ -319,6 +319,18 @@ func newFamilyID() [familyIDBytes]byte {
 	return id
 }
 
+// newStandaloneID returns a random id for a standalone access token's grant, which names no
+// family: a UUID of version 8 (RFC 9562 §5.8), where every family's id is of version 4, so that
+// the token tells which it is.
+func newStandaloneID() [familyIDBytes]byte {
+	id := newFamilyID()
+	id[6] = id[6]&0x0f | 0x80
+	return id
+}
+
+// isStandalone reports whether a grant id is a standalone access token's (newStandaloneID).
+func isStandalone(id [familyIDBytes]byte) bool { return id[6]>>4 == 8 }
+
 // decodeToken returns the bytes of a credential this package minted: tokenBytes of entropy, or
 // for a refresh token the family id followed by them. Anything else is false.
 //

@@ -16,6 +16,12 @@ ALTER TABLE oauth_authorization_code
 
 ALTER TABLE oauth_family
     DROP CONSTRAINT oauth_family_claims_check,
+    DROP CONSTRAINT oauth_family_current_access_check,
+    DROP COLUMN current_access_key,
+    DROP COLUMN current_access_type,
+    DROP COLUMN current_access_audience,
+    DROP COLUMN current_access_issued_at,
+    DROP COLUMN current_access_expires_at,
     DROP COLUMN auth_time,
     DROP COLUMN acr,
     DROP COLUMN amr,

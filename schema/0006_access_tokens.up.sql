@@ -1,29 +1,40 @@
 -- Access tokens bound to a family, the claims of a grant, and the revocation feed.
 --
--- A grant's claims live on its family row, after the columns a rotation changes, so that the WAL
--- record of a rotation without an access token leaves them out as a suffix the old and the new
--- row share. A rotation that issues an access token also moves access_expires_at, the last column:
--- the expiry of the family's newest access token, which bounds how long a revocation of the family
--- must be announced in the feed, and how long cleanup keeps the family. Its WAL record then
--- carries the claims that are set, too.
-SET LOCAL lock_timeout = '5s';
-
+-- A family row names the access token issued with its live refresh token (current_access_*), as
+-- it names that refresh token: introspecting it reads one row, by its primary key. Every access
+-- token, that one included, is also a row of oauth_access_token, where introspection finds the
+-- earlier ones. access_expires_at is the expiry of the family's newest access token: it bounds how
+-- long a revocation of the family must be announced in the feed, and how long cleanup keeps the
+-- family. These change with a rotation that issues an access token; the grant's claims come after
+-- them and, but for where the session is used from (user_agent, ip), never change, so that the WAL
+-- record of a rotation leaves them out as a suffix the old and the new row share.
 ALTER TABLE oauth_family
-    ADD COLUMN auth_time         timestamptz,
-    ADD COLUMN acr               text,
-    ADD COLUMN amr               text[],
+    ADD COLUMN access_expires_at         timestamptz,
+    -- The current access token: the keyed digest of an opaque token (32 bytes) or the random part
+    -- of a JWT's jti (12 bytes); NULL when the live refresh token came without one, or it was
+    -- revoked.
+    ADD COLUMN current_access_key        bytea,
+    ADD COLUMN current_access_type       text,
+    -- NULL: the family's audience.
+    ADD COLUMN current_access_audience   text[],
+    ADD COLUMN current_access_issued_at  timestamptz,
+    ADD COLUMN current_access_expires_at timestamptz,
+    ADD COLUMN user_agent                text,
+    ADD COLUMN ip                        text,
+    ADD COLUMN auth_time                 timestamptz,
+    ADD COLUMN acr                       text,
+    ADD COLUMN amr                       text[],
     -- The audiences (RFC 8707 resources) the grant's access tokens may be issued for; empty: any.
-    ADD COLUMN audience          text[] NOT NULL DEFAULT '{}',
+    ADD COLUMN audience                  text[] NOT NULL DEFAULT '{}',
     -- The OpenID Connect session id (sid), for back-channel logout.
-    ADD COLUMN session_id        text,
-    ADD COLUMN user_agent        text,
-    ADD COLUMN ip                text,
-    ADD COLUMN label             text,
-    ADD COLUMN access_expires_at timestamptz,
+    ADD COLUMN session_id                text,
+    ADD COLUMN label                     text,
     ADD CONSTRAINT oauth_family_claims_check CHECK (
         octet_length(acr) <= 255 AND cardinality(amr) <= 16 AND cardinality(audience) <= 32
         AND octet_length(session_id) <= 255 AND octet_length(user_agent) <= 512
-        AND octet_length(ip) <= 45 AND octet_length(label) <= 255);
+        AND octet_length(ip) <= 45 AND octet_length(label) <= 255),
+    ADD CONSTRAINT oauth_family_current_access_check CHECK (
+        octet_length(current_access_key) IN (12, 32) AND cardinality(current_access_audience) <= 32);
 
 -- The claims of the authorization request, carried by its code into the family of the grant.
 ALTER TABLE oauth_authorization_code

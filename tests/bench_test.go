@@ -91,10 +91,13 @@ func BenchmarkRotateGraceCost(b *testing.B) {
 	b.ReportMetric(float64(spent[0])/float64(spent[1]), "grace/strict")
 }
 
-// BenchmarkIntrospect alternates, call by call on the same cluster, Introspect of an opaque access
-// token and of a JWT's jti with a raw primary-key lookup of the same row (the floor: one round
-// trip, one index probe, no family), among 100,000 access tokens of 10,000 families, and reports
-// each one's mean time and the ratios raw/introspect (1.0: introspection is as fast as the bare
+// BenchmarkIntrospect alternates, call by call on the same cluster, among 100,000 access tokens of
+// 10,000 families: a raw primary-key lookup of an access token's row (the floor: one round trip,
+// one index probe, no family), Introspect of the opaque access token issued with a family's live
+// refresh token (answered by the family row), IntrospectJTI of a JWT issued likewise, and
+// Introspect of an earlier access token of the family (the family row, then its own row with the
+// family's: two round trips), and Introspect of a client_credentials token (its own row). It reports
+// each one's mean time and the ratios pk/introspect (1.0: introspection is as fast as the bare
 // lookup).
 func BenchmarkIntrospect(b *testing.B) {
 	d := setupBench(b)
@@ -115,49 +118,52 @@ func BenchmarkIntrospect(b *testing.B) {
 	if _, err := d.pool.Exec(d.ctx, "ANALYZE"); err != nil {
 		b.Fatal(err)
 	}
-	opaque, err := d.store.Issue(d.ctx, repository.IssueRequest{ClientID: "c", UserID: "u", Scope: []string{"openid"},
-		Access: repository.AccessRequest{Kind: repository.AccessOpaque, TTL: time.Hour}})
+	hour := repository.AccessRequest{Kind: repository.AccessOpaque, TTL: time.Hour}
+	earlier, err := d.store.Issue(d.ctx, repository.IssueRequest{ClientID: "c", UserID: "u", Scope: []string{"openid"}, Access: hour})
 	if err != nil {
 		b.Fatal(err)
 	}
-	jwt, err := d.store.Rotate(d.ctx, repository.RotateRequest{Token: opaque.Token.Reveal(), ClientID: "c",
+	current, err := d.store.Rotate(d.ctx, repository.RotateRequest{Token: earlier.Token.Reveal(), ClientID: "c", Access: hour})
+	if err != nil {
+		b.Fatal(err)
+	}
+	jwt, err := d.store.Issue(d.ctx, repository.IssueRequest{ClientID: "c", UserID: "u", Scope: []string{"openid"},
 		Access: repository.AccessRequest{Kind: repository.AccessJWT, TTL: time.Hour}})
 	if err != nil {
 		b.Fatal(err)
 	}
-	var key []byte
-	if err := d.pool.QueryRow(d.ctx, "SELECT key FROM oauth_access_token WHERE family_id = $1 AND NOT jwt", opaque.FamilyID).Scan(&key); err != nil {
+	standalone, err := d.store.IssueAccessToken(d.ctx, repository.StandaloneAccessRequest{ClientID: "c", Scope: []string{"openid"}, AccessRequest: hour})
+	if err != nil {
 		b.Fatal(err)
 	}
-	raw := func() error {
-		var (
-			client, subject, tokenType string
-			scope, audience            []string
-			issued, expires            time.Time
-			revoked                    *time.Time
-		)
-		return d.pool.QueryRow(d.ctx, `SELECT client_id, subject, scope, audience, token_type, issued_at, expires_at, revoked_at
-			FROM oauth_access_token WHERE family_id = $1 AND key = $2`, opaque.FamilyID, key).
-			Scan(&client, &subject, &scope, &audience, &tokenType, &issued, &expires, &revoked)
+	var key []byte
+	if err := d.pool.QueryRow(d.ctx, "SELECT current_access_key FROM oauth_family WHERE id = $1", current.FamilyID).Scan(&key); err != nil {
+		b.Fatal(err)
+	}
+	active := func(info *repository.Introspection, err error) error {
+		if err == nil && !info.Active {
+			err = errors.New("inactive")
+		}
+		return err
 	}
 	calls := []func() error{
-		raw,
 		func() error {
-			info, err := d.store.Introspect(d.ctx, opaque.Access.Token.Reveal())
-			if err == nil && !info.Active {
-				err = errors.New("inactive")
-			}
-			return err
+			var (
+				client, subject, tokenType string
+				scope, audience            []string
+				issued, expires            time.Time
+				revoked                    *time.Time
+			)
+			return d.pool.QueryRow(d.ctx, `SELECT client_id, subject, scope, audience, token_type, issued_at, expires_at, revoked_at
+				FROM oauth_access_token WHERE family_id = $1 AND key = $2`, current.FamilyID, key).
+				Scan(&client, &subject, &scope, &audience, &tokenType, &issued, &expires, &revoked)
 		},
-		func() error {
-			info, err := d.store.IntrospectJTI(d.ctx, jwt.Access.JTI)
-			if err == nil && !info.Active {
-				err = errors.New("inactive")
-			}
-			return err
-		},
+		func() error { return active(d.store.Introspect(d.ctx, current.Access.Token.Reveal())) },
+		func() error { return active(d.store.IntrospectJTI(d.ctx, jwt.Access.JTI)) },
+		func() error { return active(d.store.Introspect(d.ctx, earlier.Access.Token.Reveal())) },
+		func() error { return active(d.store.Introspect(d.ctx, standalone.Token.Reveal())) },
 	}
-	var spent [3]time.Duration
+	var spent [5]time.Duration
 	n := 0
 	for b.Loop() {
 		for i, call := range calls {
@@ -170,11 +176,12 @@ func BenchmarkIntrospect(b *testing.B) {
 		}
 		n++
 	}
-	b.ReportMetric(float64(spent[0].Nanoseconds())/float64(n), "ns/pk-lookup")
-	b.ReportMetric(float64(spent[1].Nanoseconds())/float64(n), "ns/introspect")
-	b.ReportMetric(float64(spent[2].Nanoseconds())/float64(n), "ns/introspect-jti")
-	b.ReportMetric(float64(spent[0])/float64(spent[1]), "pk/introspect")
-	b.ReportMetric(float64(spent[0])/float64(spent[2]), "pk/introspect-jti")
+	for i, name := range []string{"pk-lookup", "introspect", "introspect-jti", "introspect-earlier", "introspect-standalone"} {
+		b.ReportMetric(float64(spent[i].Nanoseconds())/float64(n), "ns/"+name)
+		if i > 0 {
+			b.ReportMetric(float64(spent[0])/float64(spent[i]), "pk/"+name)
+		}
+	}
 }
 
 // BenchmarkAccessTokenCost alternates, on the same cluster, Issue, Rotate and Exchange without an

@@ -62,7 +62,8 @@ var familyScoped = []string{
 	"RefreshTokenGraceReplace", "FamilyRevoke", "FamilyGet", "FamilyDelete", "RefreshTombstoneDeleteByFamily",
 	"AuthorizationCodeExchange",
 	"AuthorizationCodeGet",
-	"AccessTokenGet", "AccessTokenCreateForFamily", "AccessTokenRevoke", "AccessTokenDeleteByFamily",
+	"AccessTokenGet", "AccessTokenGetCurrent", "AccessTokenGetStandalone", "AccessTokenCreateForFamily",
+	"AccessTokenRevoke", "AccessTokenDeleteByFamily",
 }
 
 func TestPartitioning_EveryFamilyStatementTouchesOnePartition(t *testing.T) {
@@ -105,8 +106,17 @@ func TestPartitioning_EveryFamilyStatementTouchesOnePartition(t *testing.T) {
 		t.Fatalf("grace reuse: %v", err)
 	}
 	b.remember(again.Access.Token)
-	if info, err := store.Introspect(b.ctx, again.Access.Token.Reveal()); err != nil || !info.Active {
-		t.Fatalf("introspect: %+v, %v", info, err)
+	// The current access token (named by the family row), an earlier one (its own row), and a
+	// standalone one.
+	standalone, err := store.IssueAccessToken(b.ctx, repository.StandaloneAccessRequest{ClientID: "svc", AccessRequest: opaqueAccess})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.remember(standalone.Token)
+	for _, tok := range []repository.Secret{again.Access.Token, second.Access.Token, standalone.Token} {
+		if info, err := store.Introspect(b.ctx, tok.Reveal()); err != nil || !info.Active {
+			t.Fatalf("introspect: %+v, %v", info, err)
+		}
 	}
 	if err := store.RevokeToken(b.ctx, second.Access.Token.Reveal(), "client-a"); err != nil {
 		t.Fatal(err)
@@ -172,7 +182,7 @@ func TestPartitioning_EveryFamilyStatementTouchesOnePartition(t *testing.T) {
 			switch name {
 			case "RefreshTombstoneDeleteByFamily":
 				table = "oauth_refresh_tombstone"
-			case "AccessTokenGet", "AccessTokenRevoke", "AccessTokenDeleteByFamily":
+			case "AccessTokenGet", "AccessTokenGetStandalone", "AccessTokenRevoke", "AccessTokenDeleteByFamily":
 				table = "oauth_access_token"
 			}
 			if name != "AuthorizationCodeExchange" && len(touched[table]) == 0 {
