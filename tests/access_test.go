@@ -1022,3 +1022,53 @@ func TestCleanup_KeepsAFamilyUntilItsAccessTokensHaveExpired(t *testing.T) {
 		t.Fatalf("cleanup once the access token expired: %+v, %v", res, err)
 	}
 }
+
+// The access token issued with the live refresh token is named by the family row; revoking it
+// alone must end it there too.
+func TestRevokeToken_TheCurrentAccessTokenRevokedAloneIsInactive(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	for _, kind := range []repository.AccessKind{repository.AccessOpaque, repository.AccessJWT} {
+		tok, err := b.store.Issue(b.ctx, repository.IssueRequest{ClientID: "client-a", UserID: "user-1", Access: repository.AccessRequest{Kind: kind}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		b.remember(tok.Token)
+		if kind == repository.AccessOpaque {
+			b.remember(tok.Access.Token)
+		}
+		introspect := func() *repository.Introspection {
+			t.Helper()
+			var info *repository.Introspection
+			if kind == repository.AccessJWT {
+				info, err = b.store.IntrospectJTI(b.ctx, tok.Access.JTI)
+			} else {
+				info, err = b.store.Introspect(b.ctx, tok.Access.Token.Reveal())
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			return info
+		}
+		if n := b.count(t, "SELECT count(*) FROM oauth_family WHERE id = $1 AND current_access_key IS NOT NULL", tok.FamilyID); n != 1 || !introspect().Active {
+			t.Fatalf("kind %d: the family row does not name its current access token, or it is inactive", kind)
+		}
+		if kind == repository.AccessJWT {
+			err = b.store.RevokeJTI(b.ctx, tok.Access.JTI, "client-a")
+		} else {
+			err = b.store.RevokeToken(b.ctx, tok.Access.Token.Reveal(), "client-a")
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if introspect().Active {
+			t.Fatalf("kind %d: the current access token is active after its revocation", kind)
+		}
+		if n := b.count(t, "SELECT count(*) FROM oauth_family WHERE id = $1 AND current_access_key IS NULL AND revoked_at IS NULL", tok.FamilyID); n != 1 {
+			t.Fatalf("kind %d: the family row still names the revoked token, or the family was revoked", kind)
+		}
+		if _, err := b.rotate(tok.Token, "client-a"); err != nil {
+			t.Fatalf("kind %d: the refresh token after its access token's revocation: %v", kind, err)
+		}
+	}
+}
