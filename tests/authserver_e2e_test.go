@@ -581,6 +581,7 @@ func TestAuthServer_TokenEndpointErrorsHaveTheirStatusAndHeaders(t *testing.T) {
 		{name: "empty grant_type", body: with(url.Values{"refresh_token": {tok.RefreshToken}}, "grant_type", ""), user: asApp, pass: asAppSecret, status: 400, code: "invalid_request"},
 		{name: "unknown grant_type", body: with(url.Values{"username": {"u"}, "password": {"p"}}, "grant_type", "password"), user: asApp, pass: asAppSecret, status: 400, code: "unsupported_grant_type"},
 		{name: "repeated parameter", body: with(refresh, "grant_type", "refresh_token"), user: asApp, pass: asAppSecret, status: 400, code: "invalid_request"},
+		{name: "repeated parameter with a hostile name", body: with(refresh, "é\"\\", "1", "é\"\\", "2"), user: asApp, pass: asAppSecret, status: 400, code: "invalid_request"},
 		{name: "JSON body", contentType: "application/json", body: `{"grant_type":"refresh_token","refresh_token":"` + tok.RefreshToken + `"}`, user: asApp, pass: asAppSecret, status: 400, code: "invalid_request"},
 		{name: "missing refresh_token", body: with(url.Values{"grant_type": {"refresh_token"}}), user: asApp, pass: asAppSecret, status: 400, code: "invalid_request"},
 		{name: "unknown refresh token", body: with(url.Values{"grant_type": {"refresh_token"}, "refresh_token": {rand.Text()}}), user: asApp, pass: asAppSecret, status: 400, code: "invalid_grant"},
@@ -629,6 +630,10 @@ func TestAuthServer_TokenEndpointErrorsHaveTheirStatusAndHeaders(t *testing.T) {
 		}
 		if d, _ := body["error_description"].(string); strings.Contains(d, "oauthstore") || strings.Contains(d, "invalid_grant:") {
 			t.Errorf("%s: the description %q carries the store's error", c.name, d)
+		}
+		// RFC 6749 §5.2: an error_description is printable ASCII without '"' or '\'.
+		if d, _ := body["error_description"].(string); strings.ContainsFunc(d, func(r rune) bool { return r < 0x20 || r > 0x7e || r == '"' || r == '\\' }) {
+			t.Errorf("%s: the description %q holds characters RFC 6749 §5.2 excludes", c.name, d)
 		}
 	}
 	// Through x/oauth2 as well: a wrong secret is an invalid_client 401, whichever style it tries.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"strings"
 	"time"
 
 	"github.com/zitadel/oidc/v3/pkg/oidc"
@@ -87,6 +88,14 @@ func (s *Storage) CreateAuthRequest(ctx context.Context, req *oidc.AuthRequest, 
 	if len(req.Prompt) == 1 && req.Prompt[0] == oidc.PromptNone {
 		return nil, oidc.ErrLoginRequired() // no sign-in session to answer from
 	}
+	// The authorization code flow only: its code is used once, in the statement that creates the
+	// grant. The implicit and hybrid flows hand tokens out in the redirect (RFC 9700 §2.1.2).
+	if req.ResponseType != oidc.ResponseTypeCode {
+		return nil, &oidc.Error{ErrorType: "unsupported_response_type", Description: "only response_type=code is supported"}
+	}
+	if err := s.checkPKCE(req.CodeChallenge, req.CodeChallengeMethod); err != nil {
+		return nil, err
+	}
 	a := &authRequest{clientID: req.ClientID, redirectURI: req.RedirectURI, data: authData{
 		Scopes: req.Scopes, ResponseType: req.ResponseType, ResponseMode: req.ResponseMode, State: req.State,
 		Nonce: req.Nonce, CodeChallenge: req.CodeChallenge, CodeChallengeMethod: req.CodeChallengeMethod,
@@ -96,6 +105,31 @@ func (s *Storage) CreateAuthRequest(ctx context.Context, req *oidc.AuthRequest, 
 		return nil, err
 	}
 	return a, nil
+}
+
+// checkPKCE applies the store's PKCE policy to an authorization request, whose challenge op
+// verifies at the token endpoint: an S256 challenge (43 base64url characters, RFC 7636 §4.2) unless
+// Config.PKCEOptional allows none or Config.AllowPlainPKCE the plain method.
+func (s *Storage) checkPKCE(challenge string, method oidc.CodeChallengeMethod) error {
+	switch {
+	case challenge == "" && method == "":
+		if s.cfg.PKCEOptional {
+			return nil
+		}
+		return oidc.ErrInvalidRequest().WithDescription("code_challenge required (PKCE, S256)")
+	case method == oidc.CodeChallengeMethodS256:
+		if len(challenge) != 43 || strings.Trim(challenge, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_") != "" {
+			return oidc.ErrInvalidRequest().WithDescription("code_challenge is not an S256 challenge")
+		}
+		return nil
+	case method == oidc.CodeChallengeMethodPlain && s.cfg.AllowPlainPKCE:
+		if len(challenge) < 43 || len(challenge) > 128 ||
+			strings.Trim(challenge, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~") != "" {
+			return oidc.ErrInvalidRequest().WithDescription("code_challenge is not a PKCE verifier")
+		}
+		return nil
+	}
+	return oidc.ErrInvalidRequest().WithDescription("code_challenge_method must be S256")
 }
 
 // bind stores a as a new state binding and sets its id.

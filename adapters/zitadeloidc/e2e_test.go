@@ -2,12 +2,17 @@ package zitadeloidc_test
 
 import (
 	"context"
+	"crypto/x509"
+	"encoding/pem"
 	"errors"
 	"net/url"
 	"slices"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/zitadel/oidc/v3/pkg/client/profile"
 	"github.com/zitadel/oidc/v3/pkg/client/rp"
 	"github.com/zitadel/oidc/v3/pkg/client/rs"
 	"github.com/zitadel/oidc/v3/pkg/oidc"
@@ -166,8 +171,8 @@ func TestRP_ReplayedRefreshTokenIsInvalidGrantAndRevokesTheFamily(t *testing.T) 
 	if n := e.liveTokens(got.FamilyID, tokens.RefreshToken, next.RefreshToken); n != 0 {
 		t.Fatalf("%d live refresh tokens after the replay, want 0", n)
 	}
-	// The thief's successor is refused the same way; so are a token the server never issued, a
-	// narrower scope beyond the grant, and another client's token: never a server_error.
+	// The thief's successor is refused the same way, and so is a token the server never issued:
+	// never a server_error.
 	for name, form := range map[string]url.Values{
 		"successor": {"grant_type": {"refresh_token"}, "refresh_token": {next.RefreshToken}},
 		"unknown":   {"grant_type": {"refresh_token"}, "refresh_token": {"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"}},
@@ -385,4 +390,109 @@ func TestRP_CodeFlowWithoutOfflineAccessGivesNoRefreshTokenAndItsCodeReplayStill
 	if e.active(resource, tokens.AccessToken) {
 		t.Fatal("the access token of a replayed code is still active")
 	}
+}
+
+// An authorization request without an S256 challenge is refused before anything is stored,
+// whatever op itself would accept (plain, or none for a confidential client).
+func TestRP_AuthorizationWithoutAnS256ChallengeIsRefused(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, repository.Config{})
+	relying := e.relyingParty()
+	_, challenge := pkce()
+	for name, opts := range map[string][]rp.AuthURLOpt{
+		"no challenge":         nil,
+		"plain":                {rp.AuthURLOpt(rp.WithURLParam("code_challenge", strings.Repeat("p", 43))), rp.AuthURLOpt(rp.WithURLParam("code_challenge_method", "plain"))},
+		"S256 of another form": {rp.AuthURLOpt(rp.WithURLParam("code_challenge", challenge+"==")), rp.AuthURLOpt(rp.WithURLParam("code_challenge_method", "S256"))},
+	} {
+		resp, err := e.browser.Get(rp.AuthURL("state-1", relying, opts...))
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		loc, err := resp.Location()
+		if err != nil || loc.Query().Get("error") != "invalid_request" || loc.Query().Get("code") != "" {
+			t.Fatalf("%s: redirected to %v (%v), want invalid_request and no code", name, loc, err)
+		}
+	}
+	var states int
+	if err := e.pool.QueryRow(e.ctx, "SELECT count(*) FROM oauth_state").Scan(&states); err != nil || states != 0 {
+		t.Fatalf("%d authorization requests stored (%v), want none", states, err)
+	}
+	// With S256 it goes through.
+	if code, _ := e.authorize(rp.AuthURL("state-1", relying, rp.WithCodeChallenge(challenge))); code == "" {
+		t.Fatal("no code with an S256 challenge")
+	}
+}
+
+// Of concurrent token requests with one code exactly one gets tokens; a refused one (wrong
+// redirect URI) burns nothing.
+func TestRP_ConcurrentExchangesOfOneCodeHaveOneWinner(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, repository.Config{})
+	relying := e.relyingParty()
+	verifier, challenge := pkce()
+	code, _ := e.authorize(rp.AuthURL("state-1", relying, rp.WithCodeChallenge(challenge)))
+	wrongRedirect := url.Values{"grant_type": {"authorization_code"}, "code": {code}, "redirect_uri": {"https://client.example/other"}, "code_verifier": {verifier}}
+	if status, c := e.tokenError(wrongRedirect); status != 400 || c == "" {
+		t.Fatalf("wrong redirect URI: %d %q, want 400", status, c)
+	}
+	if info, err := e.store.LookupCode(e.ctx, code); err != nil || info.ConsumedAt != nil {
+		t.Fatalf("a wrong redirect URI burnt the code: %+v, %v", info, err)
+	}
+	exchange := url.Values{"grant_type": {"authorization_code"}, "code": {code}, "redirect_uri": {redirectURI}, "code_verifier": {verifier}}
+	const racers = 8
+	statuses := make([]int, racers)
+	var wg sync.WaitGroup
+	start := make(chan struct{})
+	for i := range racers {
+		wg.Go(func() {
+			<-start
+			statuses[i], _ = e.tokenError(exchange)
+		})
+	}
+	close(start)
+	wg.Wait()
+	won := 0
+	for _, s := range statuses {
+		switch s {
+		case 200:
+			won++
+		case 400:
+		default:
+			t.Fatalf("statuses %v: want 200 once and 400 for the rest", statuses)
+		}
+	}
+	if won != 1 {
+		t.Fatalf("%d of %d concurrent exchanges got tokens, want exactly 1 (statuses %v)", won, racers, statuses)
+	}
+	var families int
+	if err := e.pool.QueryRow(e.ctx, "SELECT count(*) FROM oauth_family").Scan(&families); err != nil || families != 1 {
+		t.Fatalf("%d families (%v), want the one the winner made", families, err)
+	}
+}
+
+// The JWT profile grant (RFC 7523), which op always offers: a service account's assertion gets a
+// standalone access token of that account, never a server_error.
+func TestJWTProfile_AServiceAccountsAssertionGetsAStandaloneAccessToken(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, repository.Config{})
+	pemKey := pem.EncodeToMemory(&pem.Block{Type: "RSA PRIVATE KEY", Bytes: x509.MarshalPKCS1PrivateKey(e.serviceKey)})
+	source, err := profile.NewJWTProfileTokenSource(e.ctx, e.issuer, serviceUser, serviceKeyID, pemKey,
+		[]string{oidc.ScopeOpenID}, profile.WithHTTPClient(e.http))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok, err := source.Token()
+	if err != nil {
+		t.Fatalf("JWT profile grant: %v", err)
+	}
+	if tok.AccessToken == "" || tok.RefreshToken != "" {
+		t.Fatalf("JWT profile grant: %+v, want an access token alone", tok)
+	}
+	var n int
+	if err := e.pool.QueryRow(e.ctx, `SELECT count(*) FROM oauth_access_token WHERE standalone AND client_id = $1 AND subject = $1`,
+		serviceUser).Scan(&n); err != nil || n != 1 {
+		t.Fatalf("%d standalone access tokens of the service account (%v), want 1", n, err)
+	}
+	e.notStored(tok.AccessToken)
 }

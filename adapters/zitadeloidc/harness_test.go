@@ -98,7 +98,15 @@ func (c *testClient) RestrictAdditionalAccessTokenScopes() func([]string) []stri
 type testApp struct {
 	key     *testKey
 	clients map[string]*testClient
+	// service is the key of serviceUser, a service account that signs JWT profile assertions
+	// (RFC 7523) with it.
+	service *rsa.PrivateKey
 }
+
+const (
+	serviceUser  = "svc-reporting"
+	serviceKeyID = "svc-key-1"
+)
 
 func (a *testApp) SigningKey(context.Context) (op.SigningKey, error) { return a.key, nil }
 func (a *testApp) SignatureAlgorithms(context.Context) ([]jose.SignatureAlgorithm, error) {
@@ -117,8 +125,11 @@ func (a *testApp) AuthorizeClientIDSecret(_ context.Context, id, secret string) 
 	}
 	return errors.New("wrong client credentials")
 }
-func (a *testApp) GetKeyByIDAndClientID(context.Context, string, string) (*jose.JSONWebKey, error) {
-	return nil, errors.New("no client keys")
+func (a *testApp) GetKeyByIDAndClientID(_ context.Context, keyID, clientID string) (*jose.JSONWebKey, error) {
+	if keyID != serviceKeyID || clientID != serviceUser {
+		return nil, errors.New("no such key")
+	}
+	return &jose.JSONWebKey{Key: &a.service.PublicKey, KeyID: serviceKeyID, Algorithm: string(jose.RS256), Use: "sig"}, nil
 }
 func (a *testApp) ValidateJWTProfileScopes(_ context.Context, _ string, scopes []string) ([]string, error) {
 	return scopes, nil
@@ -147,6 +158,8 @@ type env struct {
 	issuer  string
 	http    *http.Client
 	browser *http.Client // a user agent: keeps cookies, follows the provider's redirects, stops at the client's
+	// serviceKey is serviceUser's private key.
+	serviceKey *rsa.PrivateKey
 }
 
 func newEnv(t *testing.T, cfg repository.Config) *env {
@@ -168,7 +181,12 @@ func newEnv(t *testing.T, cfg repository.Config) *env {
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { handler.ServeHTTP(w, r) }))
 	t.Cleanup(srv.Close)
 	e.issuer, e.http = srv.URL, srv.Client()
-	app := &testApp{key: &testKey{id: "key-1", key: key}, clients: map[string]*testClient{
+	service, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.serviceKey = service
+	app := &testApp{key: &testKey{id: "key-1", key: key}, service: service, clients: map[string]*testClient{
 		webClient: {id: webClient, authMethod: oidc.AuthMethodBasic, tokenType: op.AccessTokenTypeBearer, loginURL: srv.URL + "/login"},
 		spaClient: {id: spaClient, authMethod: oidc.AuthMethodNone, tokenType: op.AccessTokenTypeJWT, loginURL: srv.URL + "/login"},
 	}}

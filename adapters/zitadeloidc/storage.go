@@ -52,6 +52,13 @@ type Config struct {
 	// IntrospectionAllowed says whether the authenticated client caller may learn about an active
 	// token (RFC 7662 §2.1). Nil allows the token's own client and the clients among its audience.
 	IntrospectionAllowed func(ctx context.Context, caller string, token *repository.Introspection) bool
+	// PKCEOptional accepts an authorization request without a PKCE challenge, and AllowPlainPKCE
+	// one with the "plain" method, as repository.Config's fields of the same names do for the
+	// store's own codes. op verifies PKCE itself, against what CreateAuthRequest accepted: by
+	// default every request must carry an S256 challenge (OAuth 2.1, the MCP authorization
+	// specification).
+	PKCEOptional   bool
+	AllowPlainPKCE bool
 }
 
 // Storage implements op.Storage on an oauthstore Store and the application's Application.

@@ -114,7 +114,7 @@ func (s *Storage) CreateAccessAndRefreshTokens(ctx context.Context, request op.T
 	}
 	clientID, ok := clientOf(request)
 	if !ok {
-		return "", "", time.Time{}, oidc.ErrServerError().WithDescription("token request without a client")
+		return "", "", time.Time{}, oidc.ErrUnauthorizedClient().WithDescription("token request without a client")
 	}
 	access, err := s.accessFor(ctx, clientID, request.GetAudience())
 	if err != nil {
@@ -147,7 +147,13 @@ func (s *Storage) exchange(ctx context.Context, req *authRequest, lifetime time.
 	return grant, nil
 }
 
+// clientOf is the client a token request is for: its client_id, or for a JWT profile grant
+// (RFC 7523), which has none, the service account that signed the assertion, as zitadel's example
+// storage takes it.
 func clientOf(request op.TokenRequest) (string, bool) {
+	if r, ok := request.(*oidc.JWTTokenRequest); ok {
+		return r.GetSubject(), r.GetSubject() != ""
+	}
 	c, ok := request.(interface{ GetClientID() string })
 	if !ok || c.GetClientID() == "" {
 		return "", false
@@ -174,10 +180,17 @@ func (s *Storage) CreateAccessToken(ctx context.Context, request op.TokenRequest
 	}
 	clientID, ok := clientOf(request)
 	if !ok {
-		return "", time.Time{}, oidc.ErrServerError().WithDescription("token request without a client")
+		return "", time.Time{}, oidc.ErrUnauthorizedClient().WithDescription("token request without a client")
 	}
-	access, err := s.accessFor(ctx, clientID, request.GetAudience())
-	if err != nil {
+	var (
+		access repository.AccessRequest
+		err    error
+	)
+	if _, jwtProfile := request.(*oidc.JWTTokenRequest); jwtProfile {
+		// A service account is no client of the application's: op makes its token a bearer token
+		// (JWTProfileTokenStorage would choose otherwise).
+		access = repository.AccessRequest{Kind: repository.AccessOpaque, TTL: s.cfg.AccessTokenTTL}
+	} else if access, err = s.accessFor(ctx, clientID, request.GetAudience()); err != nil {
 		return "", time.Time{}, err
 	}
 	at, err := s.store.IssueAccessToken(ctx, repository.StandaloneAccessRequest{

@@ -182,6 +182,11 @@ func readForm(w http.ResponseWriter, r *http.Request) (form, *oauthError) {
 func single(values url.Values) (form, *oauthError) {
 	for name, v := range values {
 		if len(v) > 1 {
+			// The name is the client's: echoed only when it is one a request may carry, since an
+			// error_description holds printable ASCII without '"' or '\' (RFC 6749 §5.2).
+			if !plainName(name) {
+				return nil, errRequest("a parameter is repeated")
+			}
 			return nil, errRequest("parameter %s repeated", name)
 		}
 		if v[0] == "" {
@@ -189,6 +194,20 @@ func single(values url.Values) (form, *oauthError) {
 		}
 	}
 	return form(values), nil
+}
+
+// plainName reports whether a parameter name is lowercase letters and '_', as every OAuth
+// parameter's is, and short.
+func plainName(name string) bool {
+	if name == "" || len(name) > 64 {
+		return false
+	}
+	for i := 0; i < len(name); i++ {
+		if (name[i] < 'a' || name[i] > 'z') && name[i] != '_' {
+			return false
+		}
+	}
+	return true
 }
 
 // require returns an invalid_request error naming the first parameter f lacks.
