@@ -45,7 +45,7 @@ import (
 )
 
 // The kinds of operation, in report order.
-var opKinds = []string{"issue", "rotate", "resend", "replay", "wrong-client", "peek", "exchange", "code-replay",
+var opKinds = []string{"issue", "rotate", "introspect", "resend", "replay", "wrong-client", "peek", "exchange", "code-replay",
 	"revoke-family", "revoke-token", "abandon", "state", "cleanup"}
 
 type config struct {
@@ -248,6 +248,10 @@ type family struct {
 	resends  int       // how often previous was presented again
 	expires  time.Time // when the newest token expires (the family's idle_expires_at)
 	code     *exchanged
+	// The access token issued with the newest rotation, if any: an opaque token or a JWT's jti.
+	access        string
+	accessJWT     bool
+	accessExpires time.Time
 }
 
 type exchanged struct{ code, verifier, redirect string }
@@ -305,6 +309,8 @@ func (w *worker) step() {
 		w.state(ctx)
 	case r < 217:
 		w.cleanup(ctx)
+	case r < 240:
+		w.introspect(ctx)
 	default:
 		w.rotate(ctx)
 	}
@@ -355,10 +361,23 @@ func (w *worker) rotate(ctx context.Context) {
 		return
 	}
 	w.count("rotate")
-	rt, err := w.s.store.Rotate(ctx, repository.RotateRequest{Token: f.token, ClientID: w.client})
+	// Most rotations come with an access token, opaque or a JWT's jti, as a token endpoint's do.
+	kind := []repository.AccessKind{repository.AccessNone, repository.AccessOpaque, repository.AccessJWT}[w.rng.IntN(3)]
+	rt, err := w.s.store.Rotate(ctx, repository.RotateRequest{Token: f.token, ClientID: w.client, Access: repository.AccessRequest{Kind: kind}})
 	if err != nil {
 		w.s.unexpectedf("worker %d: rotate family %s: %v", w.n, f.id, err)
 		return
+	}
+	switch {
+	case kind == repository.AccessNone && rt.Access != nil:
+		w.s.unexpectedf("worker %d: rotation of family %s issued an access token nobody asked for", w.n, f.id)
+	case kind != repository.AccessNone && rt.Access == nil:
+		w.s.unexpectedf("worker %d: rotation of family %s issued no access token", w.n, f.id)
+	case rt.Access != nil:
+		f.access, f.accessJWT, f.accessExpires = rt.Access.Token.Reveal(), kind == repository.AccessJWT, rt.Access.ExpiresAt
+		if f.accessJWT {
+			f.access = rt.Access.JTI
+		}
 	}
 	if rt.FamilyID != f.id {
 		w.s.unexpectedf("worker %d: rotation of family %s returned family %s", w.n, f.id, rt.FamilyID)
@@ -406,6 +425,7 @@ func (w *worker) replay(ctx context.Context) {
 	if _, err := w.s.store.Rotate(ctx, repository.RotateRequest{Token: f.token, ClientID: w.client}); !errors.Is(err, repository.ErrFamilyRevoked) {
 		w.s.unexpectedf("worker %d: current token after a replay in family %s: %v, want ErrFamilyRevoked", w.n, f.id, err)
 	}
+	w.accessEnded(ctx, f, "a replay")
 }
 
 func (w *worker) wrongClient(ctx context.Context) {
@@ -505,6 +525,7 @@ func (w *worker) revokeFamily(ctx context.Context) {
 	}
 	w.remove(i)
 	w.revoked.Add(1)
+	w.accessEnded(ctx, f, "its family's revocation")
 }
 
 func (w *worker) revokeToken(ctx context.Context) {
@@ -524,6 +545,47 @@ func (w *worker) revokeToken(ctx context.Context) {
 	}
 	w.remove(i)
 	w.revoked.Add(1)
+	w.accessEnded(ctx, f, "RevokeToken of its refresh token")
+}
+
+// introspectAccess asks the store about a family's newest access token.
+func (w *worker) introspectAccess(ctx context.Context, f *family) (*repository.Introspection, error) {
+	if f.accessJWT {
+		return w.s.store.IntrospectJTI(ctx, f.access)
+	}
+	return w.s.store.Introspect(ctx, f.access)
+}
+
+// introspect checks that a live family's newest access token is active (I8's other half: no
+// revocation that did not happen).
+func (w *worker) introspect(ctx context.Context) {
+	f, _ := w.pick()
+	if f == nil || f.access == "" || time.Until(f.accessExpires) < 5*time.Second {
+		w.rotate(ctx)
+		return
+	}
+	w.count("introspect")
+	info, err := w.introspectAccess(ctx, f)
+	switch {
+	case err != nil:
+		w.s.unexpectedf("worker %d: introspect in family %s: %v", w.n, f.id, err)
+	case !info.Active || info.FamilyID != f.id:
+		w.s.unexpectedf("worker %d: the access token of live family %s introspects as %+v", w.n, f.id, info)
+	}
+}
+
+// accessEnded checks that a revoked family's newest access token is inactive at once (I8).
+func (w *worker) accessEnded(ctx context.Context, f *family, what string) {
+	if f.access == "" {
+		return
+	}
+	info, err := w.introspectAccess(ctx, f)
+	switch {
+	case err != nil:
+		w.s.unexpectedf("worker %d: introspect after %s of family %s: %v", w.n, what, f.id, err)
+	case info.Active:
+		w.s.unexpectedf("worker %d: an access token of family %s is active after %s", w.n, f.id, what)
+	}
 }
 
 // abandon stops using a family: it stays live until its token expires, then cleanup deletes it.
@@ -713,7 +775,10 @@ func (s *soak) deleteRunRows() {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	for _, q := range []string{
-		`DELETE FROM oauth_family WHERE client_id LIKE $1 || '%'`, // with their tokens and codes
+		`DELETE FROM oauth_revocation WHERE family_id IN (SELECT id FROM oauth_family WHERE client_id LIKE $1 || '%')`,
+		`DELETE FROM oauth_refresh_tombstone WHERE family_id IN (SELECT id FROM oauth_family WHERE client_id LIKE $1 || '%')`,
+		`DELETE FROM oauth_access_token WHERE client_id LIKE $1 || '%'`,
+		`DELETE FROM oauth_family WHERE client_id LIKE $1 || '%'`, // with their live tokens and codes
 		`DELETE FROM oauth_authorization_code WHERE client_id LIKE $1 || '%'`,
 		`DELETE FROM oauth_state WHERE client_id LIKE $1 || '%'`,
 	} {
