@@ -16,6 +16,7 @@ import (
 	"net/url"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"unicode"
@@ -410,6 +411,60 @@ func FuzzParseFamilyID(f *testing.F) {
 		}
 		if !canonicalUUID.MatchString(id) || !strings.EqualFold(u.String(), id) {
 			t.Fatalf("parseFamilyID(%q) accepted it as %s", id, u.String())
+		}
+	})
+}
+
+// FuzzAccessTokenJTIAndCursor: an opaque access token, a jti and a feed cursor are accepted only in
+// their one canonical form, and an accepted token's digests are those of its bytes under the
+// access-token key of each pepper; nothing panics.
+func FuzzAccessTokenJTIAndCursor(f *testing.F) {
+	ring := []Pepper{{ID: "k2", Secret: NewKey(fuzzPepper(2))}, {ID: DefaultPepperID, Secret: NewKey(fuzzPepper(1))}}
+	d := newDigester(ring, "access-token", true)
+	tok, _, _ := d.mintAccess(newFamilyID())
+	jti, _ := newJTI(newStandaloneID())
+	for _, s := range []string{tok.Reveal(), jti, "", "12.7", "1.-2", "9223372036854775807.0", tok.Reveal()[:65] + "=", jti + "\n"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		raw, err := base64.RawURLEncoding.DecodeString(s)
+		canonical := err == nil && base64.RawURLEncoding.EncodeToString(raw) == s
+		id, digests, ok := d.decodeAccess(s)
+		if ok != (canonical && len(raw) == familyIDBytes+accessEntropyBytes) {
+			t.Fatalf("decodeAccess(%q) accepted=%v, want the canonical 66-character encoding of 49 bytes", s, ok)
+		}
+		if ok {
+			if !bytes.Equal(id[:], raw[:familyIDBytes]) || len(digests) != len(ring) {
+				t.Fatalf("decodeAccess(%q): family %x, %d digests", s, id, len(digests))
+			}
+			for i, p := range ring {
+				kind := hmac.New(sha256.New, p.Secret.Bytes())
+				kind.Write([]byte("oauthstore/v1/access-token"))
+				mac := hmac.New(sha256.New, kind.Sum(nil))
+				mac.Write(raw)
+				if !bytes.Equal(digests[i], mac.Sum(nil)) {
+					t.Fatalf("digest under pepper %s is not HMAC-SHA-256(HMAC(pepper, label), raw)", p.ID)
+				}
+			}
+		}
+		jid, key, ok := parseJTI(s)
+		if ok != (canonical && len(raw) == familyIDBytes+jtiRandomBytes) {
+			t.Fatalf("parseJTI(%q) accepted=%v, want the canonical 38-character encoding of 28 bytes", s, ok)
+		}
+		if ok && (!bytes.Equal(jid[:], raw[:familyIDBytes]) || !bytes.Equal(key, raw[familyIDBytes:])) {
+			t.Fatalf("parseJTI(%q) split it wrongly", s)
+		}
+		if xid, seq, err := parseCursor(s); err == nil && s != "" {
+			if got := strconv.FormatInt(xid, 10) + "." + strconv.FormatInt(seq, 10); got != s {
+				// Accepted forms other than the one RevokedSince writes are refused nowhere else:
+				// they must at least name the same position.
+				x2, s2, err2 := parseCursor(got)
+				if err2 != nil || x2 != xid || s2 != seq {
+					t.Fatalf("parseCursor(%q) = %d.%d, which does not parse back", s, xid, seq)
+				}
+			}
+		} else if err != nil && !errors.Is(err, ErrInvalidInput) {
+			t.Fatalf("parseCursor(%q): %v, want an InputError", s, err)
 		}
 	})
 }
