@@ -302,7 +302,8 @@ func TestCLI_DemoRunsAgainstDatabaseURLAndCleansUp(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
 	r := b.cli(t, "demo")
-	if r.code != 0 || !strings.Contains(r.stdout, "replay detected") || !strings.Contains(r.stdout, "family revoked") {
+	if r.code != 0 || !strings.Contains(r.stdout, "replay detected") || !strings.Contains(r.stdout, "family revoked") ||
+		!strings.Contains(r.stdout, "3b introspect A3  active") || !strings.Contains(r.stdout, "6b introspect A3  inactive") {
 		t.Fatalf("demo: %+v", r)
 	}
 	if !strings.Contains(r.stderr, `replay_detected`) {
@@ -311,8 +312,8 @@ func TestCLI_DemoRunsAgainstDatabaseURLAndCleansUp(t *testing.T) {
 	if !strings.Contains(r.stdout, "the demo family is deleted, the schema it migrated stays") || strings.Contains(r.stdout, "throwaway") {
 		t.Fatalf("the demo on a given database does not say what it left: %s", r.stdout)
 	}
-	if n := b.count(t, "SELECT count(*) FROM oauth_family"); n != 0 {
-		t.Fatalf("the demo left %d families", n)
+	if n := b.count(t, "SELECT (SELECT count(*) FROM oauth_family) + (SELECT count(*) FROM oauth_refresh_tombstone) + (SELECT count(*) FROM oauth_access_token) + (SELECT count(*) FROM oauth_revocation)"); n != 0 {
+		t.Fatalf("the demo left %d rows of families, tombstones, access tokens and feed entries", n)
 	}
 }
 

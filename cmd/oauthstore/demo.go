@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -55,7 +56,11 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		return err
 	}
 	// Whatever happens below, the demo's family does not outlive the demo.
-	defer func() { _ = store.DeleteFamily(context.WithoutCancel(ctx), first.FamilyID) }()
+	defer func() {
+		ctx := context.WithoutCancel(ctx)
+		_ = store.DeleteFamily(ctx, first.FamilyID)
+		_, _ = d.pool.Exec(ctx, "DELETE FROM oauth_revocation WHERE family_id = $1", first.FamilyID)
+	}()
 	step("1 issue", "family %s, token T1 (%d characters, shown to the client once), expires %s",
 		first.FamilyID, len(first.Token.Reveal()), first.ExpiresAt.Format(time.RFC3339))
 
@@ -73,11 +78,20 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	}
 	step("2b resend T1", "the response was lost: T2 again, the same token (grace window %s); still one live token",
 		repository.DefaultGraceWindow)
-	third, err := store.Rotate(ctx, repository.RotateRequest{Token: second.Token.Reveal(), ClientID: "demo-client"})
+	third, err := store.Rotate(ctx, repository.RotateRequest{Token: second.Token.Reveal(), ClientID: "demo-client",
+		Access: repository.AccessRequest{Kind: repository.AccessOpaque}})
 	if err != nil {
 		return err
 	}
-	step("3 rotate T2", "ok → T3; T1 is now a grandparent, which no window excuses")
+	step("3 rotate T2", "ok → T3 and access token A3 in the same statement; T1 is now a grandparent, which no window excuses")
+	info, err := store.Introspect(ctx, third.Access.Token.Reveal())
+	if err != nil {
+		return err
+	}
+	if !info.Active {
+		return errors.New("the access token issued with T3 introspects as inactive")
+	}
+	step("3b introspect A3", "active, scope %q, expires %s (RFC 7662)", strings.Join(info.Scope, " "), info.ExpiresAt.Format(time.RFC3339))
 
 	_, err = store.Rotate(ctx, repository.RotateRequest{Token: first.Token.Reveal(), ClientID: "demo-client"})
 	if !errors.Is(err, repository.ErrReplayDetected) {
@@ -97,13 +111,22 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		return fmt.Errorf("rotating T3 after the replay: got %v, want a revoked family", err)
 	}
 	step("6 rotate T3", "refused: %v (the legitimate holder must sign in again)", err)
-
-	var rows, digestBytes int
-	if err := d.pool.QueryRow(ctx, `SELECT count(*), coalesce(min(octet_length(digest)), 0)
-		FROM oauth_refresh_token WHERE family_id = $1`, first.FamilyID).Scan(&rows, &digestBytes); err != nil {
+	if info, err = store.Introspect(ctx, third.Access.Token.Reveal()); err != nil {
 		return err
 	}
-	step("7 stored", "%d token rows, each only a %d-byte HMAC-SHA-256 digest; no raw token", rows, digestBytes)
+	if info.Active {
+		return errors.New("the access token of the revoked family introspects as active")
+	}
+	step("6b introspect A3", "inactive: the family's access tokens ended with it, without a write to any of them")
+
+	var rows, accessRows, digestBytes int
+	if err := d.pool.QueryRow(ctx, `SELECT count(*), coalesce(min(octet_length(digest)), 0),
+			(SELECT count(*) FROM oauth_access_token WHERE family_id = $1 AND octet_length(key) = 32)
+		FROM oauth_refresh_token WHERE family_id = $1`, first.FamilyID).Scan(&rows, &digestBytes, &accessRows); err != nil {
+		return err
+	}
+	step("7 stored", "%d refresh token rows and %d access token row, each only a %d-byte HMAC-SHA-256 digest; no raw token",
+		rows, accessRows, digestBytes)
 	left := "the demo family is deleted, the schema it migrated stays"
 	if d.throwaway {
 		left = "the throwaway cluster is removed"

@@ -46,7 +46,7 @@ Usage:
                                                        (needs the pepper ring in OAUTH_AT_REST_PEPPER)
   oauthstore pepper generate [--id ID]                 a new random pepper in the ring format
   oauthstore pepper status [--json]                    what depends on each pepper: may it be retired?
-  oauthstore demo                                      walk issue → rotate → replay → revoked
+  oauthstore demo                                      walk issue → rotate → replay → revoked, with an access token
   oauthstore bench [flags]                             measure rotation throughput and latency
 
 Every command takes --database-url (default $DATABASE_URL, never printed), --connect-timeout
