@@ -504,8 +504,6 @@ var accessTokenLen = base64.RawURLEncoding.EncodedLen(familyIDBytes + accessEntr
 // unpadded base64url: 38 characters. It is unique, not secret: the random part is stored as it is.
 const jtiRandomBytes = 12
 
-var jtiLen = base64.RawURLEncoding.EncodedLen(familyIDBytes + jtiRandomBytes)
-
 // mintAccess returns a new opaque access token of the family (or grant) id names, its digest
 // under the current pepper, and that pepper's ID.
 func (d *digester) mintAccess(id [familyIDBytes]byte) (Secret, []byte, string) {
@@ -519,18 +517,13 @@ func (d *digester) mintAccess(id [familyIDBytes]byte) (Secret, []byte, string) {
 // decodeAccess returns the family id an opaque access token carries and its digests under each
 // pepper of the ring, or false when it cannot be an access token this package minted.
 func (d *digester) decodeAccess(token string) ([familyIDBytes]byte, [][]byte, bool) {
-	var id [familyIDBytes]byte
-	if len(token) != accessTokenLen {
+	id, raw, ok := decodeGrantBound(token, accessEntropyBytes)
+	if !ok {
 		return id, nil, false
 	}
-	var raw [familyIDBytes + accessEntropyBytes]byte
-	if n, err := tokenEncoding.Decode(raw[:], []byte(token)); err != nil || n != len(raw) {
-		return id, nil, false
-	}
-	copy(id[:], raw[:])
 	out := make([][]byte, len(d.keys))
 	for i := range d.keys {
-		out[i] = d.keys[i].sum(raw[:])
+		out[i] = d.keys[i].sum(raw)
 	}
 	return id, out, true
 }
@@ -545,14 +538,24 @@ func newJTI(id [familyIDBytes]byte) (string, []byte) {
 
 // parseJTI returns the family id and the random part of a jti this package minted.
 func parseJTI(jti string) ([familyIDBytes]byte, []byte, bool) {
-	var id [familyIDBytes]byte
-	if len(jti) != jtiLen {
+	id, raw, ok := decodeGrantBound(jti, jtiRandomBytes)
+	if !ok {
 		return id, nil, false
 	}
-	var raw [familyIDBytes + jtiRandomBytes]byte
-	if n, err := tokenEncoding.Decode(raw[:], []byte(jti)); err != nil || n != len(raw) {
-		return id, nil, false
-	}
-	copy(id[:], raw[:])
 	return id, raw[familyIDBytes:], true
+}
+
+// decodeGrantBound decodes the canonical unpadded base64url of a grant id followed by n random
+// bytes, and returns the id and all the bytes; false for anything else.
+func decodeGrantBound(s string, n int) ([familyIDBytes]byte, []byte, bool) {
+	var id [familyIDBytes]byte
+	if len(s) != base64.RawURLEncoding.EncodedLen(familyIDBytes+n) {
+		return id, nil, false
+	}
+	raw := make([]byte, familyIDBytes+n)
+	if got, err := tokenEncoding.Decode(raw, []byte(s)); err != nil || got != len(raw) {
+		return id, nil, false
+	}
+	copy(id[:], raw)
+	return id, raw, true
 }

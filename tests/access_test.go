@@ -10,8 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5/pgxpool"
-
 	"github.com/oauthstore/oauthstore/repository"
 )
 
@@ -91,18 +89,7 @@ func (b *bundle) activeAccess(t *testing.T, g grantWithAccess) int {
 func TestAccess_IssueRotateAndExchangeReturnAccessTokensInOneStatement(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
-	counter := &statementCounter{}
-	cfg, err := pgxpool.ParseConfig(b.db.URL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg.ConnConfig.Tracer = counter
-	cfg.MaxConns = 1
-	pool, err := pgxpool.NewWithConfig(b.ctx, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pool.Close()
+	pool, counter := b.countingPool(t, 1)
 	store, err := repository.New(pool, repository.Config{Pepper: repository.NewKey(b.pepper), Clock: b.clock.Now})
 	if err != nil {
 		t.Fatal(err)
@@ -245,17 +232,7 @@ func TestIntrospect_AnswersRFC7662InOneStatementWithoutConsuming(t *testing.T) {
 		}
 	}
 	// One statement per introspection.
-	counter := &statementCounter{}
-	cfg, err := pgxpool.ParseConfig(b.db.URL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg.ConnConfig.Tracer = counter
-	pool, err := pgxpool.NewWithConfig(b.ctx, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pool.Close()
+	pool, counter := b.countingPool(t, 0)
 	store, err := repository.New(pool, repository.Config{Pepper: repository.NewKey(b.pepper)})
 	if err != nil {
 		t.Fatal(err)
@@ -400,17 +377,7 @@ func TestAccess_RevokingAFamilyOfAThousandAccessTokensIsOneStatementThatWritesNo
 		t.Fatalf("%d access tokens, want 1000", n)
 	}
 	before := b.accessRowVersions(t, tok.FamilyID)
-	counter := &statementCounter{}
-	cfg, err := pgxpool.ParseConfig(b.db.URL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg.ConnConfig.Tracer = counter
-	pool, err := pgxpool.NewWithConfig(b.ctx, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pool.Close()
+	pool, counter := b.countingPool(t, 0)
 	admin, err := repository.NewAdmin(pool, repository.Config{Clock: b.clock.Now})
 	if err != nil {
 		t.Fatal(err)

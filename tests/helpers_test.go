@@ -257,6 +257,27 @@ func (c *statementCounter) TracePrepareStart(ctx context.Context, _ *pgx.Conn, _
 
 func (c *statementCounter) TracePrepareEnd(context.Context, *pgx.Conn, pgx.TracePrepareEndData) {}
 
+// countingPool returns a pool on the test's database whose statements the returned counter
+// counts, with at most maxConns connections (0: pgxpool's default); the test closes it.
+func (b *bundle) countingPool(t *testing.T, maxConns int32) (*pgxpool.Pool, *statementCounter) {
+	t.Helper()
+	counter := &statementCounter{}
+	cfg, err := pgxpool.ParseConfig(b.db.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.ConnConfig.Tracer = counter
+	if maxConns > 0 {
+		cfg.MaxConns = maxConns
+	}
+	pool, err := pgxpool.NewWithConfig(b.ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	return pool, counter
+}
+
 // replayed issues a family on b's store and rotates it once: the first token is now a replay.
 func (b *bundle) replayed(t *testing.T) (first, next *repository.RefreshToken) {
 	t.Helper()

@@ -7,7 +7,6 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
-	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/oauthstore/oauthstore/repository"
 )
@@ -262,18 +261,7 @@ func TestRotate_UnknownAndMalformedTokensAreNotFound(t *testing.T) {
 func TestRotate_IsOneStatement(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
-	counter := &statementCounter{}
-	cfg, err := pgxpool.ParseConfig(b.db.URL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg.ConnConfig.Tracer = counter
-	cfg.MaxConns = 1
-	pool, err := pgxpool.NewWithConfig(b.ctx, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pool.Close()
+	pool, counter := b.countingPool(t, 1)
 	store, err := repository.New(pool, repository.Config{Pepper: repository.NewKey(b.pepper), Clock: b.clock.Now})
 	if err != nil {
 		t.Fatal(err)
