@@ -496,3 +496,46 @@ func TestJWTProfile_AServiceAccountsAssertionGetsAStandaloneAccessToken(t *testi
 	}
 	e.notStored(tok.AccessToken)
 }
+
+// golang.org/x/oauth2 resends a refresh whose response was lost, at once, with the other
+// client-authentication style; within the grace window the resend gets the refresh token the lost
+// response carried, and the session goes on with one live token.
+func TestOAuth2_ALostRefreshResponseIsResentByTheClientAndTheSessionSurvives(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, repository.Config{}) // the default grace window
+	conf := e.oauth2Config()
+	tok := e.oauth2CodeFlow(conf)
+	// A configuration that does not know the client's authentication style yet: x/oauth2 tries
+	// Basic first and, when that fails, sends the request again with client_id in the body.
+	fresh := *conf
+	fresh.Endpoint.AuthStyle = oauth2.AuthStyleAutoDetect
+	tok.Expiry = time.Now().Add(-time.Minute)
+	e.dropNext.Store(true)
+	next, err := fresh.TokenSource(e.oauth2Context(), tok).Token()
+	if err != nil {
+		t.Fatalf("refresh with a lost response: %v", err)
+	}
+	if e.dropped.Load() != 1 {
+		t.Fatalf("%d responses lost, want 1: the test lost nothing", e.dropped.Load())
+	}
+	if lost := e.lost.Load(); lost == nil || next.RefreshToken != *lost {
+		t.Fatal("the resend got another refresh token than the lost response carried: the family forked")
+	}
+	info, err := e.store.Lookup(e.ctx, next.RefreshToken)
+	if err != nil || info.FamilyRevokedAt != nil || info.ConsumedAt != nil {
+		t.Fatalf("the refresh token after the resend: %+v, %v", info, err)
+	}
+	fam, err := e.store.Family(e.ctx, info.FamilyID)
+	if err != nil || fam.RotationCount != 1 {
+		t.Fatalf("the family after the resend: %+v, %v (want 1 rotation)", fam, err)
+	}
+	if n := e.liveTokens(info.FamilyID, tok.RefreshToken, next.RefreshToken); n != 1 {
+		t.Fatalf("%d live refresh tokens, want 1", n)
+	}
+	// The session goes on.
+	next.Expiry = time.Now().Add(-time.Minute)
+	if _, err := conf.TokenSource(e.oauth2Context(), next).Token(); err != nil {
+		t.Fatalf("the next refresh: %v", err)
+	}
+	e.notStored(tok.RefreshToken, next.RefreshToken)
+}

@@ -6,6 +6,7 @@ package zitadeloidc_test
 // user in at once.
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/rsa"
@@ -13,11 +14,13 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"io"
 	"net/http"
 	"net/http/cookiejar"
 	"net/http/httptest"
 	"net/url"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -160,6 +163,11 @@ type env struct {
 	browser *http.Client // a user agent: keeps cookies, follows the provider's redirects, stops at the client's
 	// serviceKey is serviceUser's private key.
 	serviceKey *rsa.PrivateKey
+	// dropNext makes the provider commit the next refresh and lose its response (the connection
+	// closes before a byte of it is sent), as a network failure does; lost holds that response.
+	dropNext atomic.Bool
+	dropped  atomic.Int64
+	lost     atomic.Pointer[string] // the refresh token the lost response carried
 }
 
 func newEnv(t *testing.T, cfg repository.Config) *env {
@@ -204,7 +212,7 @@ func newEnv(t *testing.T, cfg repository.Config) *env {
 	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("/login", e.login)
-	mux.Handle("/", provider)
+	mux.Handle("/", e.losing(provider))
 	handler = mux
 	jar, _ := cookiejar.New(nil)
 	host := strings.TrimPrefix(srv.URL, "http://")
@@ -215,6 +223,39 @@ func newEnv(t *testing.T, cfg repository.Config) *env {
 		return nil
 	}}
 	return e
+}
+
+// losing wraps the provider so that, when dropNext is set, the next successful refresh commits
+// and its response is lost.
+func (e *env) losing(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/oauth/token" || !e.dropNext.Load() {
+			next.ServeHTTP(w, r)
+			return
+		}
+		body, _ := io.ReadAll(r.Body)
+		r.Body = io.NopCloser(bytes.NewReader(body))
+		form, _ := url.ParseQuery(string(body))
+		rec := httptest.NewRecorder()
+		next.ServeHTTP(rec, r)
+		var tok struct {
+			RefreshToken string `json:"refresh_token"`
+		}
+		if form.Get("grant_type") == "refresh_token" && rec.Code == http.StatusOK &&
+			json.Unmarshal(rec.Body.Bytes(), &tok) == nil && e.dropNext.CompareAndSwap(true, false) {
+			e.dropped.Add(1)
+			e.lost.Store(&tok.RefreshToken)
+			if conn, _, err := w.(http.Hijacker).Hijack(); err == nil {
+				_ = conn.Close()
+			}
+			return
+		}
+		for k, v := range rec.Header() {
+			w.Header()[k] = v
+		}
+		w.WriteHeader(rec.Code)
+		_, _ = w.Write(rec.Body.Bytes())
+	})
 }
 
 // login is the application's login page: it signs the user in at once and sends the browser to
