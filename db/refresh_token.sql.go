@@ -183,7 +183,7 @@ rotated AS (
       AND f.id = l.id
     RETURNING f.id, f.client_id, f.user_id, f.expires_at AS family_expires_at, f.token_scope,
         f.idle_expires_at, f.audience, f.auth_time, f.acr, f.amr, f.session_id, f.user_agent, f.ip,
-        f.label, f.created_at, f.last_rotated_at
+        f.label, f.created_at, f.last_rotated_at, f.current_access_expires_at
 ),
 replaced AS (
     INSERT INTO oauth_refresh_tombstone (family_id, digest, pepper_id, parent_digest, scope,
@@ -203,7 +203,8 @@ resealed AS (
 )
 SELECT r.id AS family_id, r.client_id, r.user_id, r.family_expires_at, r.token_scope AS scope,
     r.idle_expires_at AS expires_at, r.audience, r.auth_time, r.acr, r.amr, r.session_id,
-    r.user_agent, r.ip, r.label, r.created_at, r.last_rotated_at
+    r.user_agent, r.ip, r.label, r.created_at, r.last_rotated_at,
+    r.current_access_expires_at AS access_expires_at
 FROM rotated r
 `
 
@@ -235,6 +236,7 @@ type RefreshTokenGraceReplaceRow struct {
 	Label           *string
 	CreatedAt       time.Time
 	LastRotatedAt   *time.Time
+	AccessExpiresAt *time.Time
 }
 
 // RefreshTokenGraceReplace replaces the family's unused live token with a new one under the same
@@ -272,6 +274,7 @@ func (q *Queries) RefreshTokenGraceReplace(ctx context.Context, db DBTX, arg Ref
 		&i.Label,
 		&i.CreatedAt,
 		&i.LastRotatedAt,
+		&i.AccessExpiresAt,
 	)
 	return i, err
 }
@@ -366,7 +369,7 @@ WITH rotated AS (
       AND ($10::text <> 'DPoP' OR f.sender_thumbprint IS NOT NULL)
     RETURNING f.id, f.client_id, f.user_id, f.expires_at AS family_expires_at, f.token_scope,
         f.idle_expires_at, f.sender_thumbprint, f.audience, f.auth_time, f.acr, f.amr, f.session_id,
-        f.user_agent, f.ip, f.label, f.created_at, f.last_rotated_at,
+        f.user_agent, f.ip, f.label, f.created_at, f.last_rotated_at, f.current_access_expires_at,
         consumed.token_digest AS consumed_digest,
         consumed.token_pepper_id AS consumed_pepper_id, consumed.parent_digest AS consumed_parent_digest,
         -- A tombstone of the granted scope keeps none (NULL).
@@ -388,14 +391,14 @@ access AS (
         scope, audience, token_type, sender_thumbprint, issued_at, expires_at)
     SELECT r.id, $8::bytea, $17::boolean, false, $18::text,
         r.client_id, r.user_id, r.token_scope, coalesce($11::text[], r.audience),
-        $10::text, r.sender_thumbprint, r.last_rotated_at,
-        least(r.last_rotated_at + $9::interval, r.family_expires_at)
+        $10::text, r.sender_thumbprint, r.last_rotated_at, r.current_access_expires_at
     FROM rotated r
     WHERE $8::bytea IS NOT NULL
 )
 SELECT r.id AS family_id, r.client_id, r.user_id, r.family_expires_at, r.token_scope AS scope,
     r.idle_expires_at AS expires_at, r.audience, r.auth_time, r.acr, r.amr, r.session_id,
-    r.user_agent, r.ip, r.label, r.created_at, r.last_rotated_at
+    r.user_agent, r.ip, r.label, r.created_at, r.last_rotated_at,
+    r.current_access_expires_at AS access_expires_at
 FROM rotated r
 `
 
@@ -437,6 +440,7 @@ type RefreshTokenRotateRow struct {
 	Label           *string
 	CreatedAt       time.Time
 	LastRotatedAt   *time.Time
+	AccessExpiresAt *time.Time
 }
 
 // RefreshTokenRotate consumes the presented token and issues its successor in one statement, so
@@ -498,6 +502,7 @@ func (q *Queries) RefreshTokenRotate(ctx context.Context, db DBTX, arg RefreshTo
 		&i.Label,
 		&i.CreatedAt,
 		&i.LastRotatedAt,
+		&i.AccessExpiresAt,
 	)
 	return i, err
 }

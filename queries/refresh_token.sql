@@ -105,7 +105,7 @@ WITH rotated AS (
       AND (@access_token_type::text <> 'DPoP' OR f.sender_thumbprint IS NOT NULL)
     RETURNING f.id, f.client_id, f.user_id, f.expires_at AS family_expires_at, f.token_scope,
         f.idle_expires_at, f.sender_thumbprint, f.audience, f.auth_time, f.acr, f.amr, f.session_id,
-        f.user_agent, f.ip, f.label, f.created_at, f.last_rotated_at,
+        f.user_agent, f.ip, f.label, f.created_at, f.last_rotated_at, f.current_access_expires_at,
         consumed.token_digest AS consumed_digest,
         consumed.token_pepper_id AS consumed_pepper_id, consumed.parent_digest AS consumed_parent_digest,
         -- A tombstone of the granted scope keeps none (NULL).
@@ -127,14 +127,14 @@ access AS (
         scope, audience, token_type, sender_thumbprint, issued_at, expires_at)
     SELECT r.id, sqlc.narg('access_key')::bytea, @access_jwt::boolean, false, sqlc.narg('access_pepper_id')::text,
         r.client_id, r.user_id, r.token_scope, coalesce(sqlc.narg('access_audience')::text[], r.audience),
-        @access_token_type::text, r.sender_thumbprint, r.last_rotated_at,
-        least(r.last_rotated_at + sqlc.narg('access_ttl')::interval, r.family_expires_at)
+        @access_token_type::text, r.sender_thumbprint, r.last_rotated_at, r.current_access_expires_at
     FROM rotated r
     WHERE sqlc.narg('access_key')::bytea IS NOT NULL
 )
 SELECT r.id AS family_id, r.client_id, r.user_id, r.family_expires_at, r.token_scope AS scope,
     r.idle_expires_at AS expires_at, r.audience, r.auth_time, r.acr, r.amr, r.session_id,
-    r.user_agent, r.ip, r.label, r.created_at, r.last_rotated_at
+    r.user_agent, r.ip, r.label, r.created_at, r.last_rotated_at,
+    r.current_access_expires_at AS access_expires_at
 FROM rotated r;
 
 -- RefreshTokenGraceReplace replaces the family's unused live token with a new one under the same
@@ -171,7 +171,7 @@ rotated AS (
       AND f.id = l.id
     RETURNING f.id, f.client_id, f.user_id, f.expires_at AS family_expires_at, f.token_scope,
         f.idle_expires_at, f.audience, f.auth_time, f.acr, f.amr, f.session_id, f.user_agent, f.ip,
-        f.label, f.created_at, f.last_rotated_at
+        f.label, f.created_at, f.last_rotated_at, f.current_access_expires_at
 ),
 replaced AS (
     INSERT INTO oauth_refresh_tombstone (family_id, digest, pepper_id, parent_digest, scope,
@@ -191,7 +191,8 @@ resealed AS (
 )
 SELECT r.id AS family_id, r.client_id, r.user_id, r.family_expires_at, r.token_scope AS scope,
     r.idle_expires_at AS expires_at, r.audience, r.auth_time, r.acr, r.amr, r.session_id,
-    r.user_agent, r.ip, r.label, r.created_at, r.last_rotated_at
+    r.user_agent, r.ip, r.label, r.created_at, r.last_rotated_at,
+    r.current_access_expires_at AS access_expires_at
 FROM rotated r;
 
 -- RefreshTokenGraceReuse counts one more presentation of the live token's consumed parent within

@@ -142,15 +142,11 @@ func (p *accessPlan) params() (key []byte, jwt bool, pepperID *string, ttl *time
 	return p.key, p.jti != "", p.pepperID, &p.ttl, p.audience, p.tokenType
 }
 
-// issued is the token the plan became, issued at the given time with the grant's scope and
-// audience, ending at its lifetime or the family's end, whichever is first.
-func (p *accessPlan) issued(familyID string, issuedAt time.Time, familyExpires *time.Time, scope, grantAudience []string) *AccessToken {
-	if p == nil {
+// issued is the token the plan became: issued and expiring when the statement that stored it
+// says (its lifetime or the family's end, whichever is first), with the grant's scope and audience.
+func (p *accessPlan) issued(familyID string, issuedAt time.Time, expires *time.Time, scope, grantAudience []string) *AccessToken {
+	if p == nil || expires == nil {
 		return nil
-	}
-	expires := issuedAt.Add(p.ttl)
-	if familyExpires != nil && familyExpires.Before(expires) {
-		expires = *familyExpires
 	}
 	aud := p.audience
 	if aud == nil {
@@ -212,9 +208,7 @@ func (s *Store) IssueAccessToken(ctx context.Context, req StandaloneAccessReques
 	if err != nil {
 		return nil, dbError("issue access token", err)
 	}
-	t := p.issued(pgtype.UUID{Bytes: id, Valid: true}.String(), row.IssuedAt, nil, scope, audience)
-	t.ExpiresAt = row.ExpiresAt.UTC()
-	return t, nil
+	return p.issued(pgtype.UUID{Bytes: id, Valid: true}.String(), row.IssuedAt, &row.ExpiresAt, scope, audience), nil
 }
 
 // Token uses an introspection reports.
@@ -302,8 +296,6 @@ func (i *Introspection) Response() map[string]any {
 	return r
 }
 
-var inactive = Introspection{}
-
 // Introspect answers RFC 7662 introspection of an opaque access token or a refresh token, in one
 // statement, changing nothing (a refresh token is not consumed). An access token is inactive once
 // it expired, was revoked, or its family was revoked (replay, RevokeToken, RevokeFamily,
@@ -317,19 +309,19 @@ func (s *Store) Introspect(ctx context.Context, token string) (*Introspection, e
 	if len(token) == accessTokenLen {
 		id, digests, ok := s.access.decodeAccess(token)
 		if !ok {
-			return &inactive, nil
+			return &Introspection{}, nil
 		}
 		return s.introspectAccess(ctx, id, digests, "")
 	}
 	info, err := s.Lookup(ctx, token)
 	if errors.Is(err, ErrTokenNotFound) {
-		return &inactive, nil
+		return &Introspection{}, nil
 	}
 	if err != nil {
 		return nil, err
 	}
 	if info.FamilyRevokedAt != nil || info.ConsumedAt != nil || info.Expired || s.refresh.retired(info.PepperID) {
-		return &inactive, nil
+		return &Introspection{}, nil
 	}
 	return &Introspection{
 		Active: true, TokenUse: TokenUseRefresh, Scope: info.Scope, ClientID: info.ClientID,
@@ -361,7 +353,7 @@ func (s *Store) introspectAccess(ctx context.Context, id [familyIDBytes]byte, ke
 	}
 	// An opaque token found under a retired pepper is recognised, never accepted.
 	if found < 0 || !row.Active || (jti == "" && s.access.keys[found].retired) {
-		return &inactive, nil
+		return &Introspection{}, nil
 	}
 	return &Introspection{
 		Active: true, TokenUse: TokenUseAccess, TokenType: row.TokenType, Scope: fields(row.Scope),

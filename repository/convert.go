@@ -99,7 +99,7 @@ func rotatedToken(token Secret, row db.RefreshTokenRotateRow, access *accessPlan
 	}
 	rt := newRefreshToken(token, row.ExpiresAt, row.FamilyExpiresAt, g)
 	if row.LastRotatedAt != nil {
-		rt.Access = access.issued(g.FamilyID, *row.LastRotatedAt, row.FamilyExpiresAt, row.Scope, row.Audience)
+		rt.Access = access.issued(g.FamilyID, *row.LastRotatedAt, row.AccessExpiresAt, row.Scope, row.Audience)
 	}
 	return rt
 }
@@ -112,7 +112,7 @@ func codeExchange(token Secret, c db.AuthorizationCodeGetRow, row db.Authorizati
 		CreatedAt: row.CreatedAt.UTC(),
 	}
 	rt := newRefreshToken(token, row.ExpiresAt, row.FamilyExpiresAt, g)
-	rt.Access = access.issued(g.FamilyID, row.CreatedAt, row.FamilyExpiresAt, c.Scope, row.Audience)
+	rt.Access = access.issued(g.FamilyID, row.CreatedAt, row.AccessExpiresAt, c.Scope, row.Audience)
 	return &CodeExchange{
 		RefreshToken: rt,
 		Nonce:        deref(c.Nonce),

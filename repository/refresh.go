@@ -119,7 +119,7 @@ func (s *Store) Issue(ctx context.Context, req IssueRequest) (*RefreshToken, err
 		CreatedAt: row.CreatedAt.UTC(),
 	}
 	rt := newRefreshToken(token, row.ExpiresAt, row.FamilyExpiresAt, g)
-	rt.Access = access.issued(g.FamilyID, row.CreatedAt, row.FamilyExpiresAt, scope, audience)
+	rt.Access = access.issued(g.FamilyID, row.CreatedAt, row.AccessExpiresAt, scope, audience)
 	return rt, nil
 }
 
@@ -443,9 +443,7 @@ func (s *Store) issueWithFamily(ctx context.Context, tx pgx.Tx, family pgtype.UU
 	if err != nil {
 		return nil, err
 	}
-	t := a.issued(family.String(), row.IssuedAt, nil, row.Scope, row.Audience)
-	t.ExpiresAt = row.ExpiresAt.UTC()
-	return t, nil
+	return a.issued(family.String(), row.IssuedAt, &row.ExpiresAt, row.Scope, row.Audience), nil
 }
 
 // settleConsumed handles a consumed token presented by its own client: a grace reuse when the
