@@ -164,17 +164,22 @@ WITH live AS MATERIALIZED (
     WHERE f.id = $1::uuid
       AND f.parent_digest = $2::bytea
       AND f.revoked_at IS NULL
+      -- What this statement writes into the live token's columns, as RefreshTokenRotate checks it.
+      AND CASE WHEN octet_length($3::bytea) = 32
+              AND $4::text ~ '^[A-Za-z0-9._-]{1,32}$'
+              AND (octet_length($5::bytea) BETWEEN 28 AND 128) IS NOT FALSE
+          THEN true ELSE oauth_check_violation('oauth_family_live_token_check', 'oauth_family') END
     FOR NO KEY UPDATE OF f
 ),
 rotated AS (
     UPDATE oauth_family f
     SET token_digest = $3::bytea,
         token_pepper_id = $4::text,
-        token_scope = coalesce($5::text[], f.scope),
+        token_scope = coalesce($6::text[], f.scope),
         parent_reuses = f.parent_reuses + 1,
-        last_rotated_at = coalesce($6::timestamptz, statement_timestamp()),
+        last_rotated_at = coalesce($7::timestamptz, statement_timestamp()),
         rotation_count = f.rotation_count + 1,
-        idle_expires_at = least(coalesce($6::timestamptz, statement_timestamp()) + $7::interval,
+        idle_expires_at = least(coalesce($7::timestamptz, statement_timestamp()) + $8::interval,
             f.expires_at),
         current_access_key = NULL
     FROM live l
@@ -190,12 +195,12 @@ replaced AS (
         created_at, expires_at, consumed_at)
     SELECT l.id, l.token_digest, l.token_pepper_id, l.parent_digest, l.tombstone_scope,
         l.token_created_at, l.idle_expires_at,
-        coalesce($6::timestamptz, statement_timestamp())
+        greatest(coalesce($7::timestamptz, statement_timestamp()), l.token_created_at)
     FROM live l
 ),
 resealed AS (
     UPDATE oauth_refresh_tombstone t
-    SET successor_sealed = $8::bytea
+    SET successor_sealed = $5::bytea
     FROM live l
     WHERE t.family_id = $1::uuid
       AND t.family_id = l.id
@@ -213,10 +218,10 @@ type RefreshTokenGraceReplaceParams struct {
 	ParentDigest    []byte
 	SuccessorDigest []byte
 	PepperID        string
+	SuccessorSealed []byte
 	Scope           []string
 	Now             *time.Time
 	TTL             time.Duration
-	SuccessorSealed []byte
 }
 
 type RefreshTokenGraceReplaceRow struct {
@@ -251,10 +256,10 @@ func (q *Queries) RefreshTokenGraceReplace(ctx context.Context, db DBTX, arg Ref
 		arg.ParentDigest,
 		arg.SuccessorDigest,
 		arg.PepperID,
+		arg.SuccessorSealed,
 		arg.Scope,
 		arg.Now,
 		arg.TTL,
-		arg.SuccessorSealed,
 	)
 	var i RefreshTokenGraceReplaceRow
 	err := row.Scan(
@@ -367,6 +372,15 @@ WITH rotated AS (
           OR $11::text[] <@ f.audience)
       -- A DPoP-bound access token only for a family bound to a key.
       AND ($10::text <> 'DPoP' OR f.sender_thumbprint IS NOT NULL)
+      -- The rules of what this statement writes into the live token's columns and the tombstone,
+      -- which no trigger or CHECK constraint evaluates on this path (schema 7): broken, they raise
+      -- check_violation and nothing changes. The access token's own row checks its key and audience.
+      AND CASE WHEN octet_length($1::bytea) = 32
+              AND $2::text ~ '^[A-Za-z0-9._-]{1,32}$'
+              AND (octet_length($6::text) <= 512) IS NOT FALSE
+              AND (octet_length($7::text) <= 45) IS NOT FALSE
+              AND (octet_length($16::bytea) BETWEEN 28 AND 128) IS NOT FALSE
+          THEN true ELSE oauth_check_violation('oauth_family_live_token_check', 'oauth_family') END
     RETURNING f.id, f.client_id, f.user_id, f.expires_at AS family_expires_at, f.token_scope,
         f.idle_expires_at, f.sender_thumbprint, f.audience, f.auth_time, f.acr, f.amr, f.session_id,
         f.user_agent, f.ip, f.label, f.created_at, f.last_rotated_at, f.current_access_expires_at,
@@ -382,7 +396,8 @@ tombstone AS (
         created_at, expires_at, consumed_at, successor_sealed)
     SELECT r.id, r.consumed_digest, r.consumed_pepper_id, r.consumed_parent_digest, r.consumed_scope,
         r.consumed_created_at, r.consumed_expires_at,
-        coalesce($4::timestamptz, statement_timestamp()),
+        -- Never before the token was issued, whatever the caller's clock says.
+        greatest(coalesce($4::timestamptz, statement_timestamp()), r.consumed_created_at),
         $16::bytea
     FROM rotated r
 ),

@@ -103,6 +103,15 @@ WITH rotated AS (
           OR sqlc.narg('access_audience')::text[] <@ f.audience)
       -- A DPoP-bound access token only for a family bound to a key.
       AND (@access_token_type::text <> 'DPoP' OR f.sender_thumbprint IS NOT NULL)
+      -- The rules of what this statement writes into the live token's columns and the tombstone,
+      -- which no trigger or CHECK constraint evaluates on this path (schema 7): broken, they raise
+      -- check_violation and nothing changes. The access token's own row checks its key and audience.
+      AND CASE WHEN octet_length(@successor_digest::bytea) = 32
+              AND @pepper_id::text ~ '^[A-Za-z0-9._-]{1,32}$'
+              AND (octet_length(sqlc.narg('user_agent')::text) <= 512) IS NOT FALSE
+              AND (octet_length(sqlc.narg('ip')::text) <= 45) IS NOT FALSE
+              AND (octet_length(sqlc.narg('successor_sealed')::bytea) BETWEEN 28 AND 128) IS NOT FALSE
+          THEN true ELSE oauth_check_violation('oauth_family_live_token_check', 'oauth_family') END
     RETURNING f.id, f.client_id, f.user_id, f.expires_at AS family_expires_at, f.token_scope,
         f.idle_expires_at, f.sender_thumbprint, f.audience, f.auth_time, f.acr, f.amr, f.session_id,
         f.user_agent, f.ip, f.label, f.created_at, f.last_rotated_at, f.current_access_expires_at,
@@ -118,7 +127,8 @@ tombstone AS (
         created_at, expires_at, consumed_at, successor_sealed)
     SELECT r.id, r.consumed_digest, r.consumed_pepper_id, r.consumed_parent_digest, r.consumed_scope,
         r.consumed_created_at, r.consumed_expires_at,
-        coalesce(sqlc.narg('now')::timestamptz, statement_timestamp()),
+        -- Never before the token was issued, whatever the caller's clock says.
+        greatest(coalesce(sqlc.narg('now')::timestamptz, statement_timestamp()), r.consumed_created_at),
         sqlc.narg('successor_sealed')::bytea
     FROM rotated r
 ),
@@ -152,6 +162,11 @@ WITH live AS MATERIALIZED (
     WHERE f.id = @family_id::uuid
       AND f.parent_digest = @parent_digest::bytea
       AND f.revoked_at IS NULL
+      -- What this statement writes into the live token's columns, as RefreshTokenRotate checks it.
+      AND CASE WHEN octet_length(@successor_digest::bytea) = 32
+              AND @pepper_id::text ~ '^[A-Za-z0-9._-]{1,32}$'
+              AND (octet_length(sqlc.narg('successor_sealed')::bytea) BETWEEN 28 AND 128) IS NOT FALSE
+          THEN true ELSE oauth_check_violation('oauth_family_live_token_check', 'oauth_family') END
     FOR NO KEY UPDATE OF f
 ),
 rotated AS (
@@ -178,7 +193,7 @@ replaced AS (
         created_at, expires_at, consumed_at)
     SELECT l.id, l.token_digest, l.token_pepper_id, l.parent_digest, l.tombstone_scope,
         l.token_created_at, l.idle_expires_at,
-        coalesce(sqlc.narg('now')::timestamptz, statement_timestamp())
+        greatest(coalesce(sqlc.narg('now')::timestamptz, statement_timestamp()), l.token_created_at)
     FROM live l
 ),
 resealed AS (

@@ -60,7 +60,17 @@ func PartitionByFamily(ctx context.Context, pool *pgxpool.Pool, partitions int) 
 		if err := tx.QueryRow(ctx, `SELECT to_regclass('oauth_access_token') IS NOT NULL`).Scan(&accessTokens); err != nil {
 			return fmt.Errorf("schema: %w", err)
 		}
-		if _, err := tx.Exec(ctx, partitionSQL(partitions, columns, accessTokens)+"CREATE VIEW oauth_refresh_token AS "+view); err != nil {
+		// The row triggers of the two tables (schema 7's oauth_family_check), made again on their
+		// replacements once the rows are copied, enabled as they were.
+		var triggers string
+		if err := tx.QueryRow(ctx, `SELECT coalesce(string_agg(pg_get_triggerdef(t.oid) || ';' ||
+				CASE WHEN t.tgenabled = 'A' THEN format(' ALTER TABLE %s ENABLE ALWAYS TRIGGER %I;', t.tgrelid::regclass, t.tgname)
+				ELSE '' END, E'\n' ORDER BY t.tgname), '')
+			FROM pg_trigger t
+			WHERE t.tgrelid IN ('oauth_family'::regclass, 'oauth_refresh_tombstone'::regclass) AND NOT t.tgisinternal`).Scan(&triggers); err != nil {
+			return fmt.Errorf("schema: read the triggers of oauth_family: %w", err)
+		}
+		if _, err := tx.Exec(ctx, partitionSQL(partitions, columns, accessTokens)+triggers+"\nCREATE VIEW oauth_refresh_token AS "+view); err != nil {
 			return fmt.Errorf("schema: partition by family: %w", err)
 		}
 		return nil

@@ -90,19 +90,19 @@ func TestCLI_MigrateUpDownVersionForce(t *testing.T) {
 	}
 	r := b.cli(t, "migrate", "version", "--json")
 	r.json(t, &v)
-	if r.code != 0 || v.Version != 6 || v.Dirty {
+	if r.code != 0 || v.Version != 7 || v.Dirty {
 		t.Fatalf("version: %+v %+v", r, v)
 	}
-	if r = b.cli(t, "migrate", "down", "5", "--yes"); r.code != 0 || !strings.Contains(r.stdout, "schema version 1") {
-		t.Fatalf("down 5: %+v", r)
+	if r = b.cli(t, "migrate", "down", "6", "--yes"); r.code != 0 || !strings.Contains(r.stdout, "schema version 1") {
+		t.Fatalf("down 6: %+v", r)
 	}
 	if n := b.count(t, "SELECT count(*) FROM information_schema.tables WHERE table_name = 'oauth_authorization_code'"); n != 0 {
-		t.Fatal("down 5 left the codes table")
+		t.Fatal("down 6 left the codes table")
 	}
-	if r = b.cli(t, "migrate", "up"); r.code != 0 || !strings.Contains(r.stdout, "schema version 6") {
+	if r = b.cli(t, "migrate", "up"); r.code != 0 || !strings.Contains(r.stdout, "schema version 7") {
 		t.Fatalf("up: %+v", r)
 	}
-	if r = b.cli(t, "migrate", "force", "6"); r.code != 0 {
+	if r = b.cli(t, "migrate", "force", "7"); r.code != 0 {
 		t.Fatalf("force: %+v", r)
 	}
 	for _, args := range [][]string{{"migrate"}, {"migrate", "sideways"}, {"migrate", "down"}, {"migrate", "down", "0"}, {"migrate", "force", "x"}} {
@@ -379,15 +379,15 @@ func TestCLI_MigrateDownAsksFirstAndRefusesWhatItCannotDo(t *testing.T) {
 			t.Fatalf("%v: %+v, want a usage error", args, r)
 		}
 	}
-	if b.tableChecksum(t) != before || b.count(t, "SELECT version FROM oauthstore_schema_migrations") != 6 {
+	if b.tableChecksum(t) != before || b.count(t, "SELECT version FROM oauthstore_schema_migrations") != 7 {
 		t.Fatal("a refused migrate changed the database")
 	}
-	if r = b.cli(t, "migrate", "down", "1", "--yes"); r.code != 0 || !strings.Contains(r.stdout, "schema version 5") {
+	if r = b.cli(t, "migrate", "down", "1", "--yes"); r.code != 0 || !strings.Contains(r.stdout, "schema version 6") {
 		t.Fatalf("down 1 --yes: %+v", r)
 	}
 	// A database behind this build is refused by the other commands, with the way out.
 	if r = b.cli(t, "stats"); r.code != 1 || !strings.Contains(r.stderr, "run `oauthstore migrate up`") {
-		t.Fatalf("stats on schema version 5: %+v", r)
+		t.Fatalf("stats on schema version 6: %+v", r)
 	}
 }
 
