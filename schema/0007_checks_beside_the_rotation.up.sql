@@ -84,7 +84,7 @@ BEGIN
     IF NOT (octet_length(NEW.current_access_key) IN (12, 32) AND cardinality(NEW.current_access_audience) <= 32) THEN
         PERFORM oauth_check_violation('oauth_family_current_access_check', 'oauth_family');
     END IF;
-    RETURN NEW;
+    RETURN NULL;
 END
 $$;
 
@@ -108,9 +108,12 @@ ALTER TABLE oauth_family
 
 -- Every column but the live token's: token_digest, token_pepper_id, token_scope, parent_digest,
 -- parent_reuses, rotation_count, last_rotated_at, idle_expires_at, user_agent, ip,
--- access_expires_at and current_access_*.
+-- access_expires_at and current_access_*. AFTER, not BEFORE: a table with a BEFORE UPDATE row
+-- trigger has every UPDATE lock the old row first (a WAL record of its own), whether the trigger
+-- then fires or not; an AFTER trigger that does not fire costs an UPDATE nothing. Its error still
+-- ends the statement, and nothing it wrote remains.
 CREATE TRIGGER oauth_family_check
-    BEFORE INSERT OR UPDATE OF id, client_id, user_id, scope, created_at, expires_at, sender_thumbprint,
+    AFTER INSERT OR UPDATE OF id, client_id, user_id, scope, created_at, expires_at, sender_thumbprint,
         revoked_at, revoked_reason, auth_time, acr, amr, audience, session_id, label
     ON oauth_family FOR EACH ROW EXECUTE FUNCTION oauth_family_check();
 ALTER TABLE oauth_family ENABLE ALWAYS TRIGGER oauth_family_check;
