@@ -164,18 +164,25 @@ WITH live AS MATERIALIZED (
     WHERE f.id = $1::uuid
       AND f.parent_digest = $2::bytea
       AND f.revoked_at IS NULL
-      -- What this statement writes into the live token's columns, as RefreshTokenRotate checks it.
-      AND CASE WHEN octet_length($3::bytea) = 32
-              AND $4::text ~ '^[A-Za-z0-9._-]{1,32}$'
-              AND (octet_length($5::bytea) BETWEEN 28 AND 128) IS NOT FALSE
-          THEN true ELSE oauth_check_violation('oauth_family_live_token_check', 'oauth_family') END
+      -- What this statement writes into the live token's columns, checked as RefreshTokenRotate
+      -- checks it; the scope, which RefreshTokenRotate's condition keeps within the grant, too.
+      AND CASE
+          WHEN octet_length($3::bytea) <> 32
+              THEN oauth_check_violation('oauth_family_token_digest_check', 'oauth_family')
+          WHEN $4::text !~ '^[A-Za-z0-9._-]{1,32}$'
+              THEN oauth_check_violation('oauth_family_token_pepper_id_check', 'oauth_family')
+          WHEN NOT $5::text[] <@ f.scope
+              THEN oauth_check_violation('oauth_family_token_scope_check', 'oauth_family')
+          WHEN octet_length($6::bytea) NOT BETWEEN 28 AND 128
+              THEN oauth_check_violation('oauth_refresh_tombstone_successor_sealed_check', 'oauth_refresh_tombstone')
+          ELSE true END
     FOR NO KEY UPDATE OF f
 ),
 rotated AS (
     UPDATE oauth_family f
     SET token_digest = $3::bytea,
         token_pepper_id = $4::text,
-        token_scope = coalesce($6::text[], f.scope),
+        token_scope = coalesce($5::text[], f.scope),
         parent_reuses = f.parent_reuses + 1,
         last_rotated_at = coalesce($7::timestamptz, statement_timestamp()),
         rotation_count = f.rotation_count + 1,
@@ -200,7 +207,7 @@ replaced AS (
 ),
 resealed AS (
     UPDATE oauth_refresh_tombstone t
-    SET successor_sealed = $5::bytea
+    SET successor_sealed = $6::bytea
     FROM live l
     WHERE t.family_id = $1::uuid
       AND t.family_id = l.id
@@ -218,8 +225,8 @@ type RefreshTokenGraceReplaceParams struct {
 	ParentDigest    []byte
 	SuccessorDigest []byte
 	PepperID        string
-	SuccessorSealed []byte
 	Scope           []string
+	SuccessorSealed []byte
 	Now             *time.Time
 	TTL             time.Duration
 }
@@ -256,8 +263,8 @@ func (q *Queries) RefreshTokenGraceReplace(ctx context.Context, db DBTX, arg Ref
 		arg.ParentDigest,
 		arg.SuccessorDigest,
 		arg.PepperID,
-		arg.SuccessorSealed,
 		arg.Scope,
+		arg.SuccessorSealed,
 		arg.Now,
 		arg.TTL,
 	)
@@ -373,14 +380,22 @@ WITH rotated AS (
       -- A DPoP-bound access token only for a family bound to a key.
       AND ($10::text <> 'DPoP' OR f.sender_thumbprint IS NOT NULL)
       -- The rules of what this statement writes into the live token's columns and the tombstone,
-      -- which no trigger or CHECK constraint evaluates on this path (schema 7): broken, they raise
-      -- check_violation and nothing changes. The access token's own row checks its key and audience.
-      AND CASE WHEN octet_length($1::bytea) = 32
-              AND $2::text ~ '^[A-Za-z0-9._-]{1,32}$'
-              AND (octet_length($6::text) <= 512) IS NOT FALSE
-              AND (octet_length($7::text) <= 45) IS NOT FALSE
-              AND (octet_length($16::bytea) BETWEEN 28 AND 128) IS NOT FALSE
-          THEN true ELSE oauth_check_violation('oauth_family_live_token_check', 'oauth_family') END
+      -- which no trigger or CHECK constraint evaluates on this path (schema 7): a broken one raises
+      -- its check_violation and nothing changes. NULL passes, as in a CHECK constraint. The access
+      -- token's own row checks its key and audience; the audience is checked here too, as the family
+      -- keeps it without a key.
+      AND CASE
+          WHEN octet_length($1::bytea) <> 32
+              THEN oauth_check_violation('oauth_family_token_digest_check', 'oauth_family')
+          WHEN $2::text !~ '^[A-Za-z0-9._-]{1,32}$'
+              THEN oauth_check_violation('oauth_family_token_pepper_id_check', 'oauth_family')
+          WHEN octet_length($6::text) > 512 OR octet_length($7::text) > 45
+              THEN oauth_check_violation('oauth_family_claims_check', 'oauth_family')
+          WHEN cardinality($11::text[]) > 32
+              THEN oauth_check_violation('oauth_family_current_access_check', 'oauth_family')
+          WHEN octet_length($16::bytea) NOT BETWEEN 28 AND 128
+              THEN oauth_check_violation('oauth_refresh_tombstone_successor_sealed_check', 'oauth_refresh_tombstone')
+          ELSE true END
     RETURNING f.id, f.client_id, f.user_id, f.expires_at AS family_expires_at, f.token_scope,
         f.idle_expires_at, f.sender_thumbprint, f.audience, f.auth_time, f.acr, f.amr, f.session_id,
         f.user_agent, f.ip, f.label, f.created_at, f.last_rotated_at, f.current_access_expires_at,

@@ -104,14 +104,22 @@ WITH rotated AS (
       -- A DPoP-bound access token only for a family bound to a key.
       AND (@access_token_type::text <> 'DPoP' OR f.sender_thumbprint IS NOT NULL)
       -- The rules of what this statement writes into the live token's columns and the tombstone,
-      -- which no trigger or CHECK constraint evaluates on this path (schema 7): broken, they raise
-      -- check_violation and nothing changes. The access token's own row checks its key and audience.
-      AND CASE WHEN octet_length(@successor_digest::bytea) = 32
-              AND @pepper_id::text ~ '^[A-Za-z0-9._-]{1,32}$'
-              AND (octet_length(sqlc.narg('user_agent')::text) <= 512) IS NOT FALSE
-              AND (octet_length(sqlc.narg('ip')::text) <= 45) IS NOT FALSE
-              AND (octet_length(sqlc.narg('successor_sealed')::bytea) BETWEEN 28 AND 128) IS NOT FALSE
-          THEN true ELSE oauth_check_violation('oauth_family_live_token_check', 'oauth_family') END
+      -- which no trigger or CHECK constraint evaluates on this path (schema 7): a broken one raises
+      -- its check_violation and nothing changes. NULL passes, as in a CHECK constraint. The access
+      -- token's own row checks its key and audience; the audience is checked here too, as the family
+      -- keeps it without a key.
+      AND CASE
+          WHEN octet_length(@successor_digest::bytea) <> 32
+              THEN oauth_check_violation('oauth_family_token_digest_check', 'oauth_family')
+          WHEN @pepper_id::text !~ '^[A-Za-z0-9._-]{1,32}$'
+              THEN oauth_check_violation('oauth_family_token_pepper_id_check', 'oauth_family')
+          WHEN octet_length(sqlc.narg('user_agent')::text) > 512 OR octet_length(sqlc.narg('ip')::text) > 45
+              THEN oauth_check_violation('oauth_family_claims_check', 'oauth_family')
+          WHEN cardinality(sqlc.narg('access_audience')::text[]) > 32
+              THEN oauth_check_violation('oauth_family_current_access_check', 'oauth_family')
+          WHEN octet_length(sqlc.narg('successor_sealed')::bytea) NOT BETWEEN 28 AND 128
+              THEN oauth_check_violation('oauth_refresh_tombstone_successor_sealed_check', 'oauth_refresh_tombstone')
+          ELSE true END
     RETURNING f.id, f.client_id, f.user_id, f.expires_at AS family_expires_at, f.token_scope,
         f.idle_expires_at, f.sender_thumbprint, f.audience, f.auth_time, f.acr, f.amr, f.session_id,
         f.user_agent, f.ip, f.label, f.created_at, f.last_rotated_at, f.current_access_expires_at,
@@ -162,11 +170,18 @@ WITH live AS MATERIALIZED (
     WHERE f.id = @family_id::uuid
       AND f.parent_digest = @parent_digest::bytea
       AND f.revoked_at IS NULL
-      -- What this statement writes into the live token's columns, as RefreshTokenRotate checks it.
-      AND CASE WHEN octet_length(@successor_digest::bytea) = 32
-              AND @pepper_id::text ~ '^[A-Za-z0-9._-]{1,32}$'
-              AND (octet_length(sqlc.narg('successor_sealed')::bytea) BETWEEN 28 AND 128) IS NOT FALSE
-          THEN true ELSE oauth_check_violation('oauth_family_live_token_check', 'oauth_family') END
+      -- What this statement writes into the live token's columns, checked as RefreshTokenRotate
+      -- checks it; the scope, which RefreshTokenRotate's condition keeps within the grant, too.
+      AND CASE
+          WHEN octet_length(@successor_digest::bytea) <> 32
+              THEN oauth_check_violation('oauth_family_token_digest_check', 'oauth_family')
+          WHEN @pepper_id::text !~ '^[A-Za-z0-9._-]{1,32}$'
+              THEN oauth_check_violation('oauth_family_token_pepper_id_check', 'oauth_family')
+          WHEN NOT sqlc.narg('scope')::text[] <@ f.scope
+              THEN oauth_check_violation('oauth_family_token_scope_check', 'oauth_family')
+          WHEN octet_length(sqlc.narg('successor_sealed')::bytea) NOT BETWEEN 28 AND 128
+              THEN oauth_check_violation('oauth_refresh_tombstone_successor_sealed_check', 'oauth_refresh_tombstone')
+          ELSE true END
     FOR NO KEY UPDATE OF f
 ),
 rotated AS (

@@ -11,19 +11,28 @@
 --    replacement, an access token of the family or a reuse count set): a client, user, scope,
 --    lifetime, sender key, revocation or claim of the grant is never written unchecked. It is
 --    enabled ALWAYS, so session_replication_role does not turn it off.
---  * the statements that set the live token's columns check what they write (the successor's
---    digest, pepper, scope, where it is used from, the access token issued with it, the sealed
---    successor of the tombstone) before they change anything, and raise the same error. The
---    other values they write are derived from the row itself: a parent digest is the former live
---    digest, a scope is a subset of the grant by the statement's condition, an expiry is capped
---    by the family's.
+--  * the statements that set the live token's columns from their parameters (RefreshTokenRotate,
+--    RefreshTokenGraceReplace) check them before they change anything (the successor's digest,
+--    pepper id and scope, where it is used from, the audience of the access token issued with it,
+--    the tombstone's sealed successor) and raise the error of the rule they break. The other
+--    values they write are derived from the row: a parent digest is the former live digest, an
+--    expiry is capped by the family's, a reuse or rotation count goes up by one.
+--  * the tombstone table has no rule left to check at the database: its rows are written only
+--    by those statements, from the family row's values; a tombstone's consumed_at is the later of
+--    the statement's clock and its created_at.
+--
+-- Deploy this version's code after this migration (its statements call oauth_check_violation),
+-- and before migrating down, the previous version's code. The role the application connects as
+-- needs EXECUTE on oauth_check_violation (every role has it unless it was revoked from PUBLIC).
 --
 -- A violation raises SQLSTATE 23514 (check_violation) with the rule's name as its constraint,
 -- as the CHECK constraints did; the message names the rule, never the value.
 SET LOCAL lock_timeout = '5s';
 
+-- STABLE, not IMMUTABLE: the planner must not call it ahead of time with its constant arguments;
+-- the statements call it only where a rule is broken.
 CREATE FUNCTION oauth_check_violation(rule text, relation text) RETURNS boolean
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql STABLE AS $$
 BEGIN
     RAISE EXCEPTION 'new row for relation "%" violates check constraint "%"', relation, rule
         USING ERRCODE = 'check_violation', CONSTRAINT = rule, TABLE = relation;
@@ -110,17 +119,15 @@ ALTER TABLE oauth_family
 -- parent_reuses, rotation_count, last_rotated_at, idle_expires_at, user_agent, ip,
 -- access_expires_at and current_access_*. AFTER, not BEFORE: a table with a BEFORE UPDATE row
 -- trigger has every UPDATE lock the old row first (a WAL record of its own), whether the trigger
--- then fires or not; an AFTER trigger that does not fire costs an UPDATE nothing. Its error still
--- ends the statement, and nothing it wrote remains.
+-- then fires or not; an AFTER trigger that does not fire costs an UPDATE no lock and no WAL (the
+-- old row is read, and the updated columns compared with its list). Its error still ends the
+-- statement, and nothing it wrote remains.
 CREATE TRIGGER oauth_family_check
     AFTER INSERT OR UPDATE OF id, client_id, user_id, scope, created_at, expires_at, sender_thumbprint,
         revoked_at, revoked_reason, auth_time, acr, amr, audience, session_id, label
     ON oauth_family FOR EACH ROW EXECUTE FUNCTION oauth_family_check();
 ALTER TABLE oauth_family ENABLE ALWAYS TRIGGER oauth_family_check;
 
--- A tombstone is written by the statements that consume a token, from the family row's values:
--- consumed_at is never before created_at by construction (greatest), and the sealed successor's
--- length is checked by the statement.
 ALTER TABLE oauth_refresh_tombstone
     DROP CONSTRAINT oauth_refresh_tombstone_check,
     DROP CONSTRAINT oauth_refresh_tombstone_successor_sealed_check;

@@ -64,8 +64,11 @@ func PartitionByFamily(ctx context.Context, pool *pgxpool.Pool, partitions int) 
 		// replacements once the rows are copied, enabled as they were.
 		var triggers string
 		if err := tx.QueryRow(ctx, `SELECT coalesce(string_agg(pg_get_triggerdef(t.oid) || ';' ||
-				CASE WHEN t.tgenabled = 'A' THEN format(' ALTER TABLE %s ENABLE ALWAYS TRIGGER %I;', t.tgrelid::regclass, t.tgname)
-				ELSE '' END, E'\n' ORDER BY t.tgname), '')
+				CASE t.tgenabled
+					WHEN 'A' THEN format(' ALTER TABLE %s ENABLE ALWAYS TRIGGER %I;', t.tgrelid::regclass, t.tgname)
+					WHEN 'R' THEN format(' ALTER TABLE %s ENABLE REPLICA TRIGGER %I;', t.tgrelid::regclass, t.tgname)
+					WHEN 'D' THEN format(' ALTER TABLE %s DISABLE TRIGGER %I;', t.tgrelid::regclass, t.tgname)
+					ELSE '' END, E'\n' ORDER BY t.tgname), '')
 			FROM pg_trigger t
 			WHERE t.tgrelid IN ('oauth_family'::regclass, 'oauth_refresh_tombstone'::regclass) AND NOT t.tgisinternal`).Scan(&triggers); err != nil {
 			return fmt.Errorf("schema: read the triggers of oauth_family: %w", err)

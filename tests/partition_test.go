@@ -290,7 +290,8 @@ func collectPartitions(raw json.RawMessage, touched map[string][]string) {
 }
 
 // A database partitioned at schema 5 gets its access tokens partitioned the same way by
-// migration 6, which adds them.
+// migration 6, which adds them, and migration 7's rule trigger on the partitioned family table;
+// both migrate down again.
 func TestPartitioning_MigrationsSixAndSevenApplyToPartitionedFamilies(t *testing.T) {
 	t.Parallel()
 	if n, err := dbtest.Partitions(); err != nil || n > 0 {

@@ -3,15 +3,21 @@ package tests
 import (
 	"bytes"
 	"errors"
+	"log/slog"
+	"maps"
 	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgtype"
 
 	"github.com/oauthstore/oauthstore/db"
+	"github.com/oauthstore/oauthstore/repository"
+	"github.com/oauthstore/oauthstore/schema"
+	"github.com/oauthstore/oauthstore/tests/dbtest"
 )
 
 // wantRule fails unless err is a check_violation of the named rule, without any value in it.
@@ -84,75 +90,104 @@ func TestRules_AFamilyRowIsCheckedOnEveryWriteOutsideTheLiveTokensColumns(t *tes
 
 // The statements that write the live token's columns, which the trigger leaves alone so that a
 // rotation pays for no rule it cannot break, check the values they are given before they change
-// anything.
+// anything, and raise the rule's name; valid values for a token that is not the live one are the
+// usual "no row".
 func TestRules_TheRotationStatementsCheckWhatTheyWriteAndChangeNothingWhenItIsBroken(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
 	tok := b.issue(t)
 	var family pgtype.UUID
 	var digest []byte
-	if err := b.pool.QueryRow(b.ctx, `SELECT id, token_digest FROM oauth_family WHERE id = $1`, tok.FamilyID).Scan(&family, &digest); err != nil {
+	var created time.Time
+	if err := b.pool.QueryRow(b.ctx, `SELECT id, token_digest, created_at FROM oauth_family WHERE id = $1`, tok.FamilyID).Scan(&family, &digest, &created); err != nil {
 		t.Fatal(err)
 	}
 	valid := func() db.RefreshTokenRotateParams {
 		return db.RefreshTokenRotateParams{
 			FamilyID: family, Digest: digest, ClientID: "client-a", TTL: time.Hour, AccessTokenType: "Bearer",
-			SuccessorDigest: make([]byte, 32), PepperID: "default", SuccessorSealed: make([]byte, 60),
+			SuccessorDigest: bytes.Repeat([]byte{1}, 32), PepperID: "default", SuccessorSealed: make([]byte, 60),
 		}
 	}
 	long := func(n int) *string { s := strings.Repeat("x", n); return &s }
-	broken := map[string]func(*db.RefreshTokenRotateParams){
-		"a digest of 31 bytes":      func(p *db.RefreshTokenRotateParams) { p.SuccessorDigest = make([]byte, 31) },
-		"a pepper id with a space":  func(p *db.RefreshTokenRotateParams) { p.PepperID = "a b" },
-		"a user agent of 513 bytes": func(p *db.RefreshTokenRotateParams) { p.UserAgent = long(513) },
-		"an ip of 46 bytes":         func(p *db.RefreshTokenRotateParams) { p.IP = long(46) },
-		"a sealed successor of 27":  func(p *db.RefreshTokenRotateParams) { p.SuccessorSealed = make([]byte, 27) },
-		"a sealed successor of 129": func(p *db.RefreshTokenRotateParams) { p.SuccessorSealed = make([]byte, 129) },
+	type breaking struct {
+		breakIt func(*db.RefreshTokenRotateParams)
+		rule    string
+	}
+	broken := map[string]breaking{
+		"a digest of 31 bytes":         {func(p *db.RefreshTokenRotateParams) { p.SuccessorDigest = make([]byte, 31) }, "oauth_family_token_digest_check"},
+		"a pepper id with a space":     {func(p *db.RefreshTokenRotateParams) { p.PepperID = "a b" }, "oauth_family_token_pepper_id_check"},
+		"a user agent of 513 bytes":    {func(p *db.RefreshTokenRotateParams) { p.UserAgent = long(513) }, "oauth_family_claims_check"},
+		"an ip of 46 bytes":            {func(p *db.RefreshTokenRotateParams) { p.IP = long(46) }, "oauth_family_claims_check"},
+		"33 audiences and no access":   {func(p *db.RefreshTokenRotateParams) { p.AccessAudience = make([]string, 33) }, "oauth_family_current_access_check"},
+		"a sealed successor of 27":     {func(p *db.RefreshTokenRotateParams) { p.SuccessorSealed = make([]byte, 27) }, "oauth_refresh_tombstone_successor_sealed_check"},
+		"a sealed successor of 129":    {func(p *db.RefreshTokenRotateParams) { p.SuccessorSealed = make([]byte, 129) }, "oauth_refresh_tombstone_successor_sealed_check"},
+		"a scope outside the grant":    {func(p *db.RefreshTokenRotateParams) { p.Scope = []string{"admin"} }, ""},
+		"an unknown token, all intact": {func(p *db.RefreshTokenRotateParams) { p.Digest = bytes.Repeat([]byte{2}, 32) }, ""},
 	}
 	before := b.tableChecksum(t)
 	q := db.New()
-	for what, breakIt := range broken {
+	for what, x := range broken {
 		p := valid()
-		breakIt(&p)
-		_, err := q.RefreshTokenRotate(b.ctx, b.pool, p)
-		wantRule(t, "rotate with "+what, err, "oauth_family_live_token_check")
+		x.breakIt(&p)
+		switch _, err := q.RefreshTokenRotate(b.ctx, b.pool, p); {
+		case what == "a scope outside the grant" || what == "an unknown token, all intact":
+			// Refused by the statement's condition, as before: no row, no error.
+			if !errors.Is(err, pgx.ErrNoRows) {
+				t.Fatalf("rotate with %s: %v, want no row", what, err)
+			}
+		default:
+			wantRule(t, "rotate with "+what, err, x.rule)
+		}
 	}
 	if b.tableChecksum(t) != before {
 		t.Fatal("a refused rotation changed the tables")
 	}
-	// The same statement with the values intact rotates.
-	if _, err := q.RefreshTokenRotate(b.ctx, b.pool, valid()); err != nil {
+	// The same statement with the values intact rotates, with a clock before the token was issued:
+	// the tombstone is not consumed before it was created.
+	p := valid()
+	early := created.Add(-time.Hour)
+	p.Now = &early
+	if _, err := q.RefreshTokenRotate(b.ctx, b.pool, p); err != nil {
 		t.Fatalf("valid rotation: %v", err)
 	}
-	if n := b.count(t, `SELECT count(*) FROM oauth_refresh_tombstone WHERE family_id = $1`, tok.FamilyID); n != 1 {
-		t.Fatalf("%d tombstones after the valid rotation, want 1", n)
+	var consumed, tombstoneCreated time.Time
+	if err := b.pool.QueryRow(b.ctx, `SELECT consumed_at, created_at FROM oauth_refresh_tombstone WHERE family_id = $1`,
+		tok.FamilyID).Scan(&consumed, &tombstoneCreated); err != nil {
+		t.Fatalf("the valid rotation's tombstone: %v", err)
+	}
+	if !consumed.Equal(tombstoneCreated) || !tombstoneCreated.Equal(created) {
+		t.Fatalf("tombstone created %v consumed %v, want both %v (the later of the clock and its creation)", tombstoneCreated, consumed, created)
 	}
 	// The presented token is now the live token's parent: a grace replacement of the live token
 	// under it checks what it writes as well.
 	before = b.tableChecksum(t)
-	for _, what := range []string{"a digest of 31 bytes", "a pepper id with a space", "a sealed successor of 129"} {
-		p := valid()
-		broken[what](&p)
+	grace := func(p db.RefreshTokenRotateParams) error {
 		_, err := q.RefreshTokenGraceReplace(b.ctx, b.pool, db.RefreshTokenGraceReplaceParams{
-			FamilyID: family, ParentDigest: digest, TTL: time.Hour,
-			SuccessorDigest: p.SuccessorDigest, PepperID: p.PepperID, SuccessorSealed: p.SuccessorSealed,
+			FamilyID: family, ParentDigest: digest, TTL: time.Hour, Scope: p.Scope,
+			SuccessorDigest: bytes.Repeat([]byte{3}, 32), PepperID: p.PepperID, SuccessorSealed: p.SuccessorSealed,
 		})
-		wantRule(t, "grace replacement with "+what, err, "oauth_family_live_token_check")
+		return err
 	}
+	for _, what := range []string{"a pepper id with a space", "a sealed successor of 129"} {
+		p := valid()
+		broken[what].breakIt(&p)
+		wantRule(t, "grace replacement with "+what, grace(p), broken[what].rule)
+	}
+	p = valid()
+	p.Scope = []string{"admin"}
+	wantRule(t, "grace replacement with a scope outside the grant", grace(p), "oauth_family_token_scope_check")
 	if b.tableChecksum(t) != before {
 		t.Fatal("a refused grace replacement changed the tables")
 	}
-	if _, err := q.RefreshTokenGraceReplace(b.ctx, b.pool, db.RefreshTokenGraceReplaceParams{
-		FamilyID: family, ParentDigest: digest, TTL: time.Hour, SuccessorDigest: bytes.Repeat([]byte{1}, 32), PepperID: "default",
-		SuccessorSealed: make([]byte, 60),
-	}); err != nil {
+	if err := grace(valid()); err != nil {
 		t.Fatalf("valid grace replacement: %v", err)
 	}
 }
 
 // The trigger fires for every column of the family but the live token's, and those are only the
 // columns the rotation statements write: a column added later must be put on one side or the
-// other. No CHECK constraint is left on the rotation's path.
+// other. It is enabled ALWAYS, on a partitioned table on every partition too. No CHECK constraint
+// is left on the rotation's path, and a rotation does not call the trigger.
 func TestRules_TheTriggerCoversEveryColumnButTheLiveTokensAndNoCheckIsEvaluatedByARotation(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
@@ -181,8 +216,141 @@ func TestRules_TheTriggerCoversEveryColumnButTheLiveTokensAndNoCheckIsEvaluatedB
 				slices.Contains(checked, c), slices.Contains(live, c))
 		}
 	}
+	if n := b.count(t, `SELECT count(*) FROM pg_trigger t JOIN pg_inherits i ON i.inhrelid = t.tgrelid
+		WHERE i.inhparent = 'oauth_family'::regclass AND t.tgname = 'oauth_family_check' AND t.tgenabled <> 'A'`); n != 0 {
+		t.Fatalf("%d partitions with oauth_family_check not enabled ALWAYS", n)
+	}
 	if n := b.count(t, `SELECT count(*) FROM pg_constraint WHERE contype = 'c'
 		AND conrelid IN ('oauth_family'::regclass, 'oauth_refresh_tombstone'::regclass)`); n != 0 {
 		t.Fatalf("%d CHECK constraints on the tables a rotation writes, want 0", n)
+	}
+	// Count the trigger's calls within one transaction: none for rotations (through the store, with
+	// claims and an access token), one for an update of the grant's label.
+	tok := b.issue(t)
+	calls := func(tx pgx.Tx) int {
+		var n int
+		if err := tx.QueryRow(b.ctx, `SELECT coalesce(sum(calls), 0) FROM pg_stat_xact_user_functions
+			WHERE funcname = 'oauth_family_check'`).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	err := pgx.BeginFunc(b.ctx, b.pool, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(b.ctx, `SET LOCAL track_functions = 'pl'`); err != nil {
+			return err
+		}
+		store, err := repository.New(tx, repository.Config{Pepper: repository.NewKey(b.pepper), GraceWindow: repository.StrictRotation,
+			Clock: b.clock.Now, Logger: slog.New(slog.DiscardHandler)})
+		if err != nil {
+			return err
+		}
+		token := tok.Token
+		for range 5 {
+			next, err := store.Rotate(b.ctx, repository.RotateRequest{Token: token.Reveal(), ClientID: "client-a",
+				UserAgent: "agent", IP: "192.0.2.1", Access: opaqueAccess})
+			if err != nil {
+				return err
+			}
+			b.remember(next.Token, next.Access.Token)
+			token = next.Token
+		}
+		if n := calls(tx); n != 0 {
+			t.Fatalf("5 rotations called oauth_family_check %d times, want 0", n)
+		}
+		if _, err := tx.Exec(b.ctx, `UPDATE oauth_family SET label = 'phone' WHERE id = $1`, tok.FamilyID); err != nil {
+			return err
+		}
+		if n := calls(tx); n != 1 {
+			t.Fatalf("an update of the label called oauth_family_check %d times, want 1", n)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Migrating down from 7 restores the constraints schema 6 has, by name and definition, over rows
+// written under schema 7; up again, the trigger checks them.
+func TestRules_MigratingDownRestoresSchemaSixsConstraintsOverRowsWrittenUnderSeven(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	tok := b.issue(t)
+	if _, err := b.rotate(tok.Token, "client-a"); err != nil {
+		t.Fatal(err)
+	}
+	m, err := schema.NewMigrator(b.pool)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	constraints := func() map[string]string {
+		rows, err := b.pool.Query(b.ctx, `SELECT conname::text, pg_get_constraintdef(oid) FROM pg_constraint
+			WHERE contype = 'c' AND conrelid IN ('oauth_family'::regclass, 'oauth_refresh_tombstone'::regclass)`)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defs, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) ([2]string, error) {
+			var d [2]string
+			return d, r.Scan(&d[0], &d[1])
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		out := map[string]string{}
+		for _, d := range defs {
+			out[d[0]] = d[1]
+		}
+		return out
+	}
+	if err := m.Steps(-1); err != nil {
+		t.Fatalf("down to 6: %v", err)
+	}
+	restored := constraints()
+	if n := b.count(t, `SELECT count(*) FROM pg_proc WHERE proname IN ('oauth_family_check', 'oauth_check_violation')`); n != 0 {
+		t.Fatalf("%d of schema 7's functions left at schema 6", n)
+	}
+	// Schema 6 as migrating up from 5 makes it.
+	if err := m.Steps(-1); err != nil {
+		t.Fatalf("down to 5: %v", err)
+	}
+	if err := m.Steps(1); err != nil {
+		t.Fatalf("up to 6: %v", err)
+	}
+	fresh := constraints()
+	if len(fresh) != 18 || !maps.Equal(restored, fresh) {
+		t.Fatalf("down from 7 gave constraints %v,\nschema 6 has %v", restored, fresh)
+	}
+	if err := m.Up(); err != nil {
+		t.Fatalf("up to 7: %v", err)
+	}
+	_, err = b.pool.Exec(b.ctx, `UPDATE oauth_family SET user_id = '' WHERE id = $1`, tok.FamilyID)
+	wantRule(t, "an empty user after up again", err, "oauth_family_user_id_check")
+}
+
+// PartitionByFamily on a database at schema 7 makes the trigger again on the partitioned table,
+// enabled as it was, and it checks the partitions' rows.
+func TestRules_PartitioningAtSchemaSevenKeepsTheTrigger(t *testing.T) {
+	t.Parallel()
+	if n, err := dbtest.Partitions(); err != nil || n > 0 {
+		t.Skip("the suite's databases are partitioned already: the other tests of this file run on them")
+	}
+	b := setup(t)
+	tok := b.issue(t)
+	if err := schema.PartitionByFamily(b.ctx, b.pool, 4); err != nil {
+		t.Fatal(err)
+	}
+	if n := b.count(t, `SELECT count(*) FROM pg_trigger t JOIN pg_inherits i ON i.inhrelid = t.tgrelid
+		WHERE i.inhparent = 'oauth_family'::regclass AND t.tgname = 'oauth_family_check' AND t.tgenabled = 'A'`); n != 4 {
+		t.Fatalf("%d of 4 partitions have oauth_family_check enabled ALWAYS", n)
+	}
+	before := b.tableChecksum(t)
+	_, err := b.pool.Exec(b.ctx, `UPDATE oauth_family SET sender_thumbprint = '=' WHERE id = $1`, tok.FamilyID)
+	wantRule(t, "a bad thumbprint on a partition", err, "oauth_family_sender_thumbprint_check")
+	if b.tableChecksum(t) != before {
+		t.Fatal("a refused update changed the tables")
+	}
+	if _, err := b.rotate(tok.Token, "client-a"); err != nil {
+		t.Fatalf("rotate on the partitioned tables: %v", err)
 	}
 }
