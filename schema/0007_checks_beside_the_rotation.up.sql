@@ -6,11 +6,12 @@
 -- half the server time of a rotation, which changes none of the columns most of them check.
 --
 -- From this version:
---  * a row trigger, oauth_family_check, checks every rule of a family row when a row is inserted,
---    and when an UPDATE sets any column other than the live token's (those a rotation, a grace
---    replacement, an access token of the family or a reuse count set): a client, user, scope,
---    lifetime, sender key, revocation or claim of the grant is never written unchecked. It is
---    enabled ALWAYS, so session_replication_role does not turn it off.
+--  * a row trigger, oauth_family_check, checks the rules of a family row when a row is inserted
+--    (all of them), and when an UPDATE sets any column other than the live token's (those a
+--    rotation, a grace replacement, an access token of the family or a reuse count set), the
+--    rules over a column it changed: a client, user, scope, lifetime, sender key, revocation or
+--    claim of the grant is never written unchecked. It is enabled ALWAYS, so
+--    session_replication_role does not turn it off.
 --  * the statements that set the live token's columns from their parameters (RefreshTokenRotate,
 --    RefreshTokenGraceReplace) check them before they change anything (the successor's digest,
 --    pepper id and scope, where it is used from, the audience of the access token issued with it,
@@ -39,58 +40,84 @@ BEGIN
 END
 $$;
 
+-- On an insert every rule is checked; on an update, every rule over a column the update changed.
+-- So a revocation, which changes revoked_at and revoked_reason, is never refused because of some
+-- other column (one written by hand with a value the statements would refuse).
 CREATE FUNCTION oauth_family_check() RETURNS trigger
 LANGUAGE plpgsql AS $$
+DECLARE
+    fresh boolean := TG_OP = 'INSERT';
+    o record;
 BEGIN
+    IF fresh THEN
+        o := NEW;
+    ELSE
+        o := OLD;
+    END IF;
     -- A rule holds unless its expression is false, as for a CHECK constraint: NULL passes.
-    IF NOT (NEW.client_id <> '' AND octet_length(NEW.client_id) <= 255) THEN
+    IF (fresh OR NEW.client_id IS DISTINCT FROM o.client_id)
+        AND NOT (NEW.client_id <> '' AND octet_length(NEW.client_id) <= 255) THEN
         PERFORM oauth_check_violation('oauth_family_client_id_check', 'oauth_family');
     END IF;
-    IF NOT (NEW.user_id <> '' AND octet_length(NEW.user_id) <= 255) THEN
+    IF (fresh OR NEW.user_id IS DISTINCT FROM o.user_id)
+        AND NOT (NEW.user_id <> '' AND octet_length(NEW.user_id) <= 255) THEN
         PERFORM oauth_check_violation('oauth_family_user_id_check', 'oauth_family');
     END IF;
-    IF NOT (cardinality(NEW.scope) <= 256) THEN
+    IF (fresh OR NEW.scope IS DISTINCT FROM o.scope) AND NOT (cardinality(NEW.scope) <= 256) THEN
         PERFORM oauth_check_violation('oauth_family_scope_check', 'oauth_family');
     END IF;
-    IF NOT (NEW.expires_at > NEW.created_at) THEN
+    IF (fresh OR NEW.expires_at IS DISTINCT FROM o.expires_at OR NEW.created_at IS DISTINCT FROM o.created_at)
+        AND NOT (NEW.expires_at > NEW.created_at) THEN
         PERFORM oauth_check_violation('oauth_family_check', 'oauth_family');
     END IF;
-    IF NOT (NEW.sender_thumbprint ~ '^[A-Za-z0-9_-]{1,128}$') THEN
+    IF (fresh OR NEW.sender_thumbprint IS DISTINCT FROM o.sender_thumbprint)
+        AND NOT (NEW.sender_thumbprint ~ '^[A-Za-z0-9_-]{1,128}$') THEN
         PERFORM oauth_check_violation('oauth_family_sender_thumbprint_check', 'oauth_family');
     END IF;
-    IF NOT (octet_length(NEW.revoked_reason) <= 256) THEN
+    IF (fresh OR NEW.revoked_reason IS DISTINCT FROM o.revoked_reason)
+        AND NOT (octet_length(NEW.revoked_reason) <= 256) THEN
         PERFORM oauth_check_violation('oauth_family_revoked_reason_check', 'oauth_family');
     END IF;
-    IF NOT ((NEW.revoked_at IS NULL) = (NEW.revoked_reason IS NULL)) THEN
+    IF (fresh OR NEW.revoked_at IS DISTINCT FROM o.revoked_at OR NEW.revoked_reason IS DISTINCT FROM o.revoked_reason)
+        AND NOT ((NEW.revoked_at IS NULL) = (NEW.revoked_reason IS NULL)) THEN
         PERFORM oauth_check_violation('oauth_family_check1', 'oauth_family');
     END IF;
-    IF NOT (NEW.token_pepper_id ~ '^[A-Za-z0-9._-]{1,32}$') THEN
+    IF (fresh OR NEW.token_pepper_id IS DISTINCT FROM o.token_pepper_id)
+        AND NOT (NEW.token_pepper_id ~ '^[A-Za-z0-9._-]{1,32}$') THEN
         PERFORM oauth_check_violation('oauth_family_token_pepper_id_check', 'oauth_family');
     END IF;
-    IF NOT (NEW.token_scope <@ NEW.scope) THEN
+    IF (fresh OR NEW.token_scope IS DISTINCT FROM o.token_scope OR NEW.scope IS DISTINCT FROM o.scope)
+        AND NOT (NEW.token_scope <@ NEW.scope) THEN
         PERFORM oauth_check_violation('oauth_family_token_scope_check', 'oauth_family');
     END IF;
-    IF NOT (NEW.parent_reuses >= 0) THEN
+    IF (fresh OR NEW.parent_reuses IS DISTINCT FROM o.parent_reuses) AND NOT (NEW.parent_reuses >= 0) THEN
         PERFORM oauth_check_violation('oauth_family_parent_reuses_check', 'oauth_family');
     END IF;
-    IF NOT (NEW.rotation_count >= 0) THEN
+    IF (fresh OR NEW.rotation_count IS DISTINCT FROM o.rotation_count) AND NOT (NEW.rotation_count >= 0) THEN
         PERFORM oauth_check_violation('oauth_family_rotation_count_check', 'oauth_family');
     END IF;
-    IF NOT (octet_length(NEW.token_digest) = 32) THEN
+    IF (fresh OR NEW.token_digest IS DISTINCT FROM o.token_digest) AND NOT (octet_length(NEW.token_digest) = 32) THEN
         PERFORM oauth_check_violation('oauth_family_token_digest_check', 'oauth_family');
     END IF;
-    IF NOT (octet_length(NEW.parent_digest) = 32) THEN
+    IF (fresh OR NEW.parent_digest IS DISTINCT FROM o.parent_digest) AND NOT (octet_length(NEW.parent_digest) = 32) THEN
         PERFORM oauth_check_violation('oauth_family_parent_digest_check', 'oauth_family');
     END IF;
-    IF NOT (NEW.idle_expires_at <= NEW.expires_at) THEN
+    IF (fresh OR NEW.idle_expires_at IS DISTINCT FROM o.idle_expires_at OR NEW.expires_at IS DISTINCT FROM o.expires_at)
+        AND NOT (NEW.idle_expires_at <= NEW.expires_at) THEN
         PERFORM oauth_check_violation('oauth_family_check2', 'oauth_family');
     END IF;
-    IF NOT (octet_length(NEW.acr) <= 255 AND cardinality(NEW.amr) <= 16 AND cardinality(NEW.audience) <= 32
-        AND octet_length(NEW.session_id) <= 255 AND octet_length(NEW.user_agent) <= 512
-        AND octet_length(NEW.ip) <= 45 AND octet_length(NEW.label) <= 255) THEN
+    IF (fresh OR NEW.acr IS DISTINCT FROM o.acr OR NEW.amr IS DISTINCT FROM o.amr
+            OR NEW.audience IS DISTINCT FROM o.audience OR NEW.session_id IS DISTINCT FROM o.session_id
+            OR NEW.user_agent IS DISTINCT FROM o.user_agent OR NEW.ip IS DISTINCT FROM o.ip
+            OR NEW.label IS DISTINCT FROM o.label)
+        AND NOT (octet_length(NEW.acr) <= 255 AND cardinality(NEW.amr) <= 16 AND cardinality(NEW.audience) <= 32
+            AND octet_length(NEW.session_id) <= 255 AND octet_length(NEW.user_agent) <= 512
+            AND octet_length(NEW.ip) <= 45 AND octet_length(NEW.label) <= 255) THEN
         PERFORM oauth_check_violation('oauth_family_claims_check', 'oauth_family');
     END IF;
-    IF NOT (octet_length(NEW.current_access_key) IN (12, 32) AND cardinality(NEW.current_access_audience) <= 32) THEN
+    IF (fresh OR NEW.current_access_key IS DISTINCT FROM o.current_access_key
+            OR NEW.current_access_audience IS DISTINCT FROM o.current_access_audience)
+        AND NOT (octet_length(NEW.current_access_key) IN (12, 32) AND cardinality(NEW.current_access_audience) <= 32) THEN
         PERFORM oauth_check_violation('oauth_family_current_access_check', 'oauth_family');
     END IF;
     RETURN NULL;

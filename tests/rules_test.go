@@ -354,3 +354,27 @@ func TestRules_PartitioningAtSchemaSevenKeepsTheTrigger(t *testing.T) {
 		t.Fatalf("rotate on the partitioned tables: %v", err)
 	}
 }
+
+// An update is checked against the rules over the columns it changes: a revocation goes through
+// even when another column holds a value written by hand that the statements would refuse, and
+// an update of that column through the grant's columns is refused.
+func TestRules_ARevocationIsNeverRefusedForAColumnItDoesNotChange(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	tok := b.issue(t)
+	// ip is a live token's column: an update of it alone does not fire the trigger.
+	if _, err := b.pool.Exec(b.ctx, `UPDATE oauth_family SET ip = repeat('1', 46) WHERE id = $1`, tok.FamilyID); err != nil {
+		t.Fatal(err)
+	}
+	_, err := b.pool.Exec(b.ctx, `UPDATE oauth_family SET label = 'x', ip = repeat('2', 46) WHERE id = $1`, tok.FamilyID)
+	wantRule(t, "an ip of 46 bytes with the label", err, "oauth_family_claims_check")
+	if err := b.store.RevokeFamily(b.ctx, tok.FamilyID, "admin"); err != nil {
+		t.Fatalf("revoke a family with a bad ip: %v", err)
+	}
+	if f := b.family(t, tok.FamilyID); f.RevokedAt == nil {
+		t.Fatal("the family is not revoked")
+	}
+	if _, err := b.rotate(tok.Token, "client-a"); !errors.Is(err, repository.ErrFamilyRevoked) {
+		t.Fatalf("rotate after the revocation: %v, want ErrFamilyRevoked", err)
+	}
+}
