@@ -605,3 +605,64 @@ func TestCLI_IntrospectReadsTheTokenFromStdinNeverArguments(t *testing.T) {
 		t.Fatalf("a malformed jti: %+v", r)
 	}
 }
+
+// A secret pasted where a flag, a value or a command belongs is refused without being printed:
+// a token is base64url, and one in 64 begins with a dash, which the flag package takes for a flag
+// and would name in its error.
+func TestCLI_NeverEchoesAnArgumentThatMayBeASecret(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	tok, err := b.store.Issue(b.ctx, repository.IssueRequest{ClientID: "client-a", UserID: "user-1", Scope: []string{"mcp"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.remember(tok.Token)
+	secret := tok.Token.Reveal()
+	pepper := base64.StdEncoding.EncodeToString(b.pepper)
+	env := []string{"DATABASE_URL=" + b.db.URL, "OAUTH_AT_REST_PEPPER=default:" + pepper}
+	for _, args := range [][]string{
+		{"introspect", "-" + secret},
+		{"introspect", "--" + secret},
+		{"introspect", "--" + secret + "=x"},
+		{"introspect", "--jti=x", "-" + secret},
+		{"introspect", "--connect-timeout", secret},
+		{"introspect", "--connect-timeout=" + secret},
+		{"introspect", secret},
+		{"revoke", "-" + secret},
+		{"revoke", "--family", "f", secret},
+		{"stats", "--statement-timeout=-" + secret},
+		{"janitor", "--dry-run=" + secret},
+		{"pepper", "status", "-" + pepper},
+		{"pepper", pepper},
+		{secret},
+		{"-" + secret},
+	} {
+		what := strings.NewReplacer(secret, "<token>", pepper, "<pepper>").Replace(strings.Join(args, " "))
+		r := runCLI(t, env, args...)
+		said := strings.NewReplacer(secret, "<token>", pepper, "<pepper>").Replace(r.stderr)
+		if r.code != 2 {
+			t.Errorf("%s: exit %d, want 2: %s", what, r.code, said)
+		}
+		for _, s := range []string{secret, secret[:12], pepper, pepper[:12]} {
+			if strings.Contains(r.stdout+r.stderr, s) {
+				t.Errorf("%s: the secret was printed: %s", what, said)
+			}
+		}
+		if !strings.Contains(r.stderr, "not shown") {
+			t.Errorf("%s: the refusal does not say that an argument was left out: %s", what, said)
+		}
+	}
+	// What is plainly a flag name or a value is still named, so that a typo is easy to find.
+	for args, want := range map[string]string{
+		"stats --no-such-flag":           "-no-such-flag",
+		"stats --connect-timeout=10x":    `"10x"`,
+		"stats extra":                    `"extra"`,
+		"no-such-command":                `"no-such-command"`,
+		"revoke --family f --user u x-1": `"x-1"`,
+	} {
+		r := runCLI(t, env, strings.Fields(args)...)
+		if r.code != 2 || !strings.Contains(r.stderr, want) || strings.Contains(r.stderr, "not shown") {
+			t.Errorf("%s: exit %d, want 2 and %s named: %s", args, r.code, want, r.stderr)
+		}
+	}
+}

@@ -101,7 +101,7 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		for f := range strings.SplitSeq(*rtts, ",") {
 			d, err := time.ParseDuration(strings.TrimSpace(f))
 			if err != nil {
-				return usageError{msg: fmt.Sprintf("--rtt: %q is not a list of durations", *rtts)}
+				return usageError{msg: fmt.Sprintf("--rtt: %s is not a list of durations", shown(*rtts))}
 			}
 			opts.RTTs = append(opts.RTTs, d)
 		}
@@ -134,7 +134,7 @@ func intList(name, s string) ([]int, error) {
 	for f := range strings.SplitSeq(s, ",") {
 		n, err := strconv.Atoi(strings.TrimSpace(f))
 		if err != nil || n < 0 {
-			return nil, usageError{msg: fmt.Sprintf("--%s: %q is not a list of counts", name, s)}
+			return nil, usageError{msg: fmt.Sprintf("--%s: %s is not a list of counts", name, shown(s))}
 		}
 		out = append(out, n)
 	}

@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -21,15 +20,11 @@ func runIntrospect(ctx context.Context, args []string, stdin io.Reader, stdout, 
 	fs := newFlagSet("introspect", stderr)
 	db := databaseFlags(fs, true)
 	jti := fs.String("jti", "", "introspect the JWT access token with this jti instead of reading a token from stdin")
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return err
-		}
-		return usageError{msg: err.Error(), printed: true}
+	if err := parseFlagsOnly(fs, args); err != nil {
+		return err
 	}
 	if fs.NArg() > 0 {
-		// Not echoed: the argument may be the token itself.
-		return usageError{msg: "introspect: the token is read from stdin, never from arguments"}
+		return usageError{msg: "introspect: the token is read from stdin, never from arguments (the argument is not shown)"}
 	}
 	ring, err := repository.PepperFromEnv()
 	if err != nil {

@@ -14,6 +14,8 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"regexp"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -93,7 +95,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprint(stdout, usage)
 		return exitOK
 	default:
-		fmt.Fprintf(stderr, "oauthstore: unknown command %q\n\n%s", args[0], usage)
+		fmt.Fprintf(stderr, "oauthstore: unknown command %s\n\n%s", shown(args[0]), usage)
 		return exitUsage
 	}
 	var u usageError
@@ -174,19 +176,68 @@ func newFlagSet(name string, stderr io.Writer) *flag.FlagSet {
 	return fs
 }
 
-// parseFlags parses a command's flags and refuses arguments it does not take. The flag package
-// prints its own errors with the command's usage.
+// parseFlags parses a command's flags and refuses arguments it does not take.
 func parseFlags(fs *flag.FlagSet, args []string) error {
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return err
-		}
-		return usageError{msg: err.Error(), printed: true}
+	if err := parseFlagsOnly(fs, args); err != nil {
+		return err
 	}
 	if fs.NArg() > 0 {
-		return usageError{msg: fmt.Sprintf("%s: unexpected argument %q", fs.Name(), fs.Arg(0))}
+		return usageError{msg: fmt.Sprintf("%s: unexpected argument %s", fs.Name(), shown(fs.Arg(0)))}
 	}
 	return nil
+}
+
+// parseFlagsOnly parses a command's flags and leaves its other arguments to the caller. A flag
+// error is printed with the command's usage, and without any argument that may be a secret: the
+// flag package names the flag or the value it refuses, and a token pasted in the wrong place
+// begins with a dash one time in 64.
+func parseFlagsOnly(fs *flag.FlagSet, args []string) error {
+	out := fs.Output()
+	fs.SetOutput(io.Discard)
+	err := fs.Parse(args)
+	fs.SetOutput(out)
+	if err == nil {
+		return nil
+	}
+	if !errors.Is(err, flag.ErrHelp) {
+		fmt.Fprintln(out, redactArgs(err.Error(), args))
+	}
+	if fs.Usage != nil {
+		fs.Usage()
+	} else {
+		fmt.Fprintf(out, "Usage of %s:\n", fs.Name())
+		fs.PrintDefaults()
+	}
+	if errors.Is(err, flag.ErrHelp) {
+		return err
+	}
+	return usageError{msg: redactArgs(err.Error(), args), printed: true}
+}
+
+// plainArg is what an argument that is plainly a command, a flag name or a short value looks
+// like. Tokens, codes and peppers are longer, and base64 with both cases.
+var plainArg = regexp.MustCompile(`^-{0,2}[a-z0-9][a-z0-9.,:_-]{0,23}$`)
+
+// shown quotes arg for an error message when it is plain, and says it is not shown otherwise.
+func shown(arg string) string {
+	if plainArg.MatchString(arg) {
+		return strconv.Quote(arg)
+	}
+	return "(an argument that is not shown: it may be a secret)"
+}
+
+// redactArgs takes out of msg every argument, flag name or flag value in args that is not plain.
+func redactArgs(msg string, args []string) string {
+	for _, a := range args {
+		v := strings.TrimLeft(a, "-")
+		name, value, _ := strings.Cut(v, "=")
+		for _, part := range []string{v, name, value} {
+			if part != "" && !plainArg.MatchString(part) {
+				msg = strings.ReplaceAll(msg, part, "(not shown)")
+			}
+		}
+	}
+	return msg
 }
 
 // writeJSON writes v as indented JSON.

@@ -35,14 +35,14 @@ func runMigrate(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		}
 		v, err := strconv.Atoi(rest[0])
 		if err != nil || v < 0 || (action == "down" && v == 0) {
-			return usageError{msg: fmt.Sprintf("migrate %s: %q is not a valid number", action, rest[0])}
+			return usageError{msg: fmt.Sprintf("migrate %s: %s is not a valid number", action, shown(rest[0]))}
 		}
 		if action == "force" && v != 0 && !slices.Contains(schema.Versions(), uint(v)) {
 			return usageError{msg: fmt.Sprintf("migrate force: %d is not a version of this schema (%v)", v, schema.Versions())}
 		}
 		n, rest = v, rest[1:]
 	default:
-		return usageError{msg: fmt.Sprintf("migrate: unknown action %q; %s", action, migrateUsage)}
+		return usageError{msg: fmt.Sprintf("migrate: unknown action %s; %s", shown(action), migrateUsage)}
 	}
 	fs := newFlagSet("migrate "+action, stderr)
 	db := databaseFlags(fs, false)

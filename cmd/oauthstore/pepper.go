@@ -25,6 +25,9 @@ func runPepper(ctx context.Context, args []string, stdout, stderr io.Writer) err
 			fmt.Fprintln(stderr, pepperUsage)
 			return flag.ErrHelp
 		}
+		if len(args) > 0 {
+			return usageError{msg: fmt.Sprintf("pepper: unknown action %s; %s", shown(args[0]), pepperUsage)}
+		}
 		return usageError{msg: pepperUsage}
 	}
 	fs := newFlagSet("pepper generate", stderr)
