@@ -188,6 +188,9 @@ rotated AS (
         rotation_count = f.rotation_count + 1,
         idle_expires_at = least(coalesce($7::timestamptz, statement_timestamp()) + $8::interval,
             f.expires_at),
+        -- The UTC day of idle_expires_at, the day cleanup finds the family by.
+        sweep_day = (least(coalesce($7::timestamptz, statement_timestamp()) + $8::interval,
+            f.expires_at) AT TIME ZONE 'UTC')::date,
         current_access_key = NULL
     FROM live l
     -- The family id again as a value, so that a partitioned table prunes to one partition.
@@ -342,6 +345,9 @@ WITH rotated AS (
         -- The family dies when its newest token expires, sooner or later than the one before.
         idle_expires_at = least(coalesce($4::timestamptz, statement_timestamp()) + $5::interval,
             f.expires_at),
+        -- The UTC day of idle_expires_at, the day cleanup finds the family by.
+        sweep_day = (least(coalesce($4::timestamptz, statement_timestamp()) + $5::interval,
+            f.expires_at) AT TIME ZONE 'UTC')::date,
         -- Where the token is used from now, for a "your devices" page, when the caller says.
         user_agent = coalesce($6::text, f.user_agent),
         ip = coalesce($7::text, f.ip),
@@ -366,7 +372,6 @@ WITH rotated AS (
     WHERE f.id = $12::uuid
       AND consumed.id = $12::uuid
       AND f.token_digest = $13::bytea
-      AND f.revoked_at IS NULL
       AND f.idle_expires_at > coalesce($4::timestamptz, statement_timestamp())
       -- IS TRUE keeps the client out of index selection: the family comes from its primary key,
       -- whatever the statistics say about the client.
@@ -383,7 +388,9 @@ WITH rotated AS (
       -- which no trigger or CHECK constraint evaluates on this path (schema 7): a broken one raises
       -- its check_violation and nothing changes. NULL passes, as in a CHECK constraint. The access
       -- token's own row checks its key and audience; the audience is checked here too, as the family
-      -- keeps it without a key.
+      -- keeps it without a key. The CASE ends in a condition on the row (the family is not
+      -- revoked), so that it is evaluated in the family's scan, after the cheaper conditions,
+      -- rather than as a filter node of its own that every execution would set up again.
       AND CASE
           WHEN octet_length($1::bytea) <> 32
               THEN oauth_check_violation('oauth_family_token_digest_check', 'oauth_family')
@@ -395,7 +402,7 @@ WITH rotated AS (
               THEN oauth_check_violation('oauth_family_current_access_check', 'oauth_family')
           WHEN octet_length($16::bytea) NOT BETWEEN 28 AND 128
               THEN oauth_check_violation('oauth_refresh_tombstone_successor_sealed_check', 'oauth_refresh_tombstone')
-          ELSE true END
+          ELSE f.revoked_at IS NULL END
     RETURNING f.id, f.client_id, f.user_id, f.expires_at AS family_expires_at, f.token_scope,
         f.idle_expires_at, f.sender_thumbprint, f.audience, f.auth_time, f.acr, f.amr, f.session_id,
         f.user_agent, f.ip, f.label, f.created_at, f.last_rotated_at, f.current_access_expires_at,
@@ -483,7 +490,7 @@ type RefreshTokenRotateRow struct {
 // the family.
 //
 // The update changes no indexed column (sweep_day only when the live token's expiry moves to
-// another day), so it is a heap-only update: no index entry. The tombstone keeps the successor
+// another day), so it is a heap-only update: no index entry. It fires no trigger. The tombstone keeps the successor
 // encrypted under a key only the presented token's holder can derive (successor_sealed), so that a
 // lost response retried within the grace window gets the same successor back.
 //

@@ -1,5 +1,15 @@
--- The rules as CHECK constraints again, evaluated on every change of a row.
+-- The rules as CHECK constraints again, evaluated on every change of a row, and sweep_day
+-- generated from idle_expires_at again.
 SET LOCAL lock_timeout = '5s';
+
+-- sweep_day a generated column again: the table is rewritten.
+DROP TRIGGER oauth_family_sweep_day ON oauth_family;
+DROP FUNCTION oauth_family_sweep_day();
+DROP INDEX oauth_family_sweep_day_idx;
+ALTER TABLE oauth_family DROP COLUMN sweep_day;
+ALTER TABLE oauth_family ADD COLUMN sweep_day date NOT NULL
+    GENERATED ALWAYS AS ((idle_expires_at AT TIME ZONE 'UTC')::date) STORED;
+CREATE INDEX oauth_family_sweep_day_idx ON oauth_family (sweep_day);
 
 DROP TRIGGER oauth_family_check ON oauth_family;
 DROP FUNCTION oauth_family_check();

@@ -1,4 +1,5 @@
--- The rules a family row and a tombstone must keep, checked where it costs a rotation nothing.
+-- The rules a family row and a tombstone must keep, checked where it costs a rotation nothing, and
+-- the day a family is swept on, computed where a rotation already computes its expiry.
 --
 -- PostgreSQL evaluates every CHECK constraint of a table on every UPDATE of a row, and prepares each
 -- again for every statement (it reads the stored expression, plans it and compiles it), whatever
@@ -21,6 +22,11 @@
 --  * the tombstone table has no rule left to check at the database: its rows are written only
 --    by those statements, from the family row's values; a tombstone's consumed_at is the later of
 --    the statement's clock and its created_at.
+--
+--  * sweep_day, the UTC day of idle_expires_at that cleanup finds dead families by, is no longer a
+--    generated column, which PostgreSQL prepares again for every UPDATE statement as it does a
+--    CHECK constraint, and computes again for every updated row. The statements that move
+--    idle_expires_at set it with it; a trigger sets it on every insert.
 --
 -- Deploy this version's code after this migration (its statements call oauth_check_violation),
 -- and before migrating down, the previous version's code. The role the application connects as
@@ -158,3 +164,23 @@ ALTER TABLE oauth_family ENABLE ALWAYS TRIGGER oauth_family_check;
 ALTER TABLE oauth_refresh_tombstone
     DROP CONSTRAINT oauth_refresh_tombstone_check,
     DROP CONSTRAINT oauth_refresh_tombstone_successor_sealed_check;
+
+-- The day cleanup finds a family by, from its idle expiry. An insert gets it from this trigger,
+-- whatever the statement gave; an UPDATE that moves idle_expires_at sets it with it, as
+-- RefreshTokenRotate and RefreshTokenGraceReplace do (no trigger is fired by a rotation). A value
+-- left behind by a hand-written UPDATE delays or hastens only when cleanup looks at the family:
+-- what it deletes is decided by idle_expires_at.
+ALTER TABLE oauth_family ALTER COLUMN sweep_day DROP EXPRESSION;
+
+CREATE FUNCTION oauth_family_sweep_day() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    NEW.sweep_day := (NEW.idle_expires_at AT TIME ZONE 'UTC')::date;
+    RETURN NEW;
+END
+$$;
+
+-- BEFORE INSERT only: a BEFORE UPDATE row trigger would have every UPDATE lock its row first.
+CREATE TRIGGER oauth_family_sweep_day
+    BEFORE INSERT ON oauth_family FOR EACH ROW EXECUTE FUNCTION oauth_family_sweep_day();
+ALTER TABLE oauth_family ENABLE ALWAYS TRIGGER oauth_family_sweep_day;

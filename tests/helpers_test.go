@@ -407,6 +407,10 @@ var invariants = []struct{ name, sql string }{
 			UNION ALL
 			SELECT id, parent_digest FROM oauth_family WHERE parent_digest IS NOT NULL) x
 		WHERE NOT EXISTS (SELECT 1 FROM oauth_refresh_tombstone p WHERE p.family_id = x.family_id AND p.digest = x.parent_digest)`},
+	// Cleanup finds a family by the UTC day of its idle expiry, which every statement that moves
+	// the expiry sets with it.
+	{"families whose sweep_day is not the UTC day of idle_expires_at", `SELECT count(*) FROM oauth_family
+		WHERE sweep_day IS DISTINCT FROM (idle_expires_at AT TIME ZONE 'UTC')::date`},
 	{"tokens consumed before they were created", `SELECT count(*) FROM oauth_refresh_tombstone WHERE consumed_at < created_at`},
 	{"tombstones without their family", `SELECT count(*) FROM oauth_refresh_tombstone t
 		WHERE NOT EXISTS (SELECT 1 FROM oauth_family f WHERE f.id = t.family_id)`},

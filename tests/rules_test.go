@@ -193,7 +193,7 @@ func TestRules_TheTriggerCoversEveryColumnButTheLiveTokensAndNoCheckIsEvaluatedB
 	b := setup(t)
 	live := []string{"access_expires_at", "current_access_audience", "current_access_expires_at",
 		"current_access_issued_at", "current_access_key", "current_access_type", "idle_expires_at", "ip",
-		"last_rotated_at", "parent_digest", "parent_reuses", "rotation_count", "token_digest",
+		"last_rotated_at", "parent_digest", "parent_reuses", "rotation_count", "sweep_day", "token_digest",
 		"token_pepper_id", "token_scope", "user_agent"}
 	var columns, checked []string
 	var enabled string
@@ -224,13 +224,18 @@ func TestRules_TheTriggerCoversEveryColumnButTheLiveTokensAndNoCheckIsEvaluatedB
 		AND conrelid IN ('oauth_family'::regclass, 'oauth_refresh_tombstone'::regclass)`); n != 0 {
 		t.Fatalf("%d CHECK constraints on the tables a rotation writes, want 0", n)
 	}
-	// Count the trigger's calls within one transaction: none for rotations (through the store, with
+	// A generated column is prepared again for every UPDATE statement, as a CHECK constraint is.
+	if n := b.count(t, `SELECT count(*) FROM pg_attribute WHERE attgenerated <> ''
+		AND attrelid IN ('oauth_family'::regclass, 'oauth_refresh_tombstone'::regclass)`); n != 0 {
+		t.Fatalf("%d generated columns on the tables a rotation writes, want 0", n)
+	}
+	// Count the triggers' calls within one transaction: none for rotations (through the store, with
 	// claims and an access token), one for an update of the grant's label.
 	tok := b.issue(t)
 	calls := func(tx pgx.Tx) int {
 		var n int
 		if err := tx.QueryRow(b.ctx, `SELECT coalesce(sum(calls), 0) FROM pg_stat_xact_user_functions
-			WHERE funcname = 'oauth_family_check'`).Scan(&n); err != nil {
+			WHERE funcname IN ('oauth_family_check', 'oauth_family_sweep_day')`).Scan(&n); err != nil {
 			t.Fatal(err)
 		}
 		return n
@@ -255,7 +260,7 @@ func TestRules_TheTriggerCoversEveryColumnButTheLiveTokensAndNoCheckIsEvaluatedB
 			token = next.Token
 		}
 		if n := calls(tx); n != 0 {
-			t.Fatalf("5 rotations called oauth_family_check %d times, want 0", n)
+			t.Fatalf("5 rotations called oauth_family_check or oauth_family_sweep_day %d times, want 0", n)
 		}
 		if _, err := tx.Exec(b.ctx, `UPDATE oauth_family SET label = 'phone' WHERE id = $1`, tok.FamilyID); err != nil {
 			return err
@@ -307,8 +312,15 @@ func TestRules_MigratingDownRestoresSchemaSixsConstraintsOverRowsWrittenUnderSev
 		t.Fatalf("down to 6: %v", err)
 	}
 	restored := constraints()
-	if n := b.count(t, `SELECT count(*) FROM pg_proc WHERE proname IN ('oauth_family_check', 'oauth_check_violation')`); n != 0 {
+	if n := b.count(t, `SELECT count(*) FROM pg_proc WHERE proname IN ('oauth_family_check', 'oauth_check_violation', 'oauth_family_sweep_day')`); n != 0 {
 		t.Fatalf("%d of schema 7's functions left at schema 6", n)
+	}
+	generated := func() int {
+		return b.count(t, `SELECT count(*) FROM pg_attribute WHERE attrelid = 'oauth_family'::regclass
+			AND attname = 'sweep_day' AND attgenerated = 's'`)
+	}
+	if generated() != 1 || b.count(t, `SELECT count(*) FROM pg_indexes WHERE indexname = 'oauth_family_sweep_day_idx'`) != 1 {
+		t.Fatal("schema 6 without sweep_day generated from idle_expires_at and its index")
 	}
 	// Schema 6 as migrating up from 5 makes it.
 	if err := m.Steps(-1); err != nil {
@@ -324,6 +336,10 @@ func TestRules_MigratingDownRestoresSchemaSixsConstraintsOverRowsWrittenUnderSev
 	if err := m.Up(); err != nil {
 		t.Fatalf("up to 7: %v", err)
 	}
+	if generated() != 0 {
+		t.Fatal("sweep_day still generated at schema 7")
+	}
+	b.checkInvariants(t, "up again")
 	_, err = b.pool.Exec(b.ctx, `UPDATE oauth_family SET user_id = '' WHERE id = $1`, tok.FamilyID)
 	wantRule(t, "an empty user after up again", err, "oauth_family_user_id_check")
 }
@@ -377,4 +393,82 @@ func TestRules_ARevocationIsNeverRefusedForAColumnItDoesNotChange(t *testing.T) 
 	if _, err := b.rotate(tok.Token, "client-a"); !errors.Is(err, repository.ErrFamilyRevoked) {
 		t.Fatalf("rotate after the revocation: %v, want ErrFamilyRevoked", err)
 	}
+}
+
+// Cleanup finds a family by sweep_day, the UTC day of its idle expiry. An issue, a code exchange
+// and an insert by hand (whatever it gives) get it from the insert trigger; a rotation and a grace
+// replacement set it with the expiry they move, also across midnight.
+func TestRules_SweepDayIsTheUTCDayOfTheIdleExpiryAfterEveryWrite(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	store, err := repository.New(b.pool, repository.Config{Pepper: repository.NewKey(b.pepper), Clock: b.clock.Now,
+		RefreshTokenTTL: 24 * time.Hour, GraceWindow: 30 * time.Second, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	day := func(d int) time.Time { return time.Date(2026, 3, d, 0, 0, 0, 0, time.UTC) }
+	want := func(what, family string, d time.Time) {
+		t.Helper()
+		var got time.Time
+		var ok bool
+		if err := b.pool.QueryRow(b.ctx, `SELECT sweep_day, sweep_day = (idle_expires_at AT TIME ZONE 'UTC')::date
+			FROM oauth_family WHERE id = $1`, family).Scan(&got, &ok); err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+		if !ok || !got.Equal(d) {
+			t.Fatalf("%s: sweep_day %s (the UTC day of idle_expires_at: %v), want %s", what, got.Format(time.DateOnly), ok, d.Format(time.DateOnly))
+		}
+	}
+	b.clock.Set(day(1).Add(23 * time.Hour))
+	first, err := store.Issue(b.ctx, repository.IssueRequest{ClientID: "client-a", UserID: "user-1", Scope: []string{"mcp"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.remember(first.Token)
+	want("issued at 23:00", first.FamilyID, day(2))
+	b.clock.Set(day(2).Add(-10 * time.Second))
+	second, err := store.Rotate(b.ctx, repository.RotateRequest{Token: first.Token.Reveal(), ClientID: "client-a"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.remember(second.Token)
+	want("rotated at 23:59:50", first.FamilyID, day(2))
+	// The successor has no sealed copy: presenting its parent again within the grace window, after
+	// midnight, replaces it.
+	if _, err := b.pool.Exec(b.ctx, `UPDATE oauth_refresh_tombstone SET successor_sealed = NULL WHERE family_id = $1`, first.FamilyID); err != nil {
+		t.Fatal(err)
+	}
+	b.clock.Set(day(2).Add(5 * time.Second))
+	replaced, err := store.Rotate(b.ctx, repository.RotateRequest{Token: first.Token.Reveal(), ClientID: "client-a"})
+	if err != nil || replaced.Token.Reveal() == second.Token.Reveal() {
+		t.Fatalf("grace replacement: %v", err)
+	}
+	b.remember(replaced.Token)
+	want("replaced at 00:00:05", first.FamilyID, day(3))
+	b.clock.Set(day(3).Add(time.Second))
+	third, err := store.Rotate(b.ctx, repository.RotateRequest{Token: replaced.Token.Reveal(), ClientID: "client-a"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.remember(third.Token)
+	want("rotated at 00:00:01 the next day", first.FamilyID, day(4))
+	ex, err := b.exchange(b.createCode(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var idle time.Time
+	if err := b.pool.QueryRow(b.ctx, `SELECT idle_expires_at FROM oauth_family WHERE id = $1`, ex.FamilyID).Scan(&idle); err != nil {
+		t.Fatal(err)
+	}
+	y, m, d := idle.UTC().Date()
+	want("a code exchanged", ex.FamilyID, time.Date(y, m, d, 0, 0, 0, 0, time.UTC))
+	var byHand string
+	if err := b.pool.QueryRow(b.ctx, `INSERT INTO oauth_family (client_id, user_id, scope, idle_expires_at, token_digest,
+		token_pepper_id, token_scope, expires_at, sweep_day)
+		VALUES ('client-a', 'user-1', '{}', '2026-05-05 23:30:00-02', $1, 'default', '{}', '2027-01-01', '2000-01-01')
+		RETURNING id::text`, bytes.Repeat([]byte{7}, 32)).Scan(&byHand); err != nil {
+		t.Fatal(err)
+	}
+	want("inserted by hand with another day", byHand, day(6).AddDate(0, 2, 0))
+	b.checkInvariants(t, "after the writes")
 }

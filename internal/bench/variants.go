@@ -222,7 +222,8 @@ SET token_digest = $2,
     parent_reuses = 0,
     last_rotated_at = now(),
     rotation_count = rotation_count + 1,
-    idle_expires_at = least(now() + $5::interval, expires_at)
+    idle_expires_at = least(now() + $5::interval, expires_at),
+    sweep_day = (least(now() + $5::interval, expires_at) AT TIME ZONE 'UTC')::date
 WHERE id = $1`
 	conventionalTombstone = `INSERT INTO oauth_refresh_tombstone (family_id, digest, pepper_id, parent_digest, scope, created_at,
     expires_at, consumed_at, successor_sealed)
