@@ -409,6 +409,7 @@ func TestAccess_ReplayRacingIntrospectionNeverLeavesAnActiveTokenAfterItsAnswer(
 	for trial := range 20 {
 		g := b.grantWithAccess(t, fmt.Sprintf("user-%d", trial))
 		var replayed atomic.Bool
+		var afterThisTrial atomic.Int64
 		var wg sync.WaitGroup
 		stop := make(chan struct{})
 		errs := make(chan error, 4)
@@ -438,6 +439,7 @@ func TestAccess_ReplayRacingIntrospectionNeverLeavesAnActiveTokenAfterItsAnswer(
 						return
 					case answered:
 						after.Add(1)
+						afterThisTrial.Add(1)
 					case info.Active:
 						before.Add(1)
 					}
@@ -450,7 +452,10 @@ func TestAccess_ReplayRacingIntrospectionNeverLeavesAnActiveTokenAfterItsAnswer(
 			t.Fatalf("replay: %v", err)
 		}
 		replayed.Store(true)
-		time.Sleep(5 * time.Millisecond)
+		// Until three introspections begun after the replay's answer have been answered.
+		for deadline := time.Now().Add(10 * time.Second); afterThisTrial.Load() < 3 && time.Now().Before(deadline); {
+			time.Sleep(time.Millisecond)
+		}
 		close(stop)
 		wg.Wait()
 		close(errs)

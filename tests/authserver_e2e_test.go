@@ -260,20 +260,24 @@ func assertOAuthError(t *testing.T, what string, err error, status int, code str
 	}
 }
 
+// shortAccessTTL is expired for x/oauth2, which refreshes a token 10 s before its expiry, so every
+// Token call refreshes; and long enough that an access token checked a few statements after it was
+// issued is still active on a loaded machine.
+const shortAccessTTL = 5 * time.Second
+
 func TestAuthServer_PublicClientCodeFlowWithPKCEThenEveryRefreshRotates(t *testing.T) {
 	t.Parallel()
-	f := authServerSetup(t, time.Second)
+	f := authServerSetup(t, shortAccessTTL)
 	// A public client: client_id in the body, no secret; the code is bound to its verifier.
 	conf := f.config(asCLI, "", oauth2.AuthStyleInParams)
 	tok := f.exchange(t, conf)
-	if tok.Extra("scope") != "openid offline_access api" || time.Until(tok.Expiry) > 2*time.Second {
-		t.Fatalf("token response: scope %q, expiry in %s; want the client's scope and 1 s", tok.Extra("scope"), time.Until(tok.Expiry))
+	if tok.Extra("scope") != "openid offline_access api" || time.Until(tok.Expiry) > shortAccessTTL+time.Second {
+		t.Fatalf("token response: scope %q, expiry in %s; want the client's scope and %s", tok.Extra("scope"), time.Until(tok.Expiry), shortAccessTTL)
 	}
 	family := f.familyOf(t, tok.RefreshToken)
 	f.assertActive(t, "the first access token", tok.AccessToken, asCLI, repository.TokenUseAccess)
 
-	// An access token of 1 s is expired for x/oauth2 (it refreshes 10 s early): every Token call
-	// refreshes, and each refresh must rotate.
+	// Every Token call refreshes (shortAccessTTL), and each refresh must rotate.
 	const refreshes = 12
 	ts := conf.TokenSource(f.ctx, tok)
 	prev := tok
@@ -298,8 +302,8 @@ func TestAuthServer_PublicClientCodeFlowWithPKCEThenEveryRefreshRotates(t *testi
 			t.Fatalf("refresh %d: %d access tokens in the family, want %d", i, n, i+1)
 		}
 		got := f.assertActive(t, "the new access token", next.AccessToken, asCLI, repository.TokenUseAccess)
-		if exp, iat := got["exp"].(float64), got["iat"].(float64); exp-iat != 1 {
-			t.Fatalf("refresh %d: access token lives %v s, want 1", i, exp-iat)
+		if exp, iat := got["exp"].(float64), got["iat"].(float64); exp-iat != shortAccessTTL.Seconds() {
+			t.Fatalf("refresh %d: access token lives %v s, want %s", i, exp-iat, shortAccessTTL)
 		}
 		f.assertInactive(t, "the consumed refresh token", prev.RefreshToken)
 		prev = next
@@ -316,7 +320,7 @@ func TestAuthServer_PublicClientCodeFlowWithPKCEThenEveryRefreshRotates(t *testi
 
 func TestAuthServer_ALostRefreshResponseIsResentByTheClientAndTheSessionSurvives(t *testing.T) {
 	t.Parallel()
-	f := authServerSetup(t, time.Second)
+	f := authServerSetup(t, shortAccessTTL)
 	tok := f.exchange(t, f.config(asApp, asAppSecret, oauth2.AuthStyleAutoDetect))
 	family := f.familyOf(t, tok.RefreshToken)
 	// A fresh configuration does not know the authentication style yet: x/oauth2 sends the refresh
@@ -438,7 +442,7 @@ func TestAuthServer_RevokingAnUnknownTokenIs200AndAnotherClientsTokenIsRefused(t
 
 func TestAuthServer_AReplayedRefreshTokenRevokesTheFamilyAndItsAccessTokens(t *testing.T) {
 	t.Parallel()
-	f := authServerSetup(t, time.Second)
+	f := authServerSetup(t, shortAccessTTL)
 	conf := f.config(asApp, asAppSecret, oauth2.AuthStyleInHeader)
 	first := f.exchange(t, conf)
 	family := f.familyOf(t, first.RefreshToken)

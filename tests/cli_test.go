@@ -507,6 +507,9 @@ func TestCLI_JanitorStopsOnInterruptAndSaysWhatItDid(t *testing.T) {
 	for b.count(t, "SELECT count(*) FROM oauth_family") > 3 && time.Now().Before(deadline) {
 		time.Sleep(20 * time.Millisecond)
 	}
+	// The batch's commit is visible once the server has committed it; give the janitor the time to
+	// read the server's answer too, so that the signal lands in its pause and not in the commit.
+	time.Sleep(500 * time.Millisecond)
 	start := time.Now()
 	if err := cmd.Process.Signal(os.Interrupt); err != nil {
 		t.Fatal(err)
