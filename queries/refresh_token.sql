@@ -111,7 +111,9 @@ WITH rotated AS (
       -- token's own row checks its key and audience; the audience is checked here too, as the family
       -- keeps it without a key. The CASE ends in a condition on the row (the family is not
       -- revoked), so that it is evaluated in the family's scan, after the cheaper conditions,
-      -- rather than as a filter node of its own that every execution would set up again.
+      -- rather than as a filter node of its own that every execution would set up again: a broken
+      -- value raises when the row otherwise qualifies (or, where a plan evaluates it first,
+      -- whatever the row); an unknown token with one is refused either way.
       AND CASE
           WHEN octet_length(@successor_digest::bytea) <> 32
               THEN oauth_check_violation('oauth_family_token_digest_check', 'oauth_family')

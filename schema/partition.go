@@ -47,7 +47,8 @@ func PartitionByFamily(ctx context.Context, pool *pgxpool.Pool, partitions int) 
 		if err := tx.QueryRow(ctx, `SELECT pg_get_viewdef('oauth_refresh_token'::regclass)`).Scan(&view); err != nil {
 			return fmt.Errorf("schema: read the view oauth_refresh_token: %w", err)
 		}
-		// Every column of the family but the generated one, which the copy computes again.
+		// Every column of the family but a generated one (sweep_day up to schema 6), which the copy
+		// computes again.
 		var columns string
 		if err := tx.QueryRow(ctx, `SELECT string_agg(quote_ident(attname), ', ' ORDER BY attnum)
 			FROM pg_attribute WHERE attrelid = 'oauth_family'::regclass AND attnum > 0 AND NOT attisdropped
@@ -60,8 +61,9 @@ func PartitionByFamily(ctx context.Context, pool *pgxpool.Pool, partitions int) 
 		if err := tx.QueryRow(ctx, `SELECT to_regclass('oauth_access_token') IS NOT NULL`).Scan(&accessTokens); err != nil {
 			return fmt.Errorf("schema: %w", err)
 		}
-		// The row triggers of the two tables (schema 7's oauth_family_check), made again on their
-		// replacements once the rows are copied, enabled as they were.
+		// The row triggers of the two tables (schema 7's oauth_family_check and
+		// oauth_family_sweep_day), made again on their replacements once the rows are copied (which
+		// keeps the copied sweep_day), enabled as they were.
 		var triggers string
 		if err := tx.QueryRow(ctx, `SELECT coalesce(string_agg(pg_get_triggerdef(t.oid) || ';' ||
 				CASE t.tgenabled

@@ -637,6 +637,8 @@ func TestCLI_NeverEchoesAnArgumentThatMayBeASecret(t *testing.T) {
 		{"janitor", "--dry-run=" + secret},
 		{"pepper", "status", "-" + pepper},
 		{"pepper", pepper},
+		{"bench", "--variants=" + secret},
+		{"bench", "--durability", secret},
 		{secret},
 		{"-" + secret},
 	} {
@@ -646,7 +648,7 @@ func TestCLI_NeverEchoesAnArgumentThatMayBeASecret(t *testing.T) {
 		if r.code != 2 {
 			t.Errorf("%s: exit %d, want 2: %s", what, r.code, said)
 		}
-		for _, s := range []string{secret, secret[:12], pepper, pepper[:12]} {
+		for _, s := range []string{secret, secret[:12], secret[len(secret)-12:], pepper, pepper[:12], pepper[len(pepper)-12:]} {
 			if strings.Contains(r.stdout+r.stderr, s) {
 				t.Errorf("%s: the secret was printed: %s", what, said)
 			}

@@ -13,6 +13,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgtype"
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/oauthstore/oauthstore/db"
 	"github.com/oauthstore/oauthstore/repository"
@@ -123,6 +124,9 @@ func TestRules_TheRotationStatementsCheckWhatTheyWriteAndChangeNothingWhenItIsBr
 		"a sealed successor of 129":    {func(p *db.RefreshTokenRotateParams) { p.SuccessorSealed = make([]byte, 129) }, "oauth_refresh_tombstone_successor_sealed_check"},
 		"a scope outside the grant":    {func(p *db.RefreshTokenRotateParams) { p.Scope = []string{"admin"} }, ""},
 		"an unknown token, all intact": {func(p *db.RefreshTokenRotateParams) { p.Digest = bytes.Repeat([]byte{2}, 32) }, ""},
+		"an unknown token, a broken digest": {func(p *db.RefreshTokenRotateParams) {
+			p.Digest, p.SuccessorDigest = bytes.Repeat([]byte{2}, 32), make([]byte, 31)
+		}, "oauth_family_token_digest_check"},
 	}
 	before := b.tableChecksum(t)
 	q := db.New()
@@ -134,6 +138,12 @@ func TestRules_TheRotationStatementsCheckWhatTheyWriteAndChangeNothingWhenItIsBr
 			// Refused by the statement's condition, as before: no row, no error.
 			if !errors.Is(err, pgx.ErrNoRows) {
 				t.Fatalf("rotate with %s: %v, want no row", what, err)
+			}
+		case what == "an unknown token, a broken digest":
+			// Refused either way: the guard is evaluated with the row's conditions, after the
+			// cheaper ones, unless the plan evaluates it first; nothing changes.
+			if !errors.Is(err, pgx.ErrNoRows) {
+				wantRule(t, "rotate with "+what, err, x.rule)
 			}
 		default:
 			wantRule(t, "rotate with "+what, err, x.rule)
@@ -401,7 +411,19 @@ func TestRules_ARevocationIsNeverRefusedForAColumnItDoesNotChange(t *testing.T) 
 func TestRules_SweepDayIsTheUTCDayOfTheIdleExpiryAfterEveryWrite(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
-	store, err := repository.New(b.pool, repository.Config{Pepper: repository.NewKey(b.pepper), Clock: b.clock.Now,
+	// The session's time zone is 14 hours ahead of UTC: a day taken in it is another day for most
+	// of the times below.
+	cfg, err := pgxpool.ParseConfig(b.db.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.ConnConfig.RuntimeParams["timezone"] = "Pacific/Kiritimati"
+	pool, err := pgxpool.NewWithConfig(b.ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pool.Close()
+	store, err := repository.New(pool, repository.Config{Pepper: repository.NewKey(b.pepper), Clock: b.clock.Now,
 		RefreshTokenTTL: 24 * time.Hour, GraceWindow: 30 * time.Second, Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		t.Fatal(err)
@@ -452,10 +474,13 @@ func TestRules_SweepDayIsTheUTCDayOfTheIdleExpiryAfterEveryWrite(t *testing.T) {
 	}
 	b.remember(third.Token)
 	want("rotated at 00:00:01 the next day", first.FamilyID, day(4))
-	ex, err := b.exchange(b.createCode(t))
+	code := b.createCode(t)
+	ex, err := store.Exchange(b.ctx, repository.ExchangeRequest{Code: code.code.Code.Reveal(), ClientID: "client-a",
+		RedirectURI: redirectURI, CodeVerifier: code.verifier})
 	if err != nil {
 		t.Fatal(err)
 	}
+	b.remember(ex.Token)
 	var idle time.Time
 	if err := b.pool.QueryRow(b.ctx, `SELECT idle_expires_at FROM oauth_family WHERE id = $1`, ex.FamilyID).Scan(&idle); err != nil {
 		t.Fatal(err)
@@ -463,9 +488,9 @@ func TestRules_SweepDayIsTheUTCDayOfTheIdleExpiryAfterEveryWrite(t *testing.T) {
 	y, m, d := idle.UTC().Date()
 	want("a code exchanged", ex.FamilyID, time.Date(y, m, d, 0, 0, 0, 0, time.UTC))
 	var byHand string
-	if err := b.pool.QueryRow(b.ctx, `INSERT INTO oauth_family (client_id, user_id, scope, idle_expires_at, token_digest,
+	if err := pool.QueryRow(b.ctx, `INSERT INTO oauth_family (client_id, user_id, scope, idle_expires_at, token_digest,
 		token_pepper_id, token_scope, expires_at, sweep_day)
-		VALUES ('client-a', 'user-1', '{}', '2026-05-05 23:30:00-02', $1, 'default', '{}', '2027-01-01', '2000-01-01')
+		VALUES ('client-a', 'user-1', '{}', '2026-05-05 23:30:00-02', $1, 'default', '{}', '2100-01-01', '2000-01-01')
 		RETURNING id::text`, bytes.Repeat([]byte{7}, 32)).Scan(&byHand); err != nil {
 		t.Fatal(err)
 	}

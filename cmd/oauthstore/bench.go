@@ -122,7 +122,7 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	opts.Progress = stderr
 	if err := bench.Run(ctx, opts, stdout); errors.Is(err, bench.ErrInvalidOptions) {
-		return usageError{msg: err.Error()}
+		return usageError{msg: redactArgs(err.Error(), args)}
 	} else if err != nil {
 		return err
 	}

@@ -233,6 +233,9 @@ func redactArgs(msg string, args []string) string {
 		name, value, _ := strings.Cut(v, "=")
 		for _, part := range []string{v, name, value} {
 			if part != "" && !plainArg.MatchString(part) {
+				// As given, and as the flag package quotes it (%q escapes some characters).
+				quoted := strconv.Quote(part)
+				msg = strings.ReplaceAll(msg, quoted[1:len(quoted)-1], "(not shown)")
 				msg = strings.ReplaceAll(msg, part, "(not shown)")
 			}
 		}
