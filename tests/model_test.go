@@ -53,7 +53,7 @@ const (
 var (
 	modelClients = []string{"client-a", "client-b"}
 	modelUsers   = []string{"u1", "u2", "u3"}
-	modelStart   = time.Date(2030, 1, 1, 12, 0, 0, 0, time.UTC)
+	modelStart   = time.Date(2030, 1, 1, 23, 0, 0, 0, time.UTC) // expiries cross midnight UTC
 )
 
 type mToken struct {
