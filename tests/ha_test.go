@@ -39,6 +39,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"math/rand/v2"
 	"net"
 	"os"
@@ -752,9 +753,13 @@ func startHAPair(t *testing.T, synchronous bool) (primary, standby *pgtemp.Clust
 // for their WAL to be flushed, to be the primary of a standby; it is stopped when the test ends.
 // When the suite runs against another provider on a machine without the binaries, it skips the
 // test and says why; what names the test in that message.
-func startPrimary(t *testing.T, what string) *pgtemp.Cluster {
+func startPrimary(t *testing.T, what string, extra ...map[string]string) *pgtemp.Cluster {
 	t.Helper()
-	primary, err := pgtemp.Start(t.Context(), pgtemp.Options{Settings: map[string]string{"synchronous_commit": "on", "max_connections": "50"}})
+	settings := map[string]string{"synchronous_commit": "on", "max_connections": "50"}
+	for _, e := range extra {
+		maps.Copy(settings, e)
+	}
+	primary, err := pgtemp.Start(t.Context(), pgtemp.Options{Settings: settings})
 	if errors.Is(err, pgtemp.ErrNoServerBinaries) && dbtest.Current().Provider != "binaries" {
 		t.Skipf("%s needs two PostgreSQL clusters of its own, from the server binaries, besides the suite's %q server; "+
 			"install the binaries to run it (make test-ha): %v", what, dbtest.Current().Provider, err)
