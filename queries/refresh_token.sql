@@ -43,9 +43,10 @@ LIMIT 1;
 -- the family.
 --
 -- The update changes no indexed column (sweep_day only when the live token's expiry moves to
--- another day), so it is a heap-only update: no index entry. It fires no trigger. The tombstone keeps the successor
--- encrypted under a key only the presented token's holder can derive (successor_sealed), so that a
--- lost response retried within the grace window gets the same successor back.
+-- another day), so it is a heap-only update: no index entry. It fires no trigger. The tombstone
+-- keeps the successor encrypted under a key only the presented token's holder can derive
+-- (successor_sealed), so that a lost response retried within the grace window gets the same
+-- successor back.
 --
 -- The digest is a single value (the current pepper's; the caller finds a token made under an older
 -- pepper on the refused path), so that PostgreSQL can keep one generic plan for the statement.

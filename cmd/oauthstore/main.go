@@ -199,8 +199,10 @@ func parseFlagsOnly(fs *flag.FlagSet, args []string) error {
 	if err == nil {
 		return nil
 	}
-	if !errors.Is(err, flag.ErrHelp) {
-		fmt.Fprintln(out, redactArgs(err.Error(), args))
+	help := errors.Is(err, flag.ErrHelp)
+	msg := redactArgs(err.Error(), args)
+	if !help {
+		fmt.Fprintln(out, msg)
 	}
 	if fs.Usage != nil {
 		fs.Usage()
@@ -208,10 +210,10 @@ func parseFlagsOnly(fs *flag.FlagSet, args []string) error {
 		fmt.Fprintf(out, "Usage of %s:\n", fs.Name())
 		fs.PrintDefaults()
 	}
-	if errors.Is(err, flag.ErrHelp) {
+	if help {
 		return err
 	}
-	return usageError{msg: redactArgs(err.Error(), args), printed: true}
+	return usageError{msg: msg, printed: true}
 }
 
 // plainArg is what an argument that is plainly a command, a flag name or a short value looks
